@@ -1,0 +1,1 @@
+"""mvc.cli layer."""

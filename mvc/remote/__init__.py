@@ -1,0 +1,1 @@
+"""mvc.remote layer."""

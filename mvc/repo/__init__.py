@@ -1,0 +1,1 @@
+"""mvc.repo layer."""
