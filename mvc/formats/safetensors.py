@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from mvc.errors import FormatError, NotFoundError
 from mvc.formats.dtypes import DTYPES, get_dtype
+from mvc.formats.jsonutil import short, strict_loads
 
 #: The safetensors library refuses headers above this size; so do we, before reading one.
 MAX_HEADER_SIZE = 100_000_000
@@ -109,39 +110,20 @@ class Header:
         try:
             return self.by_name[name]
         except KeyError:
-            raise NotFoundError(f"no tensor {_short(name)} in this file") from None
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """repr() cut to one readable line: hostile headers can hold megabyte-long names."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise FormatError(f"header has duplicate key {_short(key)}")
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise FormatError(f"header is not JSON: {name} is not a JSON value")
+            raise NotFoundError(f"no tensor {short(name)} in this file") from None
 
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
-        raise FormatError(f"invalid tensor name {_short(name)}: must be a non-empty string")
+        raise FormatError(f"invalid tensor name {short(name)}: must be a non-empty string")
     if "\0" in name:
-        raise FormatError(f"invalid tensor name {_short(name)}: contains NUL")
+        raise FormatError(f"invalid tensor name {short(name)}: contains NUL")
     if name == _METADATA_KEY:
         raise FormatError(f"invalid tensor name {name!r}: reserved for metadata")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise FormatError(f"invalid tensor name {_short(name)}: not valid UTF-8") from None
+        raise FormatError(f"invalid tensor name {short(name)}: not valid UTF-8") from None
     return name
 
 
@@ -153,37 +135,37 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (list, tuple)) and all(_is_int(d) and d >= 0 for d in shape):
         return tuple(shape)
     raise FormatError(
-        f"tensor {_short(name)}: shape must be a list of non-negative integers, got {_short(shape)}"
+        f"tensor {short(name)}: shape must be a list of non-negative integers, got {short(shape)}"
     )
 
 
 def _check_metadata(metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, Mapping):
-        raise FormatError(f"__metadata__ must be an object of strings, got {_short(metadata)}")
+        raise FormatError(f"__metadata__ must be an object of strings, got {short(metadata)}")
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise FormatError(
-                f"__metadata__ must map strings to strings, got {_short(key)}: {_short(value)}"
+                f"__metadata__ must map strings to strings, got {short(key)}: {short(value)}"
             )
         try:
             key.encode("utf-8")
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise FormatError(f"__metadata__ entry {_short(key)} is not valid UTF-8") from None
+            raise FormatError(f"__metadata__ entry {short(key)} is not valid UTF-8") from None
     return dict(metadata)
 
 
 def _tensor_info(name: Any, entry: Any) -> TensorInfo:
     name = _check_name(name)
     if not isinstance(entry, dict):
-        raise FormatError(f"tensor {_short(name)}: entry must be an object, got {_short(entry)}")
+        raise FormatError(f"tensor {short(name)}: entry must be an object, got {short(entry)}")
     for field in ("dtype", "shape", "data_offsets"):
         if field not in entry:
-            raise FormatError(f"tensor {_short(name)}: missing {field!r}")
+            raise FormatError(f"tensor {short(name)}: missing {field!r}")
     try:
         dtype = get_dtype(entry["dtype"])
     except FormatError as e:
-        raise FormatError(f"tensor {_short(name)}: {e.message}") from None
+        raise FormatError(f"tensor {short(name)}: {e.message}") from None
     shape = _check_shape(name, entry["shape"])
     offsets = entry["data_offsets"]
     if not (
@@ -193,14 +175,14 @@ def _tensor_info(name: Any, entry: Any) -> TensorInfo:
         and offsets[0] <= offsets[1]
     ):
         raise FormatError(
-            f"tensor {_short(name)}: data_offsets must be [begin, end] with 0 <= begin <= end, "
-            f"got {_short(offsets)}"
+            f"tensor {short(name)}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+            f"got {short(offsets)}"
         )
     begin, end = offsets
     needed = math.prod(shape) * dtype.itemsize
     if end - begin != needed:
         raise FormatError(
-            f"tensor {_short(name)}: data_offsets span {end - begin} bytes but shape "
+            f"tensor {short(name)}: data_offsets span {end - begin} bytes but shape "
             f"{list(shape)} of {dtype.name} needs {needed}"
         )
     return TensorInfo(name, dtype.name, shape, begin, end)
@@ -215,16 +197,7 @@ def parse_header(raw: bytes, data_size: int | None = None) -> Header:
     raw = bytes(raw)
     if len(raw) > MAX_HEADER_SIZE:
         raise FormatError(f"header is {len(raw)} bytes, over the {MAX_HEADER_SIZE} byte limit")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"header is not UTF-8 (bad byte at {e.start})") from None
-    try:
-        obj = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except (ValueError, RecursionError) as e:
-        raise FormatError(f"header is not JSON: {str(e).splitlines()[0]}") from None
+    obj = strict_loads(raw, "header")
     if not isinstance(obj, dict):
         raise FormatError(f"header is not a JSON object, got {type(obj).__name__}")
 
@@ -240,7 +213,7 @@ def parse_header(raw: bytes, data_size: int | None = None) -> Header:
         for t in tensors:
             if t.end > data_size:
                 raise FormatError(
-                    f"tensor {_short(t.name)}: data ends at byte {t.end}, past the end of the "
+                    f"tensor {short(t.name)}: data ends at byte {t.end}, past the end of the "
                     f"data ({data_size} bytes; file truncated?)"
                 )
     # Stable sort: empty tensors sharing an offset keep their header order, as the
@@ -251,12 +224,12 @@ def parse_header(raw: bytes, data_size: int | None = None) -> Header:
     for t in tensors:
         if t.begin < cursor:
             raise FormatError(
-                f"tensor {_short(t.name)} (bytes {t.begin}..{t.end}) overlaps tensor "
-                f"{_short(previous.name if previous else '')}"
+                f"tensor {short(t.name)} (bytes {t.begin}..{t.end}) overlaps tensor "
+                f"{short(previous.name if previous else '')}"
             )
         if t.begin > cursor:
             raise FormatError(
-                f"data bytes {cursor}..{t.begin} before tensor {_short(t.name)} belong to no tensor"
+                f"data bytes {cursor}..{t.begin} before tensor {short(t.name)} belong to no tensor"
             )
         cursor = t.end
         previous = t
@@ -379,7 +352,7 @@ def plan_layout(specs: Iterable[TensorSpec]) -> list[TensorInfo]:
     for name, dtype, shape in specs:
         name = _check_name(name)
         if name in seen:
-            raise FormatError(f"duplicate tensor name {_short(name)}")
+            raise FormatError(f"duplicate tensor name {short(name)}")
         seen.add(name)
         checked.append((name, get_dtype(dtype).name, _spec_shape(name, shape)))
     checked.sort(key=lambda s: (-_LAYOUT_RANK[s[1]], s[0]))
