@@ -149,8 +149,8 @@ def split_sized(blob: bytes) -> tuple[bytes, int]:
 
 
 def test_torch_only_dtypes_match_library(tmp_path):
-    torch = pytest.importorskip("torch")
     import safetensors.torch
+    import torch
 
     from mvc.formats.torch_io import write_state_dict
 
