@@ -1,0 +1,373 @@
+"""The content-addressed tensor object store (``.git/mvc/objects``).
+
+Objects live at ``objects/<2 hex>/<30 hex>`` like git's loose objects. Every write goes to
+a temp file in the destination folder, is fsynced and renamed over the final name (and
+the folder fsynced), so a crash leaves either no object or a complete one; concurrent
+writers of the same id (threads or processes) each rename a complete file, and any of them
+is valid. Every read decodes and checks the id, bases included.
+
+Deltas are bounded: an object's depth is the number of deltas between it and a full
+object; a delta that would exceed ``MAX_DELTA_DEPTH`` is stored full instead, so reading
+any object costs at most ``MAX_DELTA_DEPTH + 1`` decodes however long the history.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvc.errors import CorruptObjectError, NotFoundError
+from mvc.formats.dtypes import get_dtype
+from mvc.store import codecs
+from mvc.store.chunking import PIECE_BYTES
+from mvc.store.codecs import Codec, CodecError
+from mvc.store.ids import check_object_id, is_object_id, object_id
+from mvc.store.objfile import (
+    HEADER_PREFIX_MAX,
+    ObjectHeader,
+    pack_header,
+    parse_header,
+    parse_object,
+    trailer,
+)
+
+MAX_DELTA_DEPTH = 12
+DEFAULT_WORKERS = 2
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 3600
+_FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What an object's header says, without decoding it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str
+    base: str | None
+    depth: int
+    stored_size: int
+    raw_size: int
+
+
+@dataclass(frozen=True)
+class GcReport:
+    kept: int
+    deleted: int
+    freed_bytes: int
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    """One ``put`` for ``put_many``; a plain ``(data, dtype, shape[, base])`` tuple works too."""
+
+    data: bytes | bytearray | memoryview
+    dtype: str
+    shape: tuple[int, ...]
+    base: str | None = None
+
+
+def _corrupt(oid: str, reason: str) -> CorruptObjectError:
+    return CorruptObjectError(f"object {oid} is corrupt: {reason}", hint=_FSCK_HINT)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ObjectStore:
+    """Tensor objects under ``root/objects``; safe to use from many threads and processes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path(self, oid: str) -> Path:
+        """Where object ``oid`` lives (whether or not it exists)."""
+        check_object_id(oid)
+        return self.objects / oid[:2] / oid[2:]
+
+    def has(self, oid: str) -> bool:
+        return is_object_id(oid) and self.path(oid).is_file()
+
+    def ids(self) -> Iterator[str]:
+        """Every stored object id (temp files and stray names are skipped)."""
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for f in sorted(sub.iterdir()):
+                oid = sub.name + f.name
+                if is_object_id(oid):
+                    yield oid
+
+    def stored_size(self, oid: str) -> int:
+        try:
+            return self.path(oid).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {oid} not found") from None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_raw(self, oid: str) -> bytes:
+        """The stored (encoded) file, as a remote sends it."""
+        try:
+            return self.path(oid).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"object {oid} not found") from None
+
+    def _header(self, oid: str) -> tuple[ObjectHeader, int]:
+        path = self.path(oid)
+        try:
+            with open(path, "rb") as f:
+                prefix = f.read(HEADER_PREFIX_MAX)
+                size = os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {oid} not found") from None
+        try:
+            return parse_header(prefix), size
+        except CodecError as exc:
+            raise _corrupt(oid, str(exc)) from None
+
+    def info(self, oid: str) -> ObjectInfo:
+        h, size = self._header(oid)
+        return ObjectInfo(h.dtype, h.shape, h.codec.name.lower(), h.base, h.depth, size, h.raw_size)
+
+    def get(self, oid: str) -> bytes:
+        """The decoded bytes of ``oid``, verified against the id (and every base's id)."""
+        return self._decode(oid, self.read_raw(oid))
+
+    def verify(self, oid: str) -> None:
+        """Raise ``CorruptObjectError`` (or ``NotFoundError``) unless ``oid`` decodes to its id."""
+        self.get(oid)
+
+    def _decode(self, oid: str, stored: bytes) -> bytes:
+        """Decode ``stored`` as object ``oid``: walk down the delta chain, then apply upward.
+
+        Iterative, not recursive; each base must be exactly one level shallower, which also
+        rules out cycles in a hostile chain.
+        """
+        chain: list[tuple[str, ObjectHeader, list[memoryview]]] = []
+        current, buf = oid, stored
+        while True:
+            try:
+                header, frames = parse_object(buf)
+            except CodecError as exc:
+                raise _corrupt(current, str(exc)) from None
+            if chain and (
+                header.depth != chain[-1][1].depth - 1
+                or header.dtype != chain[-1][1].dtype
+                or header.shape != chain[-1][1].shape
+            ):
+                raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
+            chain.append((current, header, frames))
+            if header.base is None:
+                break
+            current = header.base
+            try:
+                buf = self.read_raw(current)
+            except NotFoundError:
+                raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
+        data: bytes | None = None
+        for current, header, frames in reversed(chain):
+            try:
+                data = codecs.decode(
+                    header.codec,
+                    frames,
+                    header.raw_size,
+                    header.itemsize,
+                    data,
+                    piece_bytes=header.piece_bytes,
+                    mapper=self._mapper(),
+                )
+            except CodecError as exc:
+                raise _corrupt(current, str(exc)) from None
+            if object_id(header.dtype, header.shape, data) != current:
+                raise _corrupt(current, "content does not match its id")
+        assert data is not None
+        return data
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        data: bytes | bytearray | memoryview,
+        dtype: str,
+        shape: Sequence[int],
+        base: str | None = None,
+    ) -> str:
+        """Store ``data`` (raw little-endian bytes of a ``dtype`` tensor of ``shape``).
+
+        Returns its id at once when it is already stored. With ``base`` (an object of the
+        same dtype and shape, typically the same chunk in the parent commit) XOR and
+        subtraction deltas are tried too and the smallest encoding wins; a base that is
+        missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
+        """
+        view = memoryview(data).cast("B")
+        shape = tuple(int(d) for d in shape)
+        itemsize = get_dtype(dtype).itemsize
+        if view.nbytes != math.prod(shape) * itemsize:
+            raise ValueError(f"{view.nbytes} bytes do not hold a {dtype}{list(shape)} tensor")
+        oid = object_id(dtype, shape, view)
+        path = self.path(oid)
+        if path.is_file():
+            return oid
+        base_bytes, depth = self._usable_base(base, oid, dtype, shape)
+        codec, frames = codecs.encode(view, itemsize, base_bytes, mapper=self._mapper())
+        header = pack_header(
+            codec,
+            dtype,
+            shape,
+            view.nbytes,
+            depth if codec.is_delta else 0,
+            base if codec.is_delta else None,
+            0 if codec is Codec.RAW else PIECE_BYTES,
+            [] if codec is Codec.RAW else [len(f) for f in frames],
+        )
+        chunks = [header, *frames]
+        self._write_atomic(path, [*chunks, trailer(chunks)])
+        return oid
+
+    def _usable_base(
+        self, base: str | None, oid: str, dtype: str, shape: tuple[int, ...]
+    ) -> tuple[bytes | None, int]:
+        """The decoded base and the depth a delta on it would have, or ``(None, 0)``."""
+        if base is None or base == oid or not self.has(base):
+            return None, 0
+        h, _ = self._header(base)
+        if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+            return None, 0
+        return self.get(base), h.depth + 1
+
+    def put_many(
+        self,
+        requests: Iterable[PutRequest | tuple],
+        workers: int | None = None,
+    ) -> list[str]:
+        """``put`` each request on a thread pool; ids in request order.
+
+        Objects are compressed in parallel here, so their pieces are not (no nested pools).
+        """
+        reqs = [r if isinstance(r, PutRequest) else PutRequest(*r) for r in requests]
+
+        def one(r: PutRequest) -> str:
+            self._local.serial = True
+            try:
+                return self.put(r.data, r.dtype, r.shape, r.base)
+            finally:
+                self._local.serial = False
+
+        n = min(workers or DEFAULT_WORKERS, len(reqs))
+        if n <= 1:
+            return [self.put(r.data, r.dtype, r.shape, r.base) for r in reqs]
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mvc-put") as pool:
+            return list(pool.map(one, reqs))
+
+    def write_raw(self, oid: str, stored: bytes) -> None:
+        """Keep an encoded object received from elsewhere, after decoding and verifying it.
+
+        A delta's base must already be stored, so a batch must be written bases first.
+        """
+        path = self.path(oid)
+        if path.is_file():
+            return
+        self._decode(oid, stored)
+        self._write_atomic(path, [stored])
+
+    def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
+        folder = path.parent
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(folder.parent)
+        tmp = folder / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+
+    # -- parallelism -------------------------------------------------------------------------
+
+    def _mapper(self) -> codecs.Mapper:
+        """Map pieces over the store's pool, or serially inside a ``put_many`` worker."""
+        if getattr(self._local, "serial", False):
+            return map
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=DEFAULT_WORKERS, thread_name_prefix="mvc-zstd"
+                )
+        return self._pool.map
+
+    def close(self) -> None:
+        """Stop the piece pool (it is recreated on demand)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    # -- garbage collection --------------------------------------------------------------------
+
+    def gc(self, live: Iterable[str]) -> GcReport:
+        """Delete every object not in ``live`` nor a delta base of a live object.
+
+        Also removes temp files left by crashed writers more than an hour ago. The caller
+        must hold the repository lock: an object put during gc is not in ``live``.
+        """
+        keep: set[str] = set()
+        for oid in live:
+            current: str | None = oid
+            while current is not None and current not in keep and self.has(current):
+                keep.add(current)
+                try:
+                    current = self._header(current)[0].base
+                except CorruptObjectError:
+                    current = None
+        kept = deleted = freed = 0
+        for oid in list(self.ids()):
+            if oid in keep:
+                kept += 1
+                continue
+            path = self.path(oid)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            deleted += 1
+            freed += size
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        if self.objects.is_dir():
+            for tmp in self.objects.glob(f"*/{TEMP_PREFIX}*"):
+                try:
+                    st = tmp.stat()
+                    if st.st_mtime < cutoff:
+                        tmp.unlink()
+                        freed += st.st_size
+                except FileNotFoundError:
+                    continue
+        return GcReport(kept, deleted, freed)
