@@ -54,6 +54,8 @@ def test_model_files_and_pickles():
         ("a/", "empty"),
         ("a\\..\\b", "backslash"),
         ("a\0b", "NUL"),
+        (3, "non-empty string"),
+        (None, "non-empty string"),
     ],
 )
 def test_safe_relpath_refuses_escapes(tmp_path, rel, problem):

@@ -36,14 +36,14 @@ def check_not_pickle(path: str | os.PathLike[str]) -> None:
         )
 
 
-def safe_relpath(root: str | os.PathLike[str], relpath: str | os.PathLike[str]) -> Path:
+def safe_relpath(root: str | os.PathLike[str], relpath: Any) -> Path:
     """``root / relpath``, refusing any relpath that could land outside ``root``.
 
     ``relpath`` comes from a file (an index, a manifest, a tree), so it is hostile until
     checked: it must be a relative POSIX path of plain components, and must not reach out
     through a symlink already present under ``root``.
     """
-    rel = os.fspath(relpath)
+    rel = os.fspath(relpath) if isinstance(relpath, os.PathLike) else relpath
     problem = None
     if not isinstance(rel, str) or not rel:
         problem = "not a non-empty string"
