@@ -15,6 +15,7 @@ import click
 from mvc.errors import MvcError
 
 COMMAND_MODULES: list[str] = [
+    "mvc.cli.cmd_repo",
 ]
 
 

@@ -1,0 +1,194 @@
+"""`mvc diff`: per-tensor differences between two versions of a model.
+
+For every tensor present on both sides with the same dtype and shape: the fraction of
+elements whose bits changed and the relative L2 norm of the change. When the two sides
+share a merge base distinct from both, also the cosine between the two task vectors
+(each side minus the base) and the fraction of sign conflicts among elements both moved:
+exactly the numbers that predict how a merge of the two will behave. Streams chunk by chunk
+with numpy; never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mvc.formats.dtypes import get_dtype
+from mvc.formats.numeric import to_float64
+from mvc.formats.safetensors import SafetensorsFile
+from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.worktree import is_model_path
+
+if TYPE_CHECKING:
+    from mvc.repo.repository import Repo
+
+
+@dataclass
+class TensorDiff:
+    path: str
+    name: str
+    status: str  # added | deleted | changed | unchanged | retyped
+    changed_fraction: float | None = None
+    relative_l2: float | None = None
+    cosine: float | None = None
+    sign_conflicts: float | None = None
+
+
+@dataclass
+class DiffReport:
+    old: str
+    new: str
+    base: str | None
+    files: dict[str, str] = field(default_factory=dict)
+    tensors: list[TensorDiff] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "old": self.old,
+            "new": self.new,
+            "base": self.base,
+            "files": self.files,
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+
+class _Side:
+    """Chunks of one version's tensors: from the store (a commit) or from files on disk."""
+
+    def __init__(self, repo: Repo, rev: str | None) -> None:
+        self.repo = repo
+        self.rev = rev
+        if rev is not None:
+            self.manifests = repo.model_files(rev)
+            self.blobs = {p: b for p, (b, _) in repo.tree_files(rev).items()}
+        else:
+            self.manifests = {}
+            self.blobs = {}
+            status = repo.status()
+            tracked = set(repo.tree_files(repo.head()) if repo.head() else {}) | set(status.staged)
+            for path in sorted(tracked):
+                file_path = repo.root / path
+                if file_path.exists():
+                    self.blobs[path] = b"worktree"
+                    if is_model_path(path):
+                        from mvc.repo.ingest import manifest_ids_only
+
+                        self.manifests[path] = manifest_ids_only(file_path)
+
+    def chunks(self, path: str, entry: TensorEntry) -> Iterator[bytes]:
+        if self.rev is not None:
+            yield from self.repo.iter_chunks(entry)
+            return
+        with SafetensorsFile(self.repo.root / path) as sf:
+            for chunk in entry.chunks:
+                if entry.shape:
+                    yield bytes(sf.rows(entry.name, chunk.start, chunk.stop))
+                else:
+                    yield bytes(sf.tensor(entry.name))
+
+
+def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
+    """Compare commit `old` with commit `new`, or with the work tree when `new` is None."""
+    old_id = repo.resolve(old)
+    new_id = repo.resolve(new) if new is not None else None
+    base = None
+    if new_id is not None:
+        bases = repo.merge_base([old_id, new_id])
+        if len(bases) == 1 and bases[0] not in (old_id, new_id):
+            base = bases[0]
+    report = DiffReport(old=old_id, new=new_id or "worktree", base=base)
+    a, b = _Side(repo, old_id), _Side(repo, new_id)
+    base_side = _Side(repo, base) if base else None
+    for path in sorted(set(a.blobs) | set(b.blobs)):
+        if path not in a.blobs:
+            report.files[path] = "added"
+        elif path not in b.blobs:
+            report.files[path] = "deleted"
+        elif new_id is not None and a.blobs[path] != b.blobs[path]:
+            report.files[path] = "modified"
+        if path in a.manifests and path in b.manifests:
+            _diff_model(report, path, a, b, base_side)
+            if new_id is None and any(
+                t.status != "unchanged" for t in report.tensors if t.path == path
+            ):
+                report.files[path] = "modified"
+        elif path in a.manifests or path in b.manifests:
+            side = a if path in a.manifests else b
+            status = "deleted" if side is a else "added"
+            for entry in side.manifests[path].tensors:
+                report.tensors.append(TensorDiff(path, entry.name, status))
+    return report
+
+
+def _diff_model(report: DiffReport, path: str, a: _Side, b: _Side, base: _Side | None) -> None:
+    old_m: Manifest = a.manifests[path]
+    new_m: Manifest = b.manifests[path]
+    old_t, new_t = old_m.by_name(), new_m.by_name()
+    base_t = base.manifests[path].by_name() if base and path in base.manifests else {}
+    for name in list(old_t) + [n for n in new_t if n not in old_t]:
+        if name not in new_t:
+            report.tensors.append(TensorDiff(path, name, "deleted"))
+        elif name not in old_t:
+            report.tensors.append(TensorDiff(path, name, "added"))
+        elif old_t[name].chunk_ids == new_t[name].chunk_ids:
+            report.tensors.append(TensorDiff(path, name, "unchanged", 0.0, 0.0))
+        elif not old_t[name].same_layout(new_t[name]):
+            report.tensors.append(TensorDiff(path, name, "retyped"))
+        else:
+            b_entry = base_t.get(name)
+            use_base = base is not None and b_entry is not None and b_entry.same_layout(old_t[name])
+            report.tensors.append(
+                _stats(
+                    path, name, a, b, base if use_base else None, old_t[name], new_t[name], b_entry
+                )
+            )
+
+
+def _stats(
+    path: str,
+    name: str,
+    a: _Side,
+    b: _Side,
+    base: _Side | None,
+    old: TensorEntry,
+    new: TensorEntry,
+    base_entry: TensorEntry | None,
+) -> TensorDiff:
+    changed = total = 0
+    diff_sq = old_sq = 0.0
+    dot = na = nb = 0.0
+    conflicts = both_moved = 0
+    base_chunks = base.chunks(path, base_entry) if base and base_entry else None
+    for old_bytes, new_bytes in zip(a.chunks(path, old), b.chunks(path, new)):
+        x = to_float64(old_bytes, old.dtype)
+        y = to_float64(new_bytes, new.dtype)
+        changed += int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))
+        total += x.size
+        delta = y - x
+        diff_sq += float(np.dot(delta, delta))
+        old_sq += float(np.dot(x, x))
+        if base_chunks is not None:
+            z = to_float64(next(base_chunks), old.dtype)
+            ta, tb = x - z, y - z
+            dot += float(np.dot(ta, tb))
+            na += float(np.dot(ta, ta))
+            nb += float(np.dot(tb, tb))
+            moved = (ta != 0) & (tb != 0)
+            both_moved += int(moved.sum())
+            conflicts += int((moved & (np.sign(ta) != np.sign(tb))).sum())
+    result = TensorDiff(path, name, "changed")
+    result.changed_fraction = changed / total if total else 0.0
+    result.relative_l2 = math.sqrt(diff_sq) / math.sqrt(old_sq) if old_sq else math.sqrt(diff_sq)
+    if base_chunks is not None:
+        result.cosine = dot / math.sqrt(na * nb) if na and nb else None
+        result.sign_conflicts = conflicts / both_moved if both_moved else 0.0
+    return result
+
+
+def _bits(data: bytes, entry: TensorEntry) -> np.ndarray:
+    """Elements as unsigned integers of their width: equal bits, equal element."""
+    return np.frombuffer(data, dtype=get_dtype(entry.dtype).uint)

@@ -1,0 +1,146 @@
+"""Moving model files between the work tree and the object store.
+
+`ingest` turns a safetensors file into a manifest, storing each row chunk as an object
+(delta-encoded against the same chunk of the previous version when there is one);
+`materialize` writes a manifest back out as the byte-identical file. Both stream chunk by
+chunk from a memory map, so memory stays bounded by a few chunks whatever the model size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mvc.formats.dtypes import get_dtype
+from mvc.formats.safetensors import SafetensorsFile, TensorInfo, write_safetensors
+from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.store import ObjectStore, object_id
+from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
+
+# How many chunks may be in flight (being compressed) at once: bounds memory to a few chunks.
+_MAX_IN_FLIGHT = 4
+
+
+def tensor_rows(info_shape: tuple[int, ...]) -> int:
+    """Rows of dim 0 as chunking sees them (a 0-d tensor is one row)."""
+    return info_shape[0] if info_shape else 1
+
+
+def ingest_file(
+    store: ObjectStore,
+    path: Path,
+    previous: Mapping[str, TensorEntry] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    workers: int | None = None,
+) -> Manifest:
+    """Store every chunk of a safetensors file and return its manifest.
+
+    `previous` maps tensor names to their entries in the parent version; a chunk whose
+    tensor kept its dtype and shape is offered to the store as a delta base.
+    """
+    previous = previous or {}
+    with SafetensorsFile(path) as sf, ThreadPoolExecutor(max_workers=workers or 2) as pool:
+        entries = []
+        pending: list[Future[str]] = []
+        for info in sf.header.tensors:
+            base_entry = previous.get(info.name)
+            chunk_futures = []
+            for index, (start, stop) in enumerate(_chunks_of(info, chunk_bytes)):
+                data = _chunk_view(sf, info, start, stop)
+                base = _delta_base(base_entry, info, index, start, stop)
+                shape = _chunk_shape(info, start, stop)
+                future = pool.submit(store.put, data, info.dtype, shape, base)
+                chunk_futures.append((start, stop, future))
+                pending.append(future)
+                _drain(pending, _MAX_IN_FLIGHT)
+            entries.append((info, chunk_futures))
+        manifest = Manifest(
+            header_raw=sf.header.raw,
+            tensors=tuple(
+                TensorEntry(
+                    name=info.name,
+                    dtype=info.dtype,
+                    shape=tuple(info.shape),
+                    nbytes=info.nbytes,
+                    chunks=tuple(Chunk(s, e, f.result()) for s, e, f in futures),
+                )
+                for info, futures in entries
+            ),
+        )
+    return manifest
+
+
+def manifest_ids_only(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Manifest:
+    """The manifest a file would get, hashing without storing (for status and diff)."""
+    with SafetensorsFile(path) as sf:
+        tensors = []
+        for info in sf.header.tensors:
+            chunks = []
+            for start, stop in _chunks_of(info, chunk_bytes):
+                data = _chunk_view(sf, info, start, stop)
+                oid = object_id(info.dtype, _chunk_shape(info, start, stop), data)
+                chunks.append(Chunk(start, stop, oid))
+            tensors.append(
+                TensorEntry(info.name, info.dtype, tuple(info.shape), info.nbytes, tuple(chunks))
+            )
+        return Manifest(header_raw=sf.header.raw, tensors=tuple(tensors))
+
+
+def iter_entry_bytes(store: ObjectStore, entry: TensorEntry) -> Iterator[bytes]:
+    """A tensor's raw bytes, chunk by chunk, each verified against its id by the store."""
+    for chunk in entry.chunks:
+        yield store.get(chunk.oid)
+
+
+def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
+    """Write the byte-identical safetensors file for `manifest` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, manifest.header_raw, _prefetched(store, manifest))
+
+
+def _prefetched(store: ObjectStore, manifest: Manifest) -> Iterator[bytes]:
+    """Decode the next chunk on a thread while the current one is written."""
+    oids = list(manifest.object_ids())
+    if not oids:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(store.get, oids[0])
+        for next_oid in oids[1:]:
+            current = upcoming.result()
+            upcoming = pool.submit(store.get, next_oid)
+            yield current
+        yield upcoming.result()
+
+
+def _chunks_of(info: TensorInfo, chunk_bytes: int) -> list[tuple[int, int]]:
+    return row_chunks(tuple(info.shape), get_dtype(info.dtype).itemsize, chunk_bytes)
+
+
+def _chunk_shape(info: TensorInfo, start: int, stop: int) -> tuple[int, ...]:
+    if not info.shape:
+        return ()
+    return (stop - start, *info.shape[1:])
+
+
+def _chunk_view(sf: SafetensorsFile, info: TensorInfo, start: int, stop: int) -> memoryview:
+    if not info.shape:
+        return sf.tensor(info.name)
+    return sf.rows(info.name, start, stop)
+
+
+def _delta_base(
+    base_entry: TensorEntry | None, info: TensorInfo, index: int, start: int, stop: int
+) -> str | None:
+    if base_entry is None or base_entry.dtype != info.dtype:
+        return None
+    if base_entry.shape != tuple(info.shape) or index >= len(base_entry.chunks):
+        return None
+    chunk = base_entry.chunks[index]
+    return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
+
+
+def _drain(pending: list[Future[str]], limit: int) -> None:
+    """Wait for the oldest futures until at most `limit` are still running."""
+    while len(pending) > limit:
+        pending.pop(0).result()

@@ -1,0 +1,102 @@
+"""The repository write lock: one mutating mvc process at a time.
+
+Commands that change the index, refs or work tree (add, commit, switch, merge, gc, ...)
+hold `.git/mvc/lock`, created with O_EXCL and holding the owner's pid and host. A lock whose
+process is gone (kill -9) is stale: the next command removes it and says so, so nobody
+ever has to clean up by hand. A live owner makes us wait a little, then give up with a
+clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mvc.errors import LockedError
+
+DEFAULT_WAIT_SECONDS = 10.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(path: Path) -> tuple[int, str] | None:
+    try:
+        text = path.read_text()
+        pid_text, _, host = text.strip().partition(" ")
+        return int(pid_text), host
+    except (OSError, ValueError):
+        return None
+
+
+def _clear_if_stale(path: Path) -> bool:
+    owner = _owner(path)
+    if owner is None:
+        # Being written right now, or garbage: only garbage old enough is stale.
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if age < 5:
+            return False
+    else:
+        pid, host = owner
+        if host != socket.gethostname() or _pid_alive(pid):
+            return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    print(
+        f"mvc: note: removed a stale lock left by a process that is gone ({path})", file=sys.stderr
+    )
+    return True
+
+
+@contextmanager
+def repo_lock(path: Path, wait_seconds: float | None = None) -> Iterator[None]:
+    """Hold the lock file at `path` for the duration of the block."""
+    if wait_seconds is None:
+        wait_seconds = float(os.environ.get("MVC_LOCK_WAIT", DEFAULT_WAIT_SECONDS))
+    deadline = time.monotonic() + wait_seconds
+    token = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _clear_if_stale(path):
+                continue
+            if time.monotonic() >= deadline:
+                owner = _owner(path)
+                who = f" (pid {owner[0]})" if owner else ""
+                raise LockedError(
+                    f"another mvc process holds the repository lock{who}",
+                    hint="wait for it to finish and run the command again",
+                ) from None
+            time.sleep(0.05)
+            continue
+        try:
+            os.write(fd, token)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    try:
+        yield
+    finally:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,58 @@
+"""The bridge between torch state_dicts and manifests (imports torch lazily, via formats)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mvc.formats.dtypes import get_dtype
+from mvc.formats.safetensors import build_header, plan_layout
+from mvc.formats.torch_io import state_dict_specs, tensor_bytes, to_torch
+from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.store import ObjectStore
+from mvc.store.chunking import row_chunks
+
+
+def manifest_from_state_dict(
+    store: ObjectStore,
+    state_dict: Mapping[str, Any],
+    previous: Mapping[str, TensorEntry],
+    metadata: Mapping[str, str] | None = None,
+) -> Manifest:
+    """Store every tensor of `state_dict` chunk by chunk and return the file's manifest."""
+    specs = state_dict_specs(state_dict)
+    header_raw = build_header(specs, dict(metadata) if metadata else None)
+    infos = plan_layout(specs)
+    entries = []
+    for info in infos:
+        data = memoryview(tensor_bytes(state_dict[info.name]))
+        itemsize = get_dtype(info.dtype).itemsize
+        shape = tuple(info.shape)
+        row_bytes = itemsize
+        for dim in shape[1:]:
+            row_bytes *= dim
+        base_entry = previous.get(info.name)
+        chunks = []
+        for index, (start, stop) in enumerate(row_chunks(shape, itemsize)):
+            piece = data[start * row_bytes : stop * row_bytes] if shape else data
+            chunk_shape = (stop - start, *shape[1:]) if shape else ()
+            base = None
+            if (
+                base_entry is not None
+                and base_entry.dtype == info.dtype
+                and base_entry.shape == shape
+                and index < len(base_entry.chunks)
+            ):
+                base = base_entry.chunks[index].oid
+            chunks.append(Chunk(start, stop, store.put(piece, info.dtype, chunk_shape, base)))
+        entries.append(TensorEntry(info.name, info.dtype, shape, info.nbytes, tuple(chunks)))
+    return Manifest(header_raw=header_raw, tensors=tuple(entries))
+
+
+def state_dict_from_manifest(store: ObjectStore, manifest: Manifest) -> dict[str, Any]:
+    """Load every tensor of a manifest into a torch tensor."""
+    result = {}
+    for entry in manifest.tensors:
+        data = b"".join(store.get(chunk.oid) for chunk in entry.chunks)
+        result[entry.name] = to_torch(bytearray(data), entry.dtype, entry.shape)
+    return result

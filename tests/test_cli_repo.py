@@ -1,0 +1,133 @@
+"""The repository commands as a user runs them: output, --json, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+
+
+def run_mvc(cwd, *args, check=True):
+    env = dict(os.environ, MVC_LOCK_WAIT="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mvc.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def work(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_mvc(work, "init")
+    write_model_folder(work / "model", random_weights(0))
+    return work
+
+
+def test_user_day_commit_branch_switch(work):
+    run_mvc(work, "add", "model/")
+    out = run_mvc(work, "commit", "-m", "base").stdout
+    assert out.startswith("[main ") and "base" in out
+    base = snapshot(work)
+    run_mvc(work, "switch", "-c", "math")
+    write_model_folder(work / "model", fine_tuned(random_weights(0)))
+    st = json.loads(run_mvc(work, "status", "--json").stdout)
+    assert st["unstaged"] == {"model/model.safetensors": "modified"}
+    run_mvc(work, "commit", "-am", "math SFT")
+    math_files = snapshot(work)
+    run_mvc(work, "switch", "main")
+    assert snapshot(work) == base
+    run_mvc(work, "checkout", "math")
+    assert snapshot(work) == math_files
+
+    log = json.loads(run_mvc(work, "log", "--json").stdout)
+    assert [c["message"] for c in log] == ["math SFT", "base"]
+    assert set(log[0]) >= {"id", "parents", "message", "date"}
+    assert log[0]["parents"] == [log[1]["id"]]
+    assert "math SFT" in run_mvc(work, "log", "--oneline").stdout
+    assert "*" in run_mvc(work, "log", "--graph").stdout
+
+    branches = json.loads(run_mvc(work, "branch", "--json").stdout)
+    assert {b["name"] for b in branches} == {"main", "math"}
+    shown = json.loads(run_mvc(work, "show", "--json").stdout)
+    assert shown["changes"] == {"model/model.safetensors": "modified"}
+    assert "fsck: everything verified" in run_mvc(work, "fsck").stdout
+
+
+def test_diff_reports_per_tensor_statistics(work):
+    run_mvc(work, "add", "model")
+    run_mvc(work, "commit", "-m", "base")
+    run_mvc(work, "switch", "-c", "a")
+    write_model_folder(
+        work / "model", fine_tuned(random_weights(0), seed=1, only=("layer.0.weight",))
+    )
+    run_mvc(work, "commit", "-am", "a")
+    run_mvc(work, "switch", "-c", "b", "main")
+    write_model_folder(
+        work / "model", fine_tuned(random_weights(0), seed=2, only=("layer.0.weight",))
+    )
+    run_mvc(work, "commit", "-am", "b")
+    report = json.loads(run_mvc(work, "diff", "a", "b", "--json").stdout)
+    rows = {t["name"]: t for t in report["tensors"]}
+    changed = rows["layer.0.weight"]
+    assert changed["status"] == "changed"
+    assert changed["changed_fraction"] > 0.99
+    assert 0 < changed["relative_l2"] < 0.01
+    assert changed["cosine"] is not None and abs(changed["cosine"]) < 0.3
+    assert 0.3 < changed["sign_conflicts"] < 0.7
+    assert rows["layer.1.weight"]["status"] == "unchanged"
+    text = run_mvc(work, "diff", "a", "b").stdout
+    assert "layer.0.weight" in text and "layer.1.weight" not in text
+
+
+def test_errors_are_one_line_with_exit_1(work):
+    proc = run_mvc(work, "switch", "nope", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("mvc: error: no branch named 'nope'")
+    assert "Traceback" not in proc.stderr
+
+    (work / "model" / "bad.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    proc = run_mvc(work, "add", "model", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("mvc: error: model/bad.safetensors")
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_error_exits_2(work):
+    assert run_mvc(work, "commit", check=False).returncode == 2
+
+
+def test_outside_repository(tmp_path):
+    proc = run_mvc(tmp_path, "status", check=False)
+    assert proc.returncode == 1 and "not an mvc repository" in proc.stderr
+
+
+def test_fast_commands_do_not_import_torch(work):
+    code = (
+        "import sys\n"
+        "from mvc.cli.main import main\n"
+        "try:\n"
+        "    main(['add', 'model'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "try:\n"
+        "    main(['commit', '-m', 'x'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "try:\n"
+        "    main(['status'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
