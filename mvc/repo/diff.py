@@ -163,7 +163,7 @@ def _stats(
     dot = na = nb = 0.0
     conflicts = both_moved = 0
     base_chunks = base.chunks(path, base_entry) if base and base_entry else None
-    for old_bytes, new_bytes in zip(a.chunks(path, old), b.chunks(path, new)):
+    for old_bytes, new_bytes in zip(a.chunks(path, old), b.chunks(path, new), strict=True):
         x = to_float64(old_bytes, old.dtype)
         y = to_float64(new_bytes, new.dtype)
         changed += int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))

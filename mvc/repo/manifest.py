@@ -159,7 +159,7 @@ def _check_against_header(manifest: Manifest, path: str) -> None:
     header = parse_header(manifest.header_raw, manifest.data_size)
     if len(header.tensors) != len(manifest.tensors):
         raise FormatError(f"{path}: manifest and header list different tensors")
-    for info, entry in zip(header.tensors, manifest.tensors):
+    for info, entry in zip(header.tensors, manifest.tensors, strict=True):
         if (info.name, info.dtype, tuple(info.shape), info.nbytes) != (
             entry.name,
             entry.dtype,
