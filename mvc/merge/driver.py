@@ -1,0 +1,129 @@
+"""In-memory drivers of the chunked strategy protocol.
+
+They run exactly what the streaming executor runs (statistics passes over row chunks, then
+a per-chunk combine) over tensors already in memory, so tests, ``mvc verify`` on small
+models and the Python API share one code path with the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+
+from mvc.errors import MvcError
+from mvc.merge.device import resolve_device
+from mvc.merge.params import MergeParams
+from mvc.merge.strategies.base import Chunk, Strategy, TensorSpec, TensorStats
+
+
+def _chunks(
+    spec: TensorSpec,
+    base: torch.Tensor | None,
+    thetas: Sequence[torch.Tensor],
+    chunk_rows: int | None,
+    device: torch.device,
+) -> Iterator[Chunk]:
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(1) if not spec.shape else t
+
+    step = max(1, chunk_rows or spec.rows)
+    for start in range(0, max(spec.rows, 1), step):
+        stop = min(start + step, spec.rows)
+
+        def part(t: torch.Tensor, start: int = start, stop: int = stop) -> torch.Tensor:
+            return rows(t)[start:stop].to(device)
+
+        yield Chunk(
+            spec, start, None if base is None else part(base), tuple(part(t) for t in thetas)
+        )
+
+
+def _spec(name: str, base: torch.Tensor | None, thetas: Sequence[torch.Tensor]) -> TensorSpec:
+    if not thetas:
+        raise MvcError(f"nothing to merge for {name}: no branches")
+    first = thetas[0]
+    for t in [*thetas, *([base] if base is not None else [])]:
+        if t.shape != first.shape or t.dtype != first.dtype:
+            raise MvcError(
+                f"{name}: shapes/dtypes differ ({tuple(t.shape)} {t.dtype} vs "
+                f"{tuple(first.shape)} {first.dtype})"
+            )
+    return TensorSpec(name, tuple(first.shape), first.dtype, len(thetas))
+
+
+def merge_tensor(
+    strategy: Strategy,
+    params: MergeParams,
+    base: torch.Tensor | None,
+    thetas: Sequence[torch.Tensor],
+    *,
+    name: str,
+    chunk_rows: int | None = None,
+    device: str | torch.device = "cpu",
+    masks: bool = False,
+    model_context: object = None,
+) -> tuple[torch.Tensor, TensorStats]:
+    """Merge one tensor through the chunked protocol; returns (merged on CPU, stats).
+
+    ``chunk_rows`` splits dim 0 (None: one chunk). With ``masks`` the stats carry each
+    branch's packed TALL mask. Strategies with model-wide statistics need
+    ``model_context`` (use :func:`merge_tensors`).
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    spec = _spec(name, base, thetas)
+    if base is None and strategy.needs_base:
+        raise MvcError(f"strategy {strategy.name} needs the merge base of {name}")
+    job = strategy.tensor_job(params, spec, model_context, masks=masks)
+    while (p := job.next_pass()) is not None:
+        for chunk in _chunks(spec, base, thetas, chunk_rows, dev):
+            p.update(chunk)
+    parts = [job.combine(c).cpu() for c in _chunks(spec, base, thetas, chunk_rows, dev)]
+    merged = torch.cat(parts) if spec.shape else parts[0].reshape(())
+    return merged.reshape(spec.shape), job.stats()
+
+
+def merge_tensors(
+    strategy: Strategy,
+    params: MergeParams,
+    base: Mapping[str, torch.Tensor],
+    thetas: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    chunk_rows: int | None = None,
+    device: str | torch.device = "cpu",
+    masks: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, TensorStats]]:
+    """Merge every tensor of ``base`` (all sent through the strategy, in ``base``'s order).
+
+    Runs the strategy's model-wide passes first (e.g. ``--preset paper``), then each tensor.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    names = list(base)
+    for i, branch in enumerate(thetas):
+        missing = [n for n in names if n not in branch]
+        if missing:
+            raise MvcError(f"branch {i} lacks tensor {missing[0]}")
+    specs = {n: _spec(n, base[n], [b[n] for b in thetas]) for n in names}
+    strategy.check(params, len(thetas))
+    context = None
+    model_job = strategy.model_job(params, list(specs.values()))
+    if model_job is not None:
+        while (p := model_job.next_pass()) is not None:
+            for n in names:
+                for chunk in _chunks(specs[n], base[n], [b[n] for b in thetas], chunk_rows, dev):
+                    p.update(specs[n], chunk)
+        context = model_job.context()
+    merged, stats = {}, {}
+    for n in names:
+        merged[n], stats[n] = merge_tensor(
+            strategy,
+            params,
+            base[n],
+            [b[n] for b in thetas],
+            name=n,
+            chunk_rows=chunk_rows,
+            device=dev,
+            masks=masks,
+            model_context=context,
+        )
+    return merged, stats

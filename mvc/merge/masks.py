@@ -1,0 +1,42 @@
+"""TALL masks: which elements of the merge each parent "owns", 1 bit per element.
+
+m_i = |τ_i| > λ_i·|τ_MTL − τ_i| (strict), with τ_MTL the merged task vector. Lineage stores
+them so a parent can be extracted from the merge (θ̂_i = θ_base + m_i ⊙ τ_MTL). Bits are packed
+in flat index order, least significant bit first, carrying partial bytes across chunks, so
+the packed bytes do not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def tall_mask(tau: torch.Tensor, mtl: torch.Tensor, lam: float) -> torch.Tensor:
+    return tau.abs() > lam * (mtl - tau).abs()
+
+
+class MaskPacker:
+    """Packs a stream of bool chunks into bytes (LSB first), independent of chunk sizes."""
+
+    def __init__(self) -> None:
+        self._carry = np.zeros(0, dtype=bool)
+        self._parts: list[bytes] = []
+
+    def feed(self, bits: torch.Tensor) -> None:
+        flat = np.concatenate([self._carry, bits.reshape(-1).cpu().numpy().astype(bool)])
+        whole = len(flat) - len(flat) % 8
+        self._parts.append(np.packbits(flat[:whole], bitorder="little").tobytes())
+        self._carry = flat[whole:]
+
+    def finish(self) -> bytes:
+        if len(self._carry):
+            self._parts.append(np.packbits(self._carry, bitorder="little").tobytes())
+            self._carry = np.zeros(0, dtype=bool)
+        return b"".join(self._parts)
+
+
+def unpack_mask(data: bytes, numel: int) -> torch.Tensor:
+    """The bool mask (flat) of ``numel`` elements packed by :class:`MaskPacker`."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=numel)
+    return torch.from_numpy(bits.astype(bool))

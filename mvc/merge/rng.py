@@ -1,0 +1,56 @@
+"""DARE's random drop, reproducible from (seed, tensor name, branch) alone.
+
+A stateful generator would make the mask depend on chunk order, chunk size and device.
+Instead each element's uniform draw is a counter-based hash (splitmix64) of its flat index
+under a key derived from the seed, the tensor name and the branch index, so any chunk can be
+generated on its own and gives the same bits anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (a bijection on uint64 with good avalanche)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def stream_key(seed: int, name: str, branch: int) -> int:
+    """The 64-bit key of one (seed, tensor, branch) stream."""
+    digest = hashlib.blake2b(
+        f"{seed}\0{branch}\0{name}".encode(), digest_size=8, person=b"mvc-dare"
+    ).digest()
+    return int.from_bytes(digest, "little")
+
+
+def uniforms(key: int, start: int, count: int) -> np.ndarray:
+    """float64 uniforms in [0, 1) with 53 random bits for flat indices [start, start+count)."""
+    with np.errstate(over="ignore"):
+        index = np.arange(start, start + count, dtype=np.uint64)
+        state = np.uint64(key) + (index + np.uint64(1)) * _GOLDEN
+        bits = _mix(state)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def keep_mask(
+    seed: int,
+    name: str,
+    branch: int,
+    start: int,
+    count: int,
+    density: float,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Bool mask, True where the element survives the drop (probability ``density``)."""
+    u = uniforms(stream_key(seed, name, branch), start, count)
+    return torch.from_numpy(u < density).to(device)

@@ -1,0 +1,306 @@
+"""The chunked protocol every strategy follows, and the pieces they share.
+
+A tensor reaches a strategy as a sequence of row chunks (dim 0), possibly several times:
+
+    job = strategy.tensor_job(params, spec, model=context)
+    while (p := job.next_pass()) is not None:   # statistics passes (thresholds, norms)
+        for chunk in chunks(): p.update(chunk)
+    for chunk in chunks(): out = job.combine(chunk)  # elementwise, any order
+    stats = job.stats()
+
+Passes only accumulate exact, order-free statistics (histogram counts, exact sums), and
+``combine`` is a pure function of a chunk and those statistics, so the merged bytes do not
+depend on chunk size, chunk order or device. Strategies whose statistics span the whole
+model (``--preset paper``) expose a ``model_job`` with the same pass protocol over every
+tensor's chunks (``update(spec, chunk)``); its ``context()`` is passed to each tensor job.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+
+from mvc.errors import MvcError
+from mvc.merge.device import compute_dtype, is_mergeable
+from mvc.merge.masks import MaskPacker, tall_mask
+from mvc.merge.params import MergeParams
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a job knows about the tensor before seeing data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    n_branches: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_numel(self) -> int:
+        return math.prod(self.shape[1:]) if self.shape else 1
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return compute_dtype(self.dtype)
+
+
+@dataclass
+class Chunk:
+    """Rows [start, start + n) of the base and of each branch, already on the compute device."""
+
+    spec: TensorSpec
+    start: int
+    base: torch.Tensor | None
+    thetas: tuple[torch.Tensor, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return self.thetas[0].shape[0] if self.spec.shape else 1
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.n_rows == self.spec.rows
+
+    @property
+    def flat_start(self) -> int:
+        return self.start * self.spec.row_numel
+
+    @property
+    def device(self) -> torch.device:
+        return self.thetas[0].device
+
+    @cached_property
+    def base_c(self) -> torch.Tensor:
+        """The base, flat, in the compute dtype."""
+        if self.base is None:
+            raise MvcError(f"strategy needs the merge base of {self.spec.name}")
+        return self.base.reshape(-1).to(self.spec.compute_dtype)
+
+    @cached_property
+    def thetas_c(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t.reshape(-1).to(self.spec.compute_dtype) for t in self.thetas)
+
+    def taus(self) -> tuple[torch.Tensor, ...]:
+        """Task vectors τ_i = θ_i − θ_base, flat, in the compute dtype (cached per chunk)."""
+        return self._taus
+
+    @cached_property
+    def _taus(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t - self.base_c for t in self.thetas_c)
+
+
+@dataclass
+class Step:
+    """What a strategy computed for one chunk, before the single cast back.
+
+    ``out`` is the merged value in the compute dtype; ``sole[i]`` marks elements whose
+    merged value is mathematically θ_i (copied verbatim, avoiding a double rounding);
+    ``kept``/``contributed`` feed the statistics; ``mtl`` is the multi-task vector the TALL
+    masks compare against (None: the merged delta itself).
+    """
+
+    out: torch.Tensor
+    kept: tuple[torch.Tensor, ...] | None = None
+    contributed: tuple[torch.Tensor, ...] | None = None
+    signs: tuple[torch.Tensor, ...] | None = None
+    sole: tuple[torch.Tensor, ...] | None = None
+    mtl: torch.Tensor | None = None
+
+
+@dataclass
+class TensorStats:
+    """Per-tensor statistics for the merge record; counts are exact integers.
+
+    ``changed[i]``: elements with τ_i ≠ 0; ``kept[i]``: nonzero after trim/drop;
+    ``contributed[i]``: elements where branch i entered the merged value; ``conflicts``:
+    elements where surviving edits disagree in sign; ``masks``: packed TALL masks.
+    """
+
+    name: str
+    numel: int
+    changed: list[int]
+    kept: list[int]
+    contributed: list[int]
+    conflicts: int = 0
+    masks: tuple[bytes, ...] | None = None
+
+    @property
+    def kept_density(self) -> list[float]:
+        return [k / self.numel if self.numel else 0.0 for k in self.kept]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "numel": self.numel,
+            "changed": self.changed,
+            "kept": self.kept,
+            "contributed": self.contributed,
+            "conflicts": self.conflicts,
+        }
+
+
+class Pass(ABC):
+    @abstractmethod
+    def update(self, chunk: Chunk) -> None: ...
+
+
+class ModelPass(ABC):
+    @abstractmethod
+    def update(self, spec: TensorSpec, chunk: Chunk) -> None: ...
+
+
+class ModelJob(ABC):
+    """Statistics over every tensor of the merge (for model-wide trims)."""
+
+    def __init__(self) -> None:
+        self._gen = self.plan()
+
+    def next_pass(self) -> ModelPass | None:
+        return next(self._gen, None)
+
+    @abstractmethod
+    def plan(self) -> Iterator[ModelPass]: ...
+
+    @abstractmethod
+    def context(self) -> Any: ...
+
+
+class TensorJob(ABC):
+    """One tensor's merge: statistics passes from :meth:`plan`, then :meth:`step` per chunk."""
+
+    def __init__(self, params: MergeParams, spec: TensorSpec, *, masks: bool = False) -> None:
+        self.params = params
+        self.spec = spec
+        n = spec.n_branches
+        self.weights = params.weights_for(n)
+        self._gen: Iterator[Pass] | None = None
+        self._stats = TensorStats(spec.name, spec.numel, [0] * n, [0] * n, [0] * n)
+        self._packers = [MaskPacker() for _ in range(n)] if masks else None
+        self._lambdas = params.tall_lambdas_for(n)
+
+    def plan(self) -> Iterator[Pass]:
+        """Statistics passes; the default strategy needs none."""
+        return iter(())
+
+    @abstractmethod
+    def step(self, chunk: Chunk) -> Step: ...
+
+    def next_pass(self) -> Pass | None:
+        if self._gen is None:
+            self._gen = self.plan()
+        return next(self._gen, None)
+
+    def combine(self, chunk: Chunk) -> torch.Tensor:
+        """The merged rows of ``chunk`` in the tensor's dtype, with the chunk's shape."""
+        result = self.step(chunk)
+        out = result.out.to(self.spec.dtype)
+        if result.sole is not None:
+            for sole, theta in zip(result.sole, chunk.thetas, strict=True):
+                out = torch.where(sole, theta.reshape(-1), out)
+        self._account(chunk, result, out)
+        shape = (chunk.n_rows, *self.spec.shape[1:]) if self.spec.shape else ()
+        return out.reshape(shape)
+
+    def _account(self, chunk: Chunk, result: Step, out: torch.Tensor) -> None:
+        stats = self._stats
+        taus = chunk.taus() if chunk.base is not None else None
+        nonzero = [tau != 0 for tau in taus] if taus is not None else None
+        kept = result.kept if result.kept is not None else nonzero
+        contributed = result.contributed if result.contributed is not None else kept
+        for i in range(self.spec.n_branches):
+            if nonzero is not None:
+                stats.changed[i] += int(nonzero[i].sum())
+            if kept is not None:
+                stats.kept[i] += int(kept[i].sum())
+            if contributed is not None:
+                stats.contributed[i] += int(contributed[i].sum())
+        signs = result.signs if result.signs is not None else taus
+        if signs is not None:
+            positive = torch.zeros_like(signs[0], dtype=torch.bool)
+            negative = torch.zeros_like(positive)
+            for s in signs:
+                positive |= s > 0
+                negative |= s < 0
+            stats.conflicts += int((positive & negative).sum())
+        if self._packers is not None and taus is not None:
+            mtl = result.mtl
+            if mtl is None:
+                mtl = out.to(self.spec.compute_dtype) - chunk.base_c
+            for packer, tau, lam in zip(self._packers, taus, self._lambdas, strict=True):
+                packer.feed(tall_mask(tau, mtl, lam))
+
+    def stats(self) -> TensorStats:
+        if self._packers is not None and self.spec.n_branches:
+            self._stats.masks = tuple(p.finish() for p in self._packers)
+            self._packers = None
+        return self._stats
+
+
+class Strategy(ABC):
+    """A named merge rule; stateless, so one instance serves every tensor."""
+
+    name: ClassVar[str]
+    presets: ClassVar[tuple[str | None, ...]] = (None,)
+    needs_base: ClassVar[bool] = True
+    floats_only: ClassVar[bool] = True
+    min_branches: ClassVar[int] = 1
+    max_branches: ClassVar[int | None] = None
+
+    def check(self, params: MergeParams, n_branches: int) -> None:
+        """Raise MvcError when ``params`` or the branch count do not fit this strategy."""
+        if params.preset not in self.presets:
+            valid = ", ".join(p for p in self.presets if p) or "none"
+            raise MvcError(
+                f"strategy {self.name} has no preset {params.preset!r}",
+                hint=f"presets for {self.name}: {valid}",
+            )
+        if n_branches < self.min_branches or (
+            self.max_branches is not None and n_branches > self.max_branches
+        ):
+            want = (
+                f"exactly {self.min_branches}"
+                if self.min_branches == self.max_branches
+                else f"at least {self.min_branches}"
+            )
+            raise MvcError(f"strategy {self.name} needs {want} branches, got {n_branches}")
+        params.weights_for(n_branches)
+        params.densities_for(n_branches)
+        params.tall_lambdas_for(n_branches)
+
+    def check_tensor(self, spec: TensorSpec) -> None:
+        if self.floats_only and not is_mergeable(spec.dtype):
+            raise MvcError(
+                f"strategy {self.name} cannot merge {spec.name} ({spec.dtype}); only floats",
+                hint="use --strategy ours|theirs for that tensor",
+            )
+
+    def model_job(self, params: MergeParams, n_branches: int) -> ModelJob | None:
+        """Whole-model statistics this strategy needs first (None: per tensor only)."""
+        return None
+
+    def tensor_job(
+        self, params: MergeParams, spec: TensorSpec, model: Any = None, *, masks: bool = False
+    ) -> TensorJob:
+        self.check(params, spec.n_branches)
+        self.check_tensor(spec)
+        return self._job(params, spec, model, masks)
+
+    @abstractmethod
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob: ...
+
+
+def resolved_normalize(params: MergeParams, default: bool) -> bool:
+    return default if params.normalize is None else params.normalize

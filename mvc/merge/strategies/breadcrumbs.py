@@ -1,0 +1,68 @@
+"""Model breadcrumbs: per tensor drop the largest γ fraction of |τ_i| (outliers) and keep the
+next β fraction (β is ``density``), then task arithmetic.
+
+As mergekit's ``magnitude_outliers``: with target = int(β·N), n_top = int(γ·N) and
+n_bot = max(0, N − target − n_top), keep ascending magnitude ranks [n_bot, n_bot + target),
+ranks of equal magnitudes ordered by flat index. Both cuts are exact rank selections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from mvc.merge.params import MergeParams
+from mvc.merge.select import Request, Selection, magnitude_keys
+from mvc.merge.strategies.base import (
+    Chunk,
+    Step,
+    Strategy,
+    TensorJob,
+    TensorSpec,
+    resolved_normalize,
+)
+from mvc.merge.strategies.task_arithmetic import weighted_sum
+from mvc.merge.strategies.ties import apply_lambda
+
+
+class BreadcrumbsJob(TensorJob):
+    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
+        super().__init__(params, spec, masks=masks)
+        n, numel = spec.n_branches, spec.numel
+        requests = []
+        for i, d in enumerate(params.densities_for(n)):
+            if d >= 1:
+                low, high = 0, numel
+            else:
+                target = int(d * numel)
+                low = max(0, numel - target - int(params.gamma * numel))
+                high = low + target
+            requests += [Request(i, False, low), Request(i, False, high)]
+        self.selection = Selection(requests, numel, spec.dtype)
+
+    def plan(self) -> Iterator:
+        yield from self.selection.passes()
+
+    def step(self, chunk: Chunk) -> Step:
+        cuts = self.selection.cuts
+        hats = []
+        for i, tau in enumerate(chunk.taus()):
+            keys = magnitude_keys(tau)
+            below_low = cuts[2 * i].apply(keys, chunk.flat_start)
+            below_high = cuts[2 * i + 1].apply(keys, chunk.flat_start)
+            hats.append(tau * (below_high & ~below_low))
+        hats = tuple(hats)
+        delta = weighted_sum(hats, self.weights, resolved_normalize(self.params, False))
+        return Step(
+            out=apply_lambda(chunk.base_c, delta, self.params.lambda_),
+            kept=tuple(h != 0 for h in hats),
+            signs=hats,
+        )
+
+
+class Breadcrumbs(Strategy):
+    name = "breadcrumbs"
+    presets = (None, "mergekit")
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return BreadcrumbsJob(params, spec, masks)

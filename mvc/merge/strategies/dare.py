@@ -1,0 +1,87 @@
+"""DARE's drop-and-rescale, shared by ``dare_ties`` and ``dare_linear``.
+
+Each τ_i entry survives with probability ``density`` (p = 1 − density), drawn from the
+counter-based generator of :mod:`mvc.merge.rng`, so the mask depends only on (seed, tensor
+name, branch, element). Survivors are rescaled:
+
+- default and ``peft``: divided by density (the DARE paper's 1/(1 − p));
+- ``mergekit``: by ‖τ_i‖₁ / ‖τ_i ⊙ keep‖₁ over the whole tensor, skipped when either norm is
+  below 1e-7. The norms come from one statistics pass with exact sums (chunking-proof).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from mvc.merge.exact import ExactSum
+from mvc.merge.params import MergeParams
+from mvc.merge.rng import keep_mask
+from mvc.merge.strategies.base import Chunk, Pass, TensorSpec
+
+_NORM_EPS = 1e-7
+
+
+class _NormPass(Pass):
+    def __init__(self, drop: DareDrop) -> None:
+        self.drop = drop
+
+    def update(self, chunk: Chunk) -> None:
+        for i, (tau, keep) in enumerate(zip(chunk.taus(), self.drop.keeps(chunk), strict=True)):
+            if keep is not None:
+                self.drop.before[i].add(tau.abs())
+                self.drop.after[i].add((tau * keep).abs())
+
+
+class DareDrop:
+    """Per-branch random keep masks and rescale factors for one tensor."""
+
+    def __init__(self, params: MergeParams, spec: TensorSpec) -> None:
+        self.params = params
+        self.spec = spec
+        self.densities = params.densities_for(spec.n_branches)
+        self.l1 = params.preset == "mergekit"
+        self.before = [ExactSum() for _ in self.densities]
+        self.after = [ExactSum() for _ in self.densities]
+        self.scales: list[float | None] = [None] * len(self.densities)
+
+    def keeps(self, chunk: Chunk) -> list[torch.Tensor | None]:
+        """Keep masks (compute dtype, 0/1) for the chunk; None where density is 1 (no drop)."""
+        count = chunk.thetas[0].numel()
+        return [
+            None
+            if d >= 1
+            else keep_mask(
+                self.params.seed, self.spec.name, i, chunk.flat_start, count, d, chunk.device
+            ).to(self.spec.compute_dtype)
+            for i, d in enumerate(self.densities)
+        ]
+
+    def passes(self) -> Iterator[Pass]:
+        if not self.l1 or all(d >= 1 for d in self.densities):
+            return
+        yield _NormPass(self)
+        for i, d in enumerate(self.densities):
+            if d >= 1:
+                continue
+            before, after = self.before[i].value(), self.after[i].value()
+            if before < _NORM_EPS or after < _NORM_EPS:
+                continue
+            dtype = self.spec.compute_dtype
+            self.scales[i] = float(
+                torch.tensor(before, dtype=dtype) / torch.tensor(after, dtype=dtype)
+            )
+
+    def apply(self, chunk: Chunk) -> tuple[torch.Tensor, ...]:
+        """τ̂_i: dropped and rescaled task vectors of the chunk."""
+        out = []
+        for i, (tau, keep) in enumerate(zip(chunk.taus(), self.keeps(chunk), strict=True)):
+            if keep is None:
+                out.append(tau)
+            elif self.l1:
+                masked = tau * keep
+                out.append(masked if self.scales[i] is None else masked * self.scales[i])
+            else:
+                out.append(tau * keep / self.densities[i])
+        return tuple(out)

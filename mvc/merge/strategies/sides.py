@@ -1,0 +1,45 @@
+"""``ours`` and ``theirs``: take one branch's tensor verbatim, any dtype, no arithmetic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mvc.merge.params import PRESETS, MergeParams
+from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
+
+
+class SideJob(TensorJob):
+    def __init__(self, params: MergeParams, spec: TensorSpec, side: int) -> None:
+        super().__init__(params, spec)
+        self.side = side
+
+    def step(self, chunk: Chunk) -> Step:
+        return Step(out=chunk.thetas[self.side].reshape(-1))
+
+    def _account(self, chunk: Chunk, result: Step, out: torch.Tensor) -> None:
+        """Only the chosen side contributes; integer tensors have no task vectors to count."""
+        self._stats.contributed[self.side] += out.numel()
+
+
+class Ours(Strategy):
+    name = "ours"
+    presets = PRESETS
+    needs_base = False
+    floats_only = False
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return SideJob(params, spec, 0)
+
+
+class Theirs(Strategy):
+    name = "theirs"
+    presets = PRESETS
+    needs_base = False
+    floats_only = False
+    min_branches = 2
+    max_branches = 2
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return SideJob(params, spec, 1)

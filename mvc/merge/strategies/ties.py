@@ -1,0 +1,237 @@
+"""TIES: trim each task vector to its largest magnitudes, elect a sign, average the agreeing.
+
+Presets differ only in arithmetic details, each matching a tool users trust:
+
+- default / ``mergekit``: keep exactly k = max(1, int(density·N)) per tensor; weights enter
+  the election (sign of Σ w_i·τ̂_i, a zero sum electing +) and the mean is weighted
+  (Σ w_i·τ̂_i over agreeing / Σ w_i over agreeing). The default additionally copies θ_i
+  verbatim where branch i is the only contributor and λ = 1 (the same value mathematically,
+  without the double rounding of subtracting and re-adding the base).
+- ``peft``: k = int(density·N); unweighted election; Σ w_i·τ̂_i over agreeing divided by the
+  *count* of agreeing branches.
+- ``paper``: trim across the whole model (keep |τ| ≥ the model-wide k-th largest, in fp32);
+  unweighted election where a zero sum takes the model-wide majority sign; mean by count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mvc.merge.params import MergeParams
+from mvc.merge.select import Cut, RadixQuery, Request, Selection, magnitude_keys
+from mvc.merge.strategies.base import (
+    Chunk,
+    ModelJob,
+    ModelPass,
+    Step,
+    Strategy,
+    TensorJob,
+    TensorSpec,
+    resolved_normalize,
+)
+
+
+def trim_count(density: float, numel: int, preset: str | None) -> int:
+    """How many elements a per-tensor magnitude trim keeps."""
+    if density >= 1.0:
+        return numel
+    k = int(density * numel)
+    if preset != "peft":
+        k = max(1, k)  # mergekit keeps at least one element of a nonempty tensor
+    return min(k, numel)
+
+
+@dataclass
+class Election:
+    """Result of the sign election and disjoint mean over trimmed task vectors."""
+
+    delta: torch.Tensor
+    agree: tuple[torch.Tensor, ...]
+    sole: tuple[torch.Tensor, ...] | None
+
+
+def elect_and_merge(
+    hats: tuple[torch.Tensor, ...],
+    weights: tuple[float, ...],
+    *,
+    preset: str | None,
+    normalize: bool,
+    zero_sign: float = 1.0,
+) -> Election:
+    """Sign election + disjoint merge of trimmed task vectors ``hats`` (no λ applied).
+
+    ``preset`` None/mergekit: weighted election and weighted mean (mean only when
+    ``normalize``); peft/paper: unweighted election, weighted sum over the count agreeing.
+    ``zero_sign`` is the sign a zero election sum takes (paper: the model-wide majority).
+    """
+    if preset in (None, "mergekit"):
+        voters = [h * w for h, w in zip(hats, weights, strict=True)]  # weights enter the election
+    else:
+        voters = list(hats)
+    total = _sum(voters)
+    positive = total > 0 if zero_sign < 0 else total >= 0
+    agree = tuple(torch.where(positive, v > 0, v < 0) for v in voters)
+    masks = [a.to(total.dtype) for a in agree]
+    if preset in (None, "mergekit"):
+        num = _sum([v * m for v, m in zip(voters, masks, strict=True)])
+        if not normalize:
+            return Election(num, agree, None)
+        den = _sum([m * w for m, w in zip(masks, weights, strict=True)])
+        den = torch.where(den == 0, torch.ones_like(den), den)
+        count = _sum(masks)
+        return Election(num / den, agree, tuple(a & (count == 1) for a in agree))
+    num = _sum([h * w * m for h, w, m in zip(hats, weights, masks, strict=True)])
+    return Election(num / torch.clamp(_sum(masks), min=1.0), agree, None)
+
+
+def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Left-to-right sum, the order torch uses when reducing a stacked dim 0."""
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def apply_lambda(base: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
+    """θ_base + λ·δ, multiplying only when λ ≠ 1 (as mergekit does, for identical rounding)."""
+    return base + (delta * lam if lam != 1 else delta)
+
+
+class TiesJob(TensorJob):
+    def __init__(self, params: MergeParams, spec: TensorSpec, context: Any, masks: bool) -> None:
+        super().__init__(params, spec, masks=masks)
+        n = spec.n_branches
+        self.preset = params.preset
+        self.normalize = resolved_normalize(params, True)
+        self.context: PaperContext | None = context
+        self.selection = Selection(
+            [
+                Request(i, True, trim_count(d, spec.numel, self.preset))
+                for i, d in enumerate(params.densities_for(n))
+            ],
+            spec.numel,
+            spec.dtype,
+        )
+
+    def plan(self) -> Iterator:
+        if self.context is None:
+            yield from self.selection.passes()
+
+    def trimmed(self, chunk: Chunk) -> tuple[torch.Tensor, ...]:
+        """τ̂_i: each task vector with everything outside its kept set zeroed."""
+        taus = chunk.taus()
+        if self.context is not None:
+            cuts = self.context.cuts
+            keys = [magnitude_keys(t, as_fp32=True) for t in taus]
+        else:
+            cuts = self.selection.cuts
+            keys = [magnitude_keys(t) for t in taus]
+        return tuple(
+            tau * cut.apply(key, chunk.flat_start)
+            for tau, cut, key in zip(taus, cuts, keys, strict=True)
+        )
+
+    def elect(self, hats: tuple[torch.Tensor, ...]) -> Election:
+        zero_sign = self.context.majority if self.context is not None else 1.0
+        return elect_and_merge(
+            hats, self.weights, preset=self.preset, normalize=self.normalize, zero_sign=zero_sign
+        )
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.trimmed(chunk)
+        election = self.elect(hats)
+        lam = self.params.lambda_
+        exact = self.preset is None and lam == 1
+        return Step(
+            out=apply_lambda(chunk.base_c, election.delta, lam),
+            kept=tuple(h != 0 for h in hats),
+            contributed=election.agree,
+            signs=hats,
+            sole=election.sole if exact else None,
+        )
+
+
+@dataclass(frozen=True)
+class PaperContext:
+    """Model-wide statistics of the paper preset: per-branch cuts on fp32 |τ| and the majority sign."""
+
+    cuts: tuple[Cut, ...]
+    majority: float
+
+
+class _FnPass(ModelPass):
+    def __init__(self, fn) -> None:
+        self._fn = fn
+
+    def update(self, spec: TensorSpec, chunk: Chunk) -> None:
+        self._fn(spec, chunk)
+
+
+class PaperModelJob(ModelJob):
+    """Model-wide trim thresholds (keep |τ_i| ≥ the k_i-th largest over all tensors) and majority sign."""
+
+    def __init__(self, params: MergeParams, specs: list[TensorSpec]) -> None:
+        self.specs = specs
+        self.n = specs[0].n_branches if specs else 0
+        self.densities = params.densities_for(self.n) if self.n else ()
+        self._context: PaperContext | None = None
+        super().__init__()
+
+    def plan(self) -> Iterator[ModelPass]:
+        total = sum(spec.numel for spec in self.specs)
+        counts = [total if d >= 1 else int(d * total) for d in self.densities]
+        queries = {i: RadixQuery(k - 1, 32) for i, k in enumerate(counts) if 0 < k < total}
+
+        def feed(spec: TensorSpec, chunk: Chunk) -> None:
+            for i, tau in enumerate(chunk.taus()):
+                if i in queries:
+                    queries[i].update(magnitude_keys(tau, as_fp32=True), False)
+
+        while not all(q.done for q in queries.values()):
+            yield _FnPass(feed)
+            for q in queries.values():
+                q.end_pass()
+        cuts = []
+        for i, k in enumerate(counts):
+            if k <= 0:
+                cuts.append(Cut.nothing())
+            elif k >= total:
+                cuts.append(Cut.everything())
+            else:
+                q = queries[i]
+                cuts.append(Cut(above=True, value=q.value, take=q.n_equal, n_equal=q.n_equal))
+        balance = [0]
+
+        def vote(spec: TensorSpec, chunk: Chunk) -> None:
+            hats = [
+                tau * cut.apply(magnitude_keys(tau, as_fp32=True), chunk.flat_start)
+                for tau, cut in zip(chunk.taus(), cuts, strict=True)
+            ]
+            s = sum(hats[1:], hats[0])
+            balance[0] += int((s > 0).sum()) - int((s < 0).sum())
+
+        if self.n:
+            yield _FnPass(vote)
+        self._context = PaperContext(tuple(cuts), 1.0 if balance[0] >= 0 else -1.0)
+
+    def context(self) -> PaperContext:
+        if self._context is None:
+            raise RuntimeError("model statistics requested before their passes ran")
+        return self._context
+
+
+class Ties(Strategy):
+    name = "ties"
+    presets = (None, "mergekit", "peft", "paper")
+
+    def model_job(self, params: MergeParams, specs: list[TensorSpec]) -> ModelJob | None:
+        return PaperModelJob(params, specs) if params.preset == "paper" else None
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        if params.preset == "paper" and model is None:
+            raise RuntimeError("the paper preset needs the model job's context")
+        return TiesJob(params, spec, model, masks)
