@@ -30,7 +30,7 @@ class ExactSum:
 
     @staticmethod
     def _accumulate(bins: torch.Tensor, x: torch.Tensor) -> None:
-        bits = x.view(torch.int64)
+        bits = x.view(torch.int64) & ((1 << 63) - 1)  # clamp can leave -0.0
         exponent = bits >> 52
         mantissa = (bits & ((1 << 52) - 1)) | ((exponent > 0).to(torch.int64) << 52)
         parts = torch.stack([mantissa >> _HALF, mantissa & ((1 << _HALF) - 1)], dim=1)

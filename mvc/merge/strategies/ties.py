@@ -9,8 +9,9 @@ Presets differ only in arithmetic details, each matching a tool users trust:
   without the double rounding of subtracting and re-adding the base).
 - ``peft``: k = int(density·N); unweighted election; Σ w_i·τ̂_i over agreeing divided by the
   *count* of agreeing branches.
-- ``paper``: trim across the whole model (keep |τ| ≥ the model-wide k-th largest, in fp32);
-  unweighted election where a zero sum takes the model-wide majority sign; mean by count.
+- ``paper``: trim across the whole model (keep fp32 |τ| ≥ the model-wide (int(density·N)+1)-th
+  largest, as the paper's code does); unweighted election where a zero sum takes the
+  model-wide majority sign; mean by count.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class _FnPass(ModelPass):
 
 
 class PaperModelJob(ModelJob):
-    """Model-wide trim thresholds (keep |τ_i| ≥ the k_i-th largest over all tensors) and majority sign."""
+    """Model-wide trim thresholds over fp32 |τ_i| of all tensors, and the majority sign."""
 
     def __init__(self, params: MergeParams, specs: list[TensorSpec]) -> None:
         self.specs = specs
@@ -183,8 +184,12 @@ class PaperModelJob(ModelJob):
 
     def plan(self) -> Iterator[ModelPass]:
         total = sum(spec.numel for spec in self.specs)
-        counts = [total if d >= 1 else int(d * total) for d in self.densities]
-        queries = {i: RadixQuery(k - 1, 32) for i, k in enumerate(counts) if 0 < k < total}
+        # As the paper's code: keep |τ| >= the (int(d·N) + 1)-th largest over the model.
+        queries = {
+            i: RadixQuery(int(d * total), 32)
+            for i, d in enumerate(self.densities)
+            if d < 1 and total
+        }
 
         def feed(spec: TensorSpec, chunk: Chunk) -> None:
             for i, tau in enumerate(chunk.taus()):
@@ -195,15 +200,12 @@ class PaperModelJob(ModelJob):
             yield _FnPass(feed)
             for q in queries.values():
                 q.end_pass()
-        cuts = []
-        for i, k in enumerate(counts):
-            if k <= 0:
-                cuts.append(Cut.nothing())
-            elif k >= total:
-                cuts.append(Cut.everything())
-            else:
-                q = queries[i]
-                cuts.append(Cut(above=True, value=q.value, take=q.n_equal, n_equal=q.n_equal))
+        cuts = [
+            Cut(above=True, value=q.value, take=q.n_equal, n_equal=q.n_equal)
+            if (q := queries.get(i)) is not None
+            else Cut.everything()
+            for i in range(self.n)
+        ]
         balance = [0]
 
         def vote(spec: TensorSpec, chunk: Chunk) -> None:
