@@ -125,37 +125,49 @@ def _encode_piece(
 def encode(
     data: memoryview,
     itemsize: int,
-    base: memoryview | None,
+    base: memoryview | bytes | None,
     *,
     piece_bytes: int = PIECE_BYTES,
     mapper: Mapper = map,
+    candidates: tuple[Codec, ...] | None = None,
 ) -> tuple[Codec, list[bytes]]:
-    """Try ``planes`` (and ``xor``/``sub`` when a base is given) and keep the smallest.
+    """Encode with each candidate codec and keep the smallest.
 
-    Returns the codec and its zstd frames (piece-major, plane-minor); ``raw`` returns the
-    data itself as the single "frame" and is chosen only when no codec beats it, frame
-    length table included. ``base`` must have the same length as ``data``.
+    The default candidates are ``raw`` and ``planes``, plus ``xor`` and ``sub`` when a
+    ``base`` (same length as ``data``) is given; ``raw`` wins only when nothing beats it,
+    frame length table included. Returns the codec and its frames (piece-major,
+    plane-minor; for ``raw`` the data itself as the single frame).
     """
+    if candidates is None:
+        candidates = (Codec.RAW, Codec.PLANES)
+        if base is not None:
+            candidates += (Codec.XOR, Codec.SUB)
+    if base is None and any(c.is_delta for c in candidates):
+        raise ValueError("delta codecs need a base")
     nbytes = data.nbytes
     uint = _UINTS[itemsize]
-    codecs = (Codec.PLANES,) if base is None else (Codec.PLANES, Codec.XOR, Codec.SUB)
+    planed = tuple(c for c in candidates if c is not Codec.RAW)
     new_all = np.frombuffer(data, dtype=uint)
     base_all = None if base is None else np.frombuffer(base, dtype=uint)
 
     def work(span: tuple[int, int]) -> list[list[bytes]]:
         a, b = span[0] // itemsize, span[1] // itemsize
         return _encode_piece(
-            codecs, new_all[a:b], None if base_all is None else base_all[a:b], itemsize
+            planed, new_all[a:b], None if base_all is None else base_all[a:b], itemsize
         )
 
-    per_piece = list(mapper(work, iter_pieces(nbytes, itemsize, piece_bytes)))
-    best_codec, best_frames, best_size = Codec.RAW, [bytes(data)], nbytes
-    for i, codec in enumerate(codecs):
+    per_piece = list(mapper(work, iter_pieces(nbytes, itemsize, piece_bytes))) if planed else []
+    best: tuple[int, Codec, list[bytes]] | None = None
+    if Codec.RAW in candidates:
+        best = (nbytes, Codec.RAW, [bytes(data)])
+    for i, codec in enumerate(planed):
         frames = [frame for piece in per_piece for frame in piece[i]]
         size = sum(len(f) for f in frames) + 4 * len(frames)
-        if size < best_size:
-            best_codec, best_frames, best_size = codec, frames, size
-    return best_codec, best_frames
+        if best is None or size < best[0]:
+            best = (size, codec, frames)
+    if best is None:
+        raise ValueError("no candidate codecs")
+    return best[1], best[2]
 
 
 def frame_count(raw_size: int, itemsize: int, piece_bytes: int) -> int:

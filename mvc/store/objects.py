@@ -19,9 +19,10 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.formats.dtypes import get_dtype
@@ -40,6 +41,8 @@ from mvc.store.objfile import (
 
 MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
+IO_WORKERS = 8
+MAX_PENDING_WRITES = 16  # bounds the encoded objects held in memory awaiting their write
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
@@ -65,8 +68,7 @@ class GcReport:
     freed_bytes: int
 
 
-@dataclass(frozen=True)
-class PutRequest:
+class PutRequest(NamedTuple):
     """One ``put`` for ``put_many``; a plain ``(data, dtype, shape[, base])`` tuple works too."""
 
     data: bytes | bytearray | memoryview
@@ -221,6 +223,19 @@ class ObjectStore:
         subtraction deltas are tried too and the smallest encoding wins; a base that is
         missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
         """
+        oid, path, chunks = self._encode(data, dtype, shape, base)
+        if chunks is not None:
+            self._write_atomic(path, chunks)
+        return oid
+
+    def _encode(
+        self,
+        data: bytes | bytearray | memoryview,
+        dtype: str,
+        shape: Sequence[int],
+        base: str | None,
+    ) -> tuple[str, Path, list[bytes] | None]:
+        """The id, final path and file contents of a put (``None`` when already stored)."""
         view = memoryview(data).cast("B")
         shape = tuple(int(d) for d in shape)
         itemsize = get_dtype(dtype).itemsize
@@ -229,7 +244,7 @@ class ObjectStore:
         oid = object_id(dtype, shape, view)
         path = self.path(oid)
         if path.is_file():
-            return oid
+            return oid, path, None
         base_bytes, depth = self._usable_base(base, oid, dtype, shape)
         codec, frames = codecs.encode(view, itemsize, base_bytes, mapper=self._mapper())
         header = pack_header(
@@ -243,8 +258,7 @@ class ObjectStore:
             [] if codec is Codec.RAW else [len(f) for f in frames],
         )
         chunks = [header, *frames]
-        self._write_atomic(path, [*chunks, trailer(chunks)])
-        return oid
+        return oid, path, [*chunks, trailer(chunks)]
 
     def _usable_base(
         self, base: str | None, oid: str, dtype: str, shape: tuple[int, ...]
@@ -262,24 +276,44 @@ class ObjectStore:
         requests: Iterable[PutRequest | tuple],
         workers: int | None = None,
     ) -> list[str]:
-        """``put`` each request on a thread pool; ids in request order.
+        """``put`` each request; ids in request order.
 
-        Objects are compressed in parallel here, so their pieces are not (no nested pools).
+        ``workers`` threads (default 2, one per core) compress whole objects, so pieces of
+        one object are not parallelised here (no nested pools). Writes go to a separate
+        pool of ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where one
+        writer would wait for a commit per file. A request's ``base`` must already be
+        stored (not merely in the same batch) to be used.
         """
         reqs = [r if isinstance(r, PutRequest) else PutRequest(*r) for r in requests]
+        pending = threading.BoundedSemaphore(MAX_PENDING_WRITES)
 
-        def one(r: PutRequest) -> str:
-            self._local.serial = True
+        def write(path: Path, chunks: list[bytes]) -> None:
             try:
-                return self.put(r.data, r.dtype, r.shape, r.base)
+                self._write_atomic(path, chunks)
             finally:
-                self._local.serial = False
+                pending.release()
 
-        n = min(workers or DEFAULT_WORKERS, len(reqs))
-        if n <= 1:
-            return [self.put(r.data, r.dtype, r.shape, r.base) for r in reqs]
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mvc-put") as pool:
-            return list(pool.map(one, reqs))
+        with (
+            ThreadPoolExecutor(workers or DEFAULT_WORKERS, thread_name_prefix="mvc-put") as cpu,
+            ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mvc-io") as io,
+        ):
+
+            def one(r: PutRequest) -> tuple[str, Future | None]:
+                self._local.serial = True
+                try:
+                    oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base)
+                finally:
+                    self._local.serial = False
+                if chunks is None:
+                    return oid, None
+                pending.acquire()
+                return oid, io.submit(write, path, chunks)
+
+            results = list(cpu.map(one, reqs))
+            for _, fut in results:
+                if fut is not None:
+                    fut.result()
+        return [oid for oid, _ in results]
 
     def write_raw(self, oid: str, stored: bytes) -> None:
         """Keep an encoded object received from elsewhere, after decoding and verifying it.
