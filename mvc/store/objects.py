@@ -42,7 +42,7 @@ from mvc.store.objfile import (
 MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
-MAX_PENDING_WRITES = 16  # bounds the encoded objects held in memory awaiting their write
+MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
@@ -116,8 +116,12 @@ class ObjectStore:
         for sub in sorted(self.objects.iterdir()):
             if len(sub.name) != 2 or not sub.is_dir():
                 continue
-            for f in sorted(sub.iterdir()):
-                oid = sub.name + f.name
+            try:
+                names = sorted(f.name for f in sub.iterdir())
+            except FileNotFoundError:  # removed by a concurrent gc
+                continue
+            for name in names:
+                oid = sub.name + name
                 if is_object_id(oid):
                     yield oid
 
