@@ -16,6 +16,8 @@ from mvc.errors import MvcError
 
 COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_repo",
+    "mvc.cli.cmd_merge",
+    "mvc.cli.cmd_lock",
 ]
 
 

@@ -1,1 +1,28 @@
-"""mvc.merge layer."""
+"""mvc.merge: three-way planner, strategies, streaming executor, merge records.
+
+Names are imported lazily: the planner and records need no torch, and commands such as
+`mvc log` read merge records without paying torch's import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "merge": "mvc.merge.api",
+    "MergeOptions": "mvc.merge.api",
+    "MergeResult": "mvc.merge.api",
+    "MergeParams": "mvc.merge.params",
+    "read_record": "mvc.merge.record",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = list(_EXPORTS)

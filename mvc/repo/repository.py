@@ -624,8 +624,19 @@ class Repo:
 
     def _apply_commit(self, old: str | None, new: str, force: bool) -> None:
         """Turn the work tree and index from commit `old` into commit `new`."""
-        old_files = self.tree_files(old)
-        new_files = self.tree_files(new)
+        self._apply_files(self.tree_files(old), self.tree_files(new), force)
+
+    def stage_tree(self, files: Mapping[str, Manifest | bytes]) -> None:
+        """Write a library-built file set into the work tree and index, without committing."""
+        new_files: TreeFiles = {}
+        for path in sorted(files):
+            content = files[checked_path(path)]
+            data = content.to_bytes() if isinstance(content, Manifest) else content
+            new_files[path] = (store_blob(self.git, data), 0o100644)
+        with self.locked():
+            self._apply_files(self.tree_files(self.head()), new_files, force=False)
+
+    def _apply_files(self, old_files: TreeFiles, new_files: TreeFiles, force: bool) -> None:
         staging = Staging(self.git)
         if not force:
             self._refuse_if_dirty(staging, old_files, new_files)

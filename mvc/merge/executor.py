@@ -1,0 +1,252 @@
+"""The streaming executor: runs a MergePlan's arithmetic chunk by chunk, straight into the store.
+
+For each tensor the plan resolves, the strategy's statistics passes and then its combine
+step read the base's and the branches' row chunks from the store (decoded on a read-ahead
+thread, moved to the compute device), and every merged chunk is stored at once, as a delta
+against the same chunk of the first branch. Nothing larger than one chunk per input is
+alive at a time, so peak memory is a small multiple of the largest chunk whatever the model
+size. Tensors the plan takes whole are never read at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mvc.errors import MvcError
+from mvc.formats.safetensors import build_header, plan_layout
+from mvc.formats.torch_io import tensor_bytes, to_torch, torch_dtype
+from mvc.merge.params import MergeParams
+from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
+from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
+from mvc.progress import Progress
+from mvc.repo.manifest import Chunk as StoredChunk
+from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.store import ObjectStore
+
+# Parameter names as users write them (CLI flags, --config YAML) -> MergeParams fields.
+PARAM_ALIASES = {"lambda": "lambda_", "weight": "weights", "tall_lambda": "tall_lambdas"}
+
+
+@dataclass
+class TensorResult:
+    """A resolved tensor: its stored entry, statistics, and (optionally) stored TALL masks."""
+
+    entry: TensorEntry
+    stats: TensorStats
+    mask_ids: tuple[str, ...] | None
+    branches: tuple[int, ...]
+    strategy: str
+    params: MergeParams
+
+
+def params_with(params: MergeParams, overrides: Mapping[str, Any]) -> MergeParams:
+    """`params` with per-tensor overrides from a --config rule."""
+    if not overrides:
+        return params
+    fields = {PARAM_ALIASES.get(k, k): v for k, v in overrides.items()}
+    for key in ("weights", "density", "tall_lambdas"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
+    return dataclasses.replace(params, **fields)
+
+
+def branch_params(params: MergeParams, branches: Sequence[int], n_total: int) -> MergeParams:
+    """Restrict per-branch values (weights, densities, TALL λ) to the branches in this tensor."""
+    if len(branches) == n_total:
+        return params
+    return dataclasses.replace(
+        params,
+        weights=tuple(params.weights_for(n_total)[i] for i in branches),
+        density=tuple(params.densities_for(n_total)[i] for i in branches),
+        tall_lambdas=tuple(params.tall_lambdas_for(n_total)[i] for i in branches),
+    )
+
+
+class Executor:
+    """Computes the resolved tensors of a plan and assembles the output manifests."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        base_files: Mapping[str, Manifest],
+        branch_files: Sequence[Mapping[str, Manifest]],
+        params: MergeParams,
+        device: torch.device,
+        masks: bool = True,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.base = base_files
+        self.branches = branch_files
+        self.params = params
+        self.device = device
+        self.masks = masks
+        self.progress = progress or Progress()
+        self.results: dict[tuple[str, str], TensorResult] = {}
+
+    def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
+        """The merged file set: manifests for model files, bytes for everything else."""
+        output: dict[str, Manifest | bytes] = {}
+        total = sum(
+            self.base[path].tensor(t.name).nbytes
+            for path, f in plan.files.items()
+            for t in f.tensors
+            if t.action == "resolve"
+        )
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            self._reader = reader
+            self._context = self._model_context(plan)
+            self.progress.start("merging", total)
+            for path, file_plan in plan.files.items():
+                if file_plan.action == "deleted":
+                    continue
+                if file_plan.kind == "blob":
+                    assert file_plan.blob is not None
+                    output[path] = file_plan.blob
+                elif file_plan.manifest is not None:
+                    output[path] = file_plan.manifest
+                else:
+                    output[path] = self._merge_file(file_plan)
+        self.progress.finish()
+        return output
+
+    # ------------------------------------------------------------------ files
+    def _merge_file(self, file_plan: FilePlan) -> Manifest:
+        entries: dict[str, TensorEntry] = {}
+        for decision in file_plan.tensors:
+            if decision.action == "resolve":
+                entries[decision.name] = self._resolve(file_plan.path, decision)
+            elif decision.entry is not None and decision.action != "deleted":
+                entries[decision.name] = decision.entry
+        template = self.branches[file_plan.header_source][file_plan.path]
+        return _assemble(template, entries)
+
+    # ------------------------------------------------------------------ tensors
+    def _model_context(self, plan: MergePlan) -> Any:
+        """Model-wide statistics (e.g. the paper preset's global trim), when the strategy has any.
+
+        They span every tensor resolved with the default recipe, so those tensors must all
+        have been changed by the same branches.
+        """
+        decisions = [
+            (path, t)
+            for path, f in plan.files.items()
+            for t in f.tensors
+            if t.action == "resolve" and not t.params
+        ]
+        if not decisions:
+            return None
+        strategy = get_strategy(decisions[0][1].strategy or "ties")
+        branch_sets = {t.branches for _, t in decisions}
+        specs = [self._spec(path, t) for path, t in decisions]
+        params = self.params
+        if len(branch_sets) == 1:
+            params = branch_params(params, next(iter(branch_sets)), len(self.branches))
+        model_job = strategy.model_job(params, specs)
+        if model_job is None:
+            return None
+        if len(branch_sets) != 1:
+            raise MvcError(
+                "a model-wide trim needs every merged tensor changed on the same branches",
+                hint="use --all-tensors, or a per-tensor preset",
+            )
+        while (current_pass := model_job.next_pass()) is not None:
+            for (path, decision), spec in zip(decisions, specs, strict=True):
+                base_entry = self.base[path].tensor(decision.name)
+                inputs = [self.branches[i][path].tensor(decision.name) for i in decision.branches]
+                for chunk in self._chunks(spec, base_entry, inputs):
+                    current_pass.update(spec, chunk)
+        return model_job.context()
+
+    def _spec(self, path: str, decision: TensorDecision) -> TensorSpec:
+        entry = self.base[path].tensor(decision.name)
+        return TensorSpec(
+            decision.name, entry.shape, torch_dtype(entry.dtype), len(decision.branches)
+        )
+
+    def _resolve(self, path: str, decision: TensorDecision) -> TensorEntry:
+        strategy = get_strategy(decision.strategy or "ties")
+        n_total = len(self.branches)
+        params = branch_params(
+            params_with(self.params, decision.params), decision.branches, n_total
+        )
+        base_entry = self.base[path].tensor(decision.name)
+        inputs = [self.branches[i][path].tensor(decision.name) for i in decision.branches]
+        spec = self._spec(path, decision)
+        context = self._context if not decision.params else None
+        job = strategy.tensor_job(params, spec, context, masks=self.masks)
+        while (current_pass := job.next_pass()) is not None:
+            for chunk in self._chunks(spec, base_entry, inputs):
+                current_pass.update(chunk)
+        stored = []
+        for index, chunk in enumerate(self._chunks(spec, base_entry, inputs)):
+            merged = job.combine(chunk).cpu()
+            layout = base_entry.chunks[index]
+            shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
+            oid = self.store.put(
+                tensor_bytes(merged), base_entry.dtype, shape, base=inputs[0].chunks[index].oid
+            )
+            stored.append(StoredChunk(layout.start, layout.stop, oid))
+        stats = job.stats()
+        mask_ids = None
+        if stats.masks is not None:
+            mask_ids = tuple(self.store.put(m, "U8", (len(m),)) for m in stats.masks)
+            stats.masks = None
+        entry = TensorEntry(
+            decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, tuple(stored)
+        )
+        self.results[(path, decision.name)] = TensorResult(
+            entry, stats, mask_ids, decision.branches, strategy.name, params
+        )
+        self.progress.advance(base_entry.nbytes, decision.name)
+        return entry
+
+    def _chunks(
+        self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
+    ) -> Iterator[Chunk]:
+        """Row chunks of base and inputs, the next set decoded while this one is used."""
+        count = len(base.chunks)
+        if count == 0:
+            return
+
+        def load(index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            layout = base.chunks[index]
+            shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
+            return (
+                self._tensor(base.chunks[index].oid, base.dtype, shape),
+                [self._tensor(e.chunks[index].oid, base.dtype, shape) for e in inputs],
+            )
+
+        upcoming = self._reader.submit(load, 0)
+        for index in range(count):
+            base_t, thetas = upcoming.result()
+            if index + 1 < count:
+                upcoming = self._reader.submit(load, index + 1)
+            start = base.chunks[index].start
+            yield Chunk(
+                spec, start, base_t.to(self.device), tuple(t.to(self.device) for t in thetas)
+            )
+
+    def _tensor(self, oid: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return to_torch(bytearray(self.store.get(oid)), dtype, shape)
+
+
+def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:
+    """The output file: the template's header when the tensor layout is unchanged."""
+    template_entries = template.by_name()
+    same = set(entries) == set(template_entries) and all(
+        entries[n].dtype == template_entries[n].dtype
+        and entries[n].shape == template_entries[n].shape
+        for n in entries
+    )
+    if same:
+        return Manifest(template.header_raw, tuple(entries[t.name] for t in template.tensors))
+    specs = [(e.name, e.dtype, e.shape) for e in entries.values()]
+    header_raw = build_header(specs, template.header.metadata)
+    return Manifest(header_raw, tuple(entries[info.name] for info in plan_layout(specs)))

@@ -1,0 +1,60 @@
+"""The merge record: the machine-readable recipe every merge commit carries.
+
+It lives at `.mvc/merge.json` in the merge commit's tree, so it travels with the commit
+through push and clone, and lists the TALL mask objects it needs under `store_objects`
+(the repository's convention for records that keep store objects alive). The schema is
+versioned; readers refuse versions they do not know. See docs/merge-record.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mvc.errors import FormatError
+
+if TYPE_CHECKING:
+    from mvc.repo import Repo
+
+RECORD_PATH = ".mvc/merge.json"
+RECORD_KIND = "merge-record"
+SCHEMA_VERSION = 1
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON, so the same merge always makes the same tree."""
+    return (json.dumps(dict(record), sort_keys=True, indent=1) + "\n").encode()
+
+
+def decode_record(data: bytes, where: str = RECORD_PATH) -> dict[str, Any]:
+    """Parse a merge record, refusing anything that is not a known schema version."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise FormatError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("mvc") != RECORD_KIND:
+        raise FormatError(f"{where} is not an mvc merge record")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise FormatError(
+            f"{where} has schema version {doc.get('schema_version')!r}; this mvc reads "
+            f"version {SCHEMA_VERSION}",
+            hint="upgrade mvc",
+        )
+    for key in ("base", "parents", "strategy", "params", "files"):
+        if key not in doc:
+            raise FormatError(f"{where} lacks '{key}'")
+    return doc
+
+
+def read_record(repo: Repo, rev: str) -> dict[str, Any] | None:
+    """The merge record of commit `rev`, or None when it is not an mvc merge."""
+    files = repo.tree_files(rev)
+    if RECORD_PATH not in files:
+        return None
+    record = decode_record(repo.read_blob(files[RECORD_PATH][0]))
+    commit = repo.commit_info(rev)
+    if list(commit.parents) != record["parents"]:
+        # Inherited from a parent by a later ordinary commit: not this commit's record.
+        return None
+    return record

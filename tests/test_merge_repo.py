@@ -1,0 +1,220 @@
+"""`mvc merge` on repositories: three-way rules, strategies end to end, conflicts, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+
+from mvc.errors import ConflictError, MvcError
+from mvc.merge import MergeOptions, MergeParams, merge
+from mvc.merge.record import read_record
+from mvc.repo import Repo
+
+
+def load(repo: Repo, rev: str = "HEAD") -> dict[str, np.ndarray]:
+    sd = repo.load_state_dict(rev, "model/model.safetensors")
+    return {k: v.float().numpy() for k, v in sd.items()}
+
+
+@pytest.fixture
+def branched(tmp_path):
+    """main = base; a and b each fine-tune some tensors (overlapping on layer.0.weight)."""
+    repo = Repo.init(tmp_path / "work")
+    base = random_weights(0)
+    write_model_folder(repo.root / "model", base)
+    repo.add([repo.root / "model"])
+    repo.commit("base")
+    repo.switch("a", create=True)
+    write_model_folder(
+        repo.root / "model", fine_tuned(base, seed=1, only=("layer.0.weight", "layer.0.bias"))
+    )
+    repo.commit("a", all=True)
+    repo.switch("b", create=True, start="main")
+    write_model_folder(
+        repo.root / "model", fine_tuned(base, seed=2, only=("layer.0.weight", "layer.1.weight"))
+    )
+    repo.commit("b", all=True)
+    repo.switch("main")
+    return repo, base
+
+
+def test_one_sided_changes_pass_through_byte_exact(branched):
+    repo, base = branched
+    result = merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.5)))
+    assert result.commit and repo.head() == result.commit
+    merged, a, b = (
+        repo.model_files(r)["model/model.safetensors"].by_name() for r in ("HEAD", "a", "b")
+    )
+    assert merged["layer.0.bias"].chunk_ids == a["layer.0.bias"].chunk_ids
+    assert merged["layer.1.weight"].chunk_ids == b["layer.1.weight"].chunk_ids
+    base_m = repo.model_files("main~1")["model/model.safetensors"].by_name()
+    assert merged["embeddings.weight"].chunk_ids == base_m["embeddings.weight"].chunk_ids
+    assert merged["layer.0.weight"].chunk_ids != a["layer.0.weight"].chunk_ids
+    info = repo.commit_info("HEAD")
+    assert list(info.parents) == [repo.resolve("main~1"), repo.resolve("a"), repo.resolve("b")]
+    assert repo.status().clean
+    record = read_record(repo, "HEAD")
+    decisions = record["files"]["model/model.safetensors"]["tensors"]
+    assert decisions["layer.0.weight"]["action"] == "resolve"
+    assert decisions["layer.0.bias"] == {"action": "one-sided", "source": 1}
+    assert decisions["layer.0.weight"]["masks"]
+
+
+def test_ties_density_one_keeps_one_sided_elements_exactly(branched):
+    """Two branches, density 1: where only one side moved an element, it passes exactly."""
+    repo, base = branched
+    repo.switch("c", create=True, start="main")
+    w = base["layer.0.weight"].copy()
+    w[:16] += 0.01  # rows 0..15 on branch c
+    write_model_folder(repo.root / "model", {**base, "layer.0.weight": w})
+    repo.commit("c", all=True)
+    repo.switch("d", create=True, start="main")
+    v = base["layer.0.weight"].copy()
+    v[8:] -= 0.02  # rows 8.. on branch d; rows 8..15 conflict
+    write_model_folder(repo.root / "model", {**base, "layer.0.weight": v})
+    repo.commit("d", all=True)
+    repo.switch("main")
+    merge(repo, ["c", "d"])
+    out = load(repo)["layer.0.weight"]
+    np.testing.assert_array_equal(out[:8], w[:8])
+    np.testing.assert_array_equal(out[16:], v[16:])
+
+
+def test_fast_forward_and_up_to_date(branched):
+    repo, _ = branched
+    result = merge(repo, ["a"])
+    assert result.fast_forward and repo.head() == repo.resolve("a")
+    assert snapshot(repo.root)["model/model.safetensors"]
+    assert merge(repo, ["a"]).up_to_date
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "ties",
+        "consensus",
+        "task_arithmetic",
+        "linear",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "slerp",
+        "ours",
+        "theirs",
+    ],
+)
+def test_every_strategy_runs_end_to_end(branched, strategy):
+    repo, base = branched
+    params = MergeParams(density=0.5 if strategy.startswith(("dare", "ties")) else 1.0)
+    if strategy == "breadcrumbs":
+        params = MergeParams(density=0.8, gamma=0.05)
+    result = merge(repo, ["a", "b"], MergeOptions(strategy=strategy, params=params))
+    merged = load(repo)
+    assert result.commit
+    a, b = load(repo, "a"), load(repo, "b")
+    if strategy == "ours":
+        np.testing.assert_array_equal(merged["layer.0.weight"], a["layer.0.weight"])
+    elif strategy == "theirs":
+        np.testing.assert_array_equal(merged["layer.0.weight"], b["layer.0.weight"])
+    else:
+        assert not np.array_equal(merged["layer.0.weight"], a["layer.0.weight"])
+        assert np.abs(merged["layer.0.weight"] - base["layer.0.weight"]).max() < 0.05
+
+
+def test_shape_conflict_stops_before_writing(branched):
+    repo, base = branched
+    repo.switch("wide", create=True, start="a")
+    write_model_folder(
+        repo.root / "model", {**base, "layer.0.weight": np.zeros((32, 33), np.float32)}
+    )
+    repo.commit("reshape", all=True)
+    repo.switch("main")
+    head = repo.head()
+    objects = set(repo.store.ids())
+    with pytest.raises(ConflictError, match="layer.0.weight: shape/dtype differ"):
+        merge(repo, ["wide", "b"])
+    assert repo.head() == head and set(repo.store.ids()) == objects
+    result = merge(repo, ["wide", "b"], MergeOptions(strategy="ours"))
+    assert load(repo)["layer.0.weight"].shape == (32, 33) or result.commit
+
+
+def test_bad_input(branched, tmp_path):
+    repo, _ = branched
+    with pytest.raises(MvcError, match="unknown strategy"):
+        merge(repo, ["a", "b"], MergeOptions(strategy="magic"))
+    with pytest.raises(MvcError, match="density"):
+        MergeParams(density=1.5)
+    with pytest.raises(MvcError, match="k must"):
+        MergeParams(k=-1)
+    other = Repo.init(tmp_path / "other")
+    write_model_folder(other.root / "model", random_weights(5))
+    other.add([other.root / "model"])
+    other.commit("unrelated")
+    repo.git.object_store.add_objects(
+        [(other.git.object_store[sha], None) for sha in other.git.object_store]
+    )
+    repo.git.refs[b"refs/heads/stranger"] = other.head().encode()
+    for sha in other.store.ids():
+        repo.store.write_raw(sha, other.store.read_raw(sha))
+    with pytest.raises(MvcError, match="unrelated histories"):
+        merge(repo, ["stranger"])
+    write_model_folder(repo.root / "model", fine_tuned(random_weights(0), seed=7))
+    with pytest.raises(ConflictError, match="uncommitted"):
+        merge(repo, ["a", "b"])
+
+
+def test_no_commit_stages_the_merge(branched):
+    repo, _ = branched
+    head = repo.head()
+    result = merge(repo, ["a", "b"], MergeOptions(commit=False))
+    assert result.commit is None and repo.head() == head
+    assert repo.status().staged
+    sha = repo.commit("finish merge")
+    assert len(repo.commit_info(sha).parents) == 3
+
+
+def test_config_rules_pick_strategy_per_tensor(branched, tmp_path):
+    repo, _ = branched
+    config = tmp_path / "merge.yaml"
+    config.write_text("rules:\n  - match: 'layer.0.*'\n    strategy: theirs\n")
+    from mvc.merge.planner import load_rules
+
+    merge(repo, ["a", "b"], MergeOptions(rules=load_rules(str(config))))
+    np.testing.assert_array_equal(load(repo)["layer.0.weight"], load(repo, "b")["layer.0.weight"])
+
+
+def test_merge_cli(branched):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+
+    repo, _ = branched
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(repo.root)
+    try:
+        res = CliRunner().invoke(
+            cli,
+            [
+                "merge",
+                "a",
+                "b",
+                "--strategy",
+                "ties",
+                "--density",
+                "0.2",
+                "--weight",
+                "a=0.7",
+                "--weight",
+                "b=0.3",
+                "-q",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        assert "Merged into" in res.output
+        res = CliRunner().invoke(cli, ["merge", "a", "--density", "0"])
+        assert res.exit_code == 1 and "density must be in (0, 1]" in res.output
+    finally:
+        os.chdir(cwd)
