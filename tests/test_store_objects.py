@@ -100,6 +100,17 @@ def test_unusable_bases_give_full_objects(store):
         os.unlink(store.path(oid))
 
 
+def test_damaged_base_gives_a_full_object(store):
+    base, new = finetune_pair(1000)
+    b = store.put(base.tobytes(), "F32", base.shape)
+    damaged = bytearray(store.read_raw(b))
+    damaged[-20] ^= 1
+    store.path(b).write_bytes(damaged)
+    oid = store.put(new.tobytes(), "F32", new.shape, base=b)
+    assert store.info(oid).base is None
+    assert store.get(oid) == new.tobytes()
+
+
 def test_missing_object(store):
     with pytest.raises(NotFoundError):
         store.get("0" * 32)

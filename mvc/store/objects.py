@@ -270,10 +270,14 @@ class ObjectStore:
         """The decoded base and the depth a delta on it would have, or ``(None, 0)``."""
         if base is None or base == oid or not self.has(base):
             return None, 0
-        h, _ = self._header(base)
-        if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+        try:
+            h, _ = self._header(base)
+            if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+                return None, 0
+            return self.get(base), h.depth + 1
+        except CorruptObjectError:
+            # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0
-        return self.get(base), h.depth + 1
 
     def put_many(
         self,
@@ -283,13 +287,14 @@ class ObjectStore:
         """``put`` each request; ids in request order.
 
         ``workers`` threads (default 2, one per core) compress whole objects, so pieces of
-        one object are not parallelised here (no nested pools). Writes go to a separate
+        one object are not parallelised here (no nested pools), except for a single request. Writes go to a separate
         pool of ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where one
         writer would wait for a commit per file. A request's ``base`` must already be
         stored (not merely in the same batch) to be used.
         """
         reqs = [r if isinstance(r, PutRequest) else PutRequest(*r) for r in requests]
         pending = threading.BoundedSemaphore(MAX_PENDING_WRITES)
+        serial = len(reqs) > 1
 
         def write(path: Path, chunks: list[bytes]) -> None:
             try:
@@ -303,7 +308,7 @@ class ObjectStore:
         ):
 
             def one(r: PutRequest) -> tuple[str, Future | None]:
-                self._local.serial = True
+                self._local.serial = serial
                 try:
                     oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base)
                 finally:
