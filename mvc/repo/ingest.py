@@ -9,17 +9,14 @@ chunk from a memory map, so memory stays bounded by a few chunks whatever the mo
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import SafetensorsFile, TensorInfo, write_safetensors
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
-from mvc.store import ObjectStore, object_id
+from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
-
-# How many chunks may be in flight (being compressed) at once: bounds memory to a few chunks.
-_MAX_IN_FLIGHT = 4
 
 
 def tensor_rows(info_shape: tuple[int, ...]) -> int:
@@ -32,43 +29,42 @@ def ingest_file(
     path: Path,
     previous: Mapping[str, TensorEntry] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    workers: int | None = None,
 ) -> Manifest:
     """Store every chunk of a safetensors file and return its manifest.
 
     `previous` maps tensor names to their entries in the parent version; a chunk whose
-    tensor kept its dtype and shape is offered to the store as a delta base.
+    tensor kept its dtype and shape is offered to the store as a delta base. The requests
+    are zero-copy views of the memory map; `put_many` bounds how many are being compressed
+    and written at once, and overlaps their fsyncs.
     """
     previous = previous or {}
-    with SafetensorsFile(path) as sf, ThreadPoolExecutor(max_workers=workers or 2) as pool:
-        entries = []
-        pending: list[Future[str]] = []
+    with SafetensorsFile(path) as sf:
+        layout = []
+        requests = []
         for info in sf.header.tensors:
-            base_entry = previous.get(info.name)
-            chunk_futures = []
-            for index, (start, stop) in enumerate(_chunks_of(info, chunk_bytes)):
-                data = _chunk_view(sf, info, start, stop)
-                base = _delta_base(base_entry, info, index, start, stop)
-                shape = _chunk_shape(info, start, stop)
-                future = pool.submit(store.put, data, info.dtype, shape, base)
-                chunk_futures.append((start, stop, future))
-                pending.append(future)
-                _drain(pending, _MAX_IN_FLIGHT)
-            entries.append((info, chunk_futures))
-        manifest = Manifest(
-            header_raw=sf.header.raw,
-            tensors=tuple(
-                TensorEntry(
-                    name=info.name,
-                    dtype=info.dtype,
-                    shape=tuple(info.shape),
-                    nbytes=info.nbytes,
-                    chunks=tuple(Chunk(s, e, f.result()) for s, e, f in futures),
+            ranges = _chunks_of(info, chunk_bytes)
+            layout.append((info, ranges))
+            for index, (start, stop) in enumerate(ranges):
+                requests.append(
+                    PutRequest(
+                        _chunk_view(sf, info, start, stop),
+                        info.dtype,
+                        _chunk_shape(info, start, stop),
+                        _delta_base(previous.get(info.name), info, index, start, stop),
+                    )
                 )
-                for info, futures in entries
-            ),
+        ids = iter(store.put_many(requests))
+        tensors = tuple(
+            TensorEntry(
+                name=info.name,
+                dtype=info.dtype,
+                shape=tuple(info.shape),
+                nbytes=info.nbytes,
+                chunks=tuple(Chunk(start, stop, next(ids)) for start, stop in ranges),
+            )
+            for info, ranges in layout
         )
-    return manifest
+        return Manifest(header_raw=sf.header.raw, tensors=tensors)
 
 
 def manifest_ids_only(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Manifest:
@@ -138,9 +134,3 @@ def _delta_base(
         return None
     chunk = base_entry.chunks[index]
     return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
-
-
-def _drain(pending: list[Future[str]], limit: int) -> None:
-    """Wait for the oldest futures until at most `limit` are still running."""
-    while len(pending) > limit:
-        pending.pop(0).result()
