@@ -10,7 +10,12 @@ import torch
 
 from mvc.errors import MvcError
 from mvc.lock import families
-from mvc.lock.equivalence import check_equivalence, output_difference, probe_batch
+from mvc.lock.equivalence import (
+    check_equivalence,
+    default_tolerance,
+    output_difference,
+    probe_batch,
+)
 from mvc.lock.matrices import head_matrices
 from mvc.lock.transform import lock_tensors, unlock_tensors
 
@@ -122,7 +127,8 @@ def test_minilm_bf16_lock_stays_at_bf16_rounding_level(minilm_model):
     cast_diff, _ = output_difference(original, bf16, config, batch)
     assert diff / scale < torch.finfo(torch.bfloat16).eps
     assert diff < cast_diff
-    check_equivalence(bf16, locked, config, tokenizer_dir=MINILM_DIR)
+    names = families.plan_lock(config, {n: tuple(t.shape) for n, t in bf16.items()}).tensor_names
+    assert diff <= default_tolerance(bf16, names, scale)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral", "gpt2", "bert"])
@@ -187,18 +193,17 @@ def test_naive_average_with_a_locked_model_is_far_from_the_real_average(minilm_m
     """The protection, on tensors: averaging a locked fine-tune scrambles its attention."""
     config, base = minilm_model
     gen = torch.Generator().manual_seed(7)
+    plan = families.plan_lock(config, {n: tuple(t.shape) for n, t in base.items()})
 
     def fine_tune() -> dict[str, torch.Tensor]:
-        return {
-            n: t + 0.01 * t.std() * torch.randn(t.shape, generator=gen)
-            if t.is_floating_point()
-            else t
-            for n, t in base.items()
-        }
+        """Small random updates of the attention tensors (the only ones the lock touches)."""
+        tuned = dict(base)
+        for n in plan.tensor_names:
+            tuned[n] = base[n] + 0.01 * base[n].std() * torch.randn(base[n].shape, generator=gen)
+        return tuned
 
     ours, theirs = fine_tune(), fine_tune()
     locked = lock_tensors(ours, config, KEY)
-    plan = families.plan_lock(config, {n: tuple(t.shape) for n, t in base.items()})
     for name in attention_matrices(plan):
         honest = (ours[name] + theirs[name]) / 2
         naive = (locked[name] + theirs[name]) / 2

@@ -1,1 +1,35 @@
-"""mvc.lock layer."""
+"""MergeLock: output-preserving attention transforms that make a model unmergeable.
+
+The public API is re-exported lazily: `mvc.lock.record` (is a commit locked?) and
+`mvc.lock.keys` must stay importable without torch, so `mvc merge` and `mvc keygen` do not
+pay for it; the transform, the equivalence check and the commit operations import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "keygen": "mvc.lock.keys",
+    "load_key": "mvc.lock.keys",
+    "key_id": "mvc.lock.keys",
+    "LOCK_RECORD_PATH": "mvc.lock.record",
+    "is_locked": "mvc.lock.record",
+    "lock_record": "mvc.lock.record",
+    "plan_lock": "mvc.lock.families",
+    "lock_tensors": "mvc.lock.transform",
+    "unlock_tensors": "mvc.lock.transform",
+    "check_equivalence": "mvc.lock.equivalence",
+    "lock_commit": "mvc.lock.commit",
+    "unlock_commit": "mvc.lock.commit",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(module), name)

@@ -12,7 +12,9 @@ transformers is an optional extra (``mvc[hf]``), imported only here and only whe
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -76,7 +78,15 @@ def probe_batch(
 
 
 def _build_model(config: Mapping):
+    """The model class for ``config`` in fp32 (the last one is reused: every check loads a
+    full state dict into it, so its random initial weights never matter)."""
+    return _cached_model(json.dumps(dict(config), sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_model(config_json: str):
     transformers = _transformers()
+    config = json.loads(config_json)
     kind = model_type(config)
     options = {k: v for k, v in config.items() if k != "model_type"}
     try:
@@ -129,11 +139,16 @@ def check_equivalence(
     config: Mapping,
     *,
     tokenizer_dir: str | Path | None = None,
+    batch: Mapping[str, torch.Tensor] | None = None,
     tolerance: float | None = None,
 ) -> float:
-    """Max abs output difference; raises ``MvcError`` when it exceeds the tolerance."""
+    """Max abs output difference; raises ``MvcError`` when it exceeds the tolerance.
+
+    The probe is ``batch`` when given, else ``probe_batch(config, tokenizer_dir)``.
+    """
     plan = plan_lock(config, shapes_of(original))
-    batch = probe_batch(config, tokenizer_dir)
+    if batch is None:
+        batch = probe_batch(config, tokenizer_dir)
     diff, scale = output_difference(original, transformed, config, batch)
     limit = (
         tolerance

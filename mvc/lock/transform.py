@@ -36,24 +36,35 @@ def shapes_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]
 def apply_plan(
     plan: LockPlan, tensors: Mapping[str, torch.Tensor], key: bytes, inverse: bool
 ) -> dict[str, torch.Tensor]:
-    """Transform the plan's tensors (all must be in ``tensors``); returns only those."""
-    work: dict[str, torch.Tensor] = {}
-    for name in plan.tensor_names:
-        source = tensors[name]
-        if not source.dtype.is_floating_point:
-            raise MvcError(f"attention tensor {name!r} has non-float dtype {source.dtype}")
-        work[name] = source.detach().to(device="cpu", dtype=torch.float64, copy=True)
+    """Transform the plan's tensors (all must be in ``tensors``); returns only those.
+
+    Each tensor is cut along its head axis into d-blocks and all blocks go through one
+    batched matmul (blocks no slot names, if any, get the identity): hundreds of tiny
+    per-head products are slow on a busy CPU, one bmm per tensor is not.
+    """
     d = plan.head_dim
+    per_tensor: dict[str, tuple[int, dict[int, np.ndarray]]] = {}
     for group in plan.groups:
         a, b = head_matrices(key, plan.family, group.layer, group.kv_head, d, plan.rope)
         for role, matrix in _role_matrices(a, b, inverse).items():
-            m = torch.from_numpy(matrix)
             for slot in group.slots[role]:
-                block = work[slot.name].narrow(slot.axis, slot.start, d)
-                # Contract M's columns with the block's head axis, keep the axis in place.
-                moved = torch.tensordot(m, block.movedim(slot.axis, 0), dims=([1], [0]))
-                block.copy_(moved.movedim(0, slot.axis))
-    return {name: work[name].to(tensors[name].dtype) for name in plan.tensor_names}
+                axis, blocks = per_tensor.setdefault(slot.name, (slot.axis, {}))
+                if axis != slot.axis or slot.start % d or slot.start // d in blocks:
+                    raise ValueError(f"inconsistent lock plan for {slot.name}")
+                blocks[slot.start // d] = matrix
+    out = {}
+    for name, (axis, blocks) in sorted(per_tensor.items()):
+        source = tensors[name]
+        if not source.dtype.is_floating_point:
+            raise MvcError(f"attention tensor {name!r} has non-float dtype {source.dtype}")
+        count = source.shape[axis] // d
+        mats = np.tile(np.eye(d), (count, 1, 1))
+        for index, matrix in blocks.items():
+            mats[index] = matrix
+        moved = source.detach().to(device="cpu", dtype=torch.float64).movedim(axis, 0)
+        result = torch.bmm(torch.from_numpy(mats), moved.reshape(count, d, -1))
+        out[name] = result.reshape(moved.shape).movedim(0, axis).to(source.dtype).contiguous()
+    return out
 
 
 def _transform(

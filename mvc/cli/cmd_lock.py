@@ -1,0 +1,67 @@
+"""MergeLock commands: keygen, lock, unlock. The library does the work; torch loads lazily."""
+
+from __future__ import annotations
+
+import click
+
+from mvc.cli.output import open_repo
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def keygen(file: str) -> None:
+    """Write a new 32-byte MergeLock key to FILE (mode 0600; never overwrites)."""
+    from mvc.lock.keys import keygen as write_key
+
+    write_key(file)
+    click.echo(f"wrote MergeLock key to {file}")
+    click.echo("keep it outside the repository: whoever holds it can unlock", err=True)
+
+
+@click.command()
+@click.argument("rev")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Key file from `mvc keygen`.",
+)
+@click.option("-m", "--message", default=None, help="Commit message.")
+def lock(rev: str, key_file: str, message: str | None) -> None:
+    """Commit a MergeLock'ed copy of REV: same outputs, unmergeable."""
+    from mvc.lock.commit import lock_commit
+    from mvc.lock.record import lock_record
+
+    repo = open_repo()
+    sha = lock_commit(repo, rev, key_file, message)
+    for model in (lock_record(repo, sha) or {}).get("models", []):
+        click.echo(
+            f"locked {model['path'] or '.'} ({model['family']}, {model['tensors']} tensors, "
+            f"max output difference {model['max_abs_diff']:.2g})"
+        )
+    click.echo(f"[{repo.current_branch() or 'detached'} {sha[:12]}] locked {rev}")
+
+
+@click.command()
+@click.argument("rev")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The key REV was locked with.",
+)
+@click.option("-m", "--message", default=None, help="Commit message.")
+def unlock(rev: str, key_file: str, message: str | None) -> None:
+    """Commit the unlocked model of a locked REV."""
+    from mvc.lock.commit import unlock_commit
+
+    repo = open_repo()
+    sha = unlock_commit(repo, rev, key_file, message)
+    click.echo(f"[{repo.current_branch() or 'detached'} {sha[:12]}] unlocked {rev}")
+
+
+def register(group: click.Group) -> None:
+    for command in (keygen, lock, unlock):
+        group.add_command(command)

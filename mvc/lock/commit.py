@@ -1,0 +1,266 @@
+"""Lock and unlock commits: the MergeLock transform applied to a repository revision.
+
+Only the attention tensors are read into torch, transformed and stored again; every other
+tensor keeps its manifest entry (same objects, nothing re-stored). Each model directory of
+the commit (safetensors files beside a config.json) is locked as one model, and every one
+must pass the equivalence check before anything is committed.
+
+Locked tensors are stored as full objects, never as deltas against the unlocked weights:
+a delta's base travels with it on push and clone, which would hand the original weights to
+everyone who receives the locked model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mvc.errors import MvcError, NotFoundError
+from mvc.formats.dtypes import get_dtype
+from mvc.formats.hf import is_model_file
+from mvc.formats.torch_io import tensor_bytes, to_torch
+from mvc.lock.equivalence import check_equivalence, probe_batch
+from mvc.lock.families import LockPlan, plan_lock
+from mvc.lock.keys import SCHEME, key_id, load_key
+from mvc.lock.record import LOCK_RECORD_PATH, RECORD_VERSION, encode_record, lock_record
+from mvc.lock.transform import apply_plan
+from mvc.repo import Chunk, Manifest, TensorEntry
+
+if TYPE_CHECKING:
+    from mvc.repo import Repo
+
+RECORD_DIR = posixpath.dirname(LOCK_RECORD_PATH)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+
+@dataclass
+class _Model:
+    """One model directory of a commit: its config and the manifests of its weight files."""
+
+    directory: str
+    config: dict
+    manifests: dict[str, Manifest]
+
+    def entries(self) -> dict[str, tuple[str, TensorEntry]]:
+        found: dict[str, tuple[str, TensorEntry]] = {}
+        for path, manifest in self.manifests.items():
+            for entry in manifest.tensors:
+                if entry.name in found:
+                    raise MvcError(f"tensor {entry.name!r} appears in two files of {self.label}")
+                found[entry.name] = (path, entry)
+        return found
+
+    @property
+    def label(self) -> str:
+        return self.directory or "the repository root"
+
+
+def _models(files: Mapping[str, bytes]) -> list[_Model]:
+    by_dir: dict[str, dict[str, Manifest]] = {}
+    for path, blob in files.items():
+        if is_model_file(path) and not path.startswith(RECORD_DIR + "/"):
+            by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
+    if not by_dir:
+        raise MvcError("the commit holds no safetensors model files to lock")
+    models = []
+    for directory, manifests in sorted(by_dir.items()):
+        config_path = posixpath.join(directory, "config.json")
+        if config_path not in files:
+            raise MvcError(
+                f"cannot lock {sorted(manifests)[0]}: no config.json beside it",
+                hint="MergeLock detects the architecture from the model's config.json",
+            )
+        try:
+            config = json.loads(files[config_path])
+        except (UnicodeDecodeError, ValueError) as err:
+            raise MvcError(f"{config_path} is not valid JSON: {err}") from None
+        models.append(_Model(directory, config, manifests))
+    return models
+
+
+def _plan(model: _Model) -> LockPlan:
+    shapes = {name: entry.shape for name, (_, entry) in model.entries().items()}
+    return plan_lock(model.config, shapes)
+
+
+def _load(repo: Repo, model: _Model) -> dict[str, torch.Tensor]:
+    return {
+        name: to_torch(bytearray(repo.tensor_bytes(entry)), entry.dtype, entry.shape)
+        for name, (_, entry) in model.entries().items()
+    }
+
+
+def _probe(model: _Model, files: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
+    """Real text through the commit's own tokenizer when it has one, else random token ids."""
+    local = {
+        posixpath.relpath(p, model.directory or "."): data
+        for p, data in files.items()
+        if posixpath.dirname(p) == model.directory and not is_model_file(p)
+    }
+    if not any(name in local for name in TOKENIZER_FILES):
+        return probe_batch(model.config)
+    with tempfile.TemporaryDirectory(prefix="mvc-lock-") as tmp:
+        for name, data in local.items():
+            (Path(tmp) / name).write_bytes(data)
+        try:
+            return probe_batch(model.config, tmp)
+        except (OSError, ValueError, ImportError):
+            # A tokenizer transformers cannot load here is no reason to refuse: random ids
+            # exercise the same arithmetic.
+            return probe_batch(model.config)
+
+
+def _store_entry(repo: Repo, entry: TensorEntry, tensor: torch.Tensor) -> TensorEntry:
+    """Store a transformed tensor with the old entry's chunk layout, as full objects."""
+    data = memoryview(tensor_bytes(tensor))
+    if len(data) != entry.nbytes:
+        raise MvcError(f"transformed {entry.name!r} has {len(data)} bytes, expected {entry.nbytes}")
+    row_bytes = get_dtype(entry.dtype).itemsize * math.prod(entry.shape[1:])
+    chunks = []
+    for chunk in entry.chunks:
+        piece = data[chunk.start * row_bytes : chunk.stop * row_bytes]
+        shape = (chunk.stop - chunk.start, *entry.shape[1:])
+        chunks.append(Chunk(chunk.start, chunk.stop, repo.store.put(piece, entry.dtype, shape)))
+    return TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes, tuple(chunks))
+
+
+def _rewrite(model: _Model, new_entries: Mapping[str, TensorEntry]) -> dict[str, Manifest]:
+    """The model's manifests with some entries replaced; header bytes stay verbatim."""
+    return {
+        path: Manifest(
+            header_raw=manifest.header_raw,
+            tensors=tuple(new_entries.get(e.name, e) for e in manifest.tensors),
+        )
+        for path, manifest in model.manifests.items()
+    }
+
+
+def _commit(repo: Repo, files: dict[str, Manifest | bytes], message: str) -> str:
+    head = repo.head()
+    return repo.commit_tree(files, [head] if head else [], message)
+
+
+def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None = None) -> str:
+    """Commit a MergeLock'ed copy of ``rev`` on the current branch; returns the new sha.
+
+    Refuses (committing nothing) when ``rev`` is already locked, when any model's
+    architecture is unknown, or when the locked model's outputs move beyond tolerance.
+    """
+    key = load_key(key_path)
+    source = repo.resolve(rev)
+    files = repo.files(source)
+    if LOCK_RECORD_PATH in files:
+        raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
+    out: dict[str, Manifest | bytes] = {
+        p: b for p, b in files.items() if not p.startswith(RECORD_DIR + "/")
+    }
+    summaries = []
+    for model in _models(files):
+        plan = _plan(model)
+        original = _load(repo, model)
+        locked = apply_plan(plan, original, key, inverse=False)
+        diff = check_equivalence(
+            original, {**original, **locked}, model.config, batch=_probe(model, files)
+        )
+        entries = model.entries()
+        stored = {name: _store_entry(repo, entries[name][1], t) for name, t in locked.items()}
+        out.update(_rewrite(model, stored))
+        summaries.append(
+            {
+                "path": model.directory,
+                "family": plan.family,
+                "tensors": len(locked),
+                "max_abs_diff": diff,
+            }
+        )
+    record = {
+        "mvc": "lock",
+        "version": RECORD_VERSION,
+        "locked": True,
+        "scheme": SCHEME,
+        "from": source,
+        "key_id": key_id(key),
+        "models": summaries,
+    }
+    out[LOCK_RECORD_PATH] = encode_record(record)
+    families = ", ".join(sorted({s["family"] for s in summaries}))
+    return _commit(repo, out, message or f"MergeLock {source[:10]} ({families})")
+
+
+def _restores_original(restored: torch.Tensor, original: torch.Tensor) -> bool:
+    """Within a few roundings of the original: the unlock undid the lock of that very tensor."""
+    eps = torch.finfo(original.dtype).eps
+    scale = original.double().abs().max().item()
+    return (restored.double() - original.double()).abs().max().item() <= 8 * eps * max(scale, 1.0)
+
+
+def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, TensorEntry]:
+    """The locked-from commit's entries of this model, when that commit is still stored."""
+    try:
+        files = repo.files(str(record.get("from", "")))
+    except NotFoundError:
+        return {}
+    found: dict[str, TensorEntry] = {}
+    for path in model.manifests:
+        if path in files:
+            found.update(Manifest.from_bytes(files[path], path).by_name())
+    return found
+
+
+def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None = None) -> str:
+    """Commit the unlocked model of a locked ``rev`` on the current branch; returns the new sha.
+
+    Unlocking with any key is itself an output-preserving transform, so the equivalence
+    check cannot notice a wrong key on its own: the record's key fingerprint does, and when
+    the locked-from commit is still stored every restored tensor is compared with it and
+    its original entry reused, so the result is bit-identical to the commit that was locked.
+    """
+    key = load_key(key_path)
+    record = lock_record(repo, rev)
+    if record is None:
+        raise MvcError(
+            f"{rev} is not locked", hint="only commits made by `mvc lock` can be unlocked"
+        )
+    if record.get("key_id") != key_id(key):
+        raise MvcError(
+            f"wrong key: {rev} was locked with key {record.get('key_id')}, not {key_id(key)}",
+            hint="nothing was committed",
+        )
+    files = repo.files(rev)
+    out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
+    for model in _models(files):
+        plan = _plan(model)
+        locked = _load(repo, model)
+        restored = apply_plan(plan, locked, key, inverse=True)
+        check_equivalence(locked, {**locked, **restored}, model.config, batch=_probe(model, files))
+        entries = model.entries()
+        originals = _original_entries(repo, record, model)
+        new_entries = {}
+        for name, tensor in restored.items():
+            before = originals.get(name)
+            if (
+                before is not None
+                and before.dtype == entries[name][1].dtype
+                and before.shape == entries[name][1].shape
+            ):
+                original = to_torch(
+                    bytearray(repo.tensor_bytes(before)), before.dtype, before.shape
+                )
+                if not _restores_original(tensor, original):
+                    raise MvcError(
+                        f"unlocking {name!r} does not give back the weights of {record['from'][:10]}",
+                        hint="the locked commit was modified after locking; nothing was committed",
+                    )
+                new_entries[name] = before
+            else:
+                new_entries[name] = _store_entry(repo, entries[name][1], tensor)
+        out.update(_rewrite(model, new_entries))
+    return _commit(repo, out, message or f"MergeLock: unlock {repo.resolve(rev)[:10]}")
