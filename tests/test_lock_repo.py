@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_unlock_without_the_original_restores_within_rounding(locked_repo):
     unlocked = unlock_commit_detached(repo, orphan, key)
     restored = repo.load_state_dict(unlocked, MODEL)
     original = repo.load_state_dict(base, MODEL)
-    assert max((restored[n] - original[n]).abs().max().item() for n in original) <= 1e-5
+    assert max(max_abs(restored[n], original[n]) for n in original) <= 1e-5
 
 
 def unlock_commit_detached(repo: Repo, rev: str, key) -> str:
@@ -116,23 +117,46 @@ def unlock_commit_detached(repo: Repo, rev: str, key) -> str:
     return sha
 
 
-def test_unlock_refuses_a_locked_model_edited_after_locking(locked_repo):
-    repo, _, locked, key = locked_repo
-    manifest = repo.manifest(locked, MODEL)
-    by_name = manifest.by_name()
-    swapped = by_name["encoder.layer.1.attention.self.query.weight"]
+def swap_query_weights(repo: Repo, rev: str) -> dict:
+    """The files of ``rev`` with layer 0's query weight replaced by layer 1's (an edit)."""
+    manifest = repo.manifest(rev, MODEL)
+    donor = manifest.by_name()["encoder.layer.1.attention.self.query.weight"]
     tensors = tuple(
-        type(e)(e.name, e.dtype, e.shape, e.nbytes, swapped.chunks)
+        replace(e, chunks=donor.chunks)
         if e.name == "encoder.layer.0.attention.self.query.weight"
         else e
         for e in manifest.tensors
     )
+    files = dict(repo.files(rev))
+    files[MODEL] = replace(manifest, tensors=tensors)
+    return files
+
+
+def test_unlock_of_a_model_edited_after_locking_keeps_the_edit(locked_repo):
+    """Weights trained further in locked space unlock to themselves, not to the original."""
+    repo, base, locked, key = locked_repo
+    edited = repo.commit_tree(swap_query_weights(repo, locked), [locked], "edit", update_ref=False)
+    unlocked = unlock_commit_detached(repo, edited, key)
+    restored = repo.load_state_dict(unlocked, MODEL)
+    original = repo.load_state_dict(base, MODEL)
+    q0, q1 = (f"encoder.layer.{i}.attention.self.query.weight" for i in (0, 1))
+    assert max_abs(restored[q1], original[q1]) <= 1e-5
+    assert max_abs(restored[q0], original[q0]) > 0.1
+
+
+def test_unlock_refuses_a_record_that_names_other_weights(locked_repo):
+    repo, base, locked, key = locked_repo
     files = dict(repo.files(locked))
-    files[MODEL] = type(manifest)(manifest.header_raw, tensors)
-    tampered = repo.commit_tree(files, [locked], "tampered", update_ref=False)
-    with pytest.raises(MvcError, match="does not give back"):
-        unlock_commit(repo, tampered, key)
+    record = lock_record(repo, locked)
+    files[LOCK_RECORD_PATH] = encode_record({**record, "from": locked})
+    forged = repo.commit_tree(files, [locked], "forged", update_ref=False)
+    with pytest.raises(MvcError, match="does not give back the weights"):
+        unlock_commit(repo, forged, key)
     assert repo.head() == locked
+
+
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
 
 
 def test_unlock_restores_the_original_bit_for_bit(locked_repo):

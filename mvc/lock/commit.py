@@ -12,6 +12,7 @@ everyone who receives the locked model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import posixpath
@@ -143,6 +144,12 @@ def _rewrite(model: _Model, new_entries: Mapping[str, TensorEntry]) -> dict[str,
     }
 
 
+def _digest(entries: Mapping[str, TensorEntry]) -> str:
+    """A fingerprint of the attention tensors' stored objects: did they change since the lock?"""
+    text = ";".join(f"{n}:{','.join(entries[n].chunk_ids)}" for n in sorted(entries))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _commit(repo: Repo, files: dict[str, Manifest | bytes], message: str) -> str:
     head = repo.head()
     return repo.commit_tree(files, [head] if head else [], message)
@@ -176,6 +183,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
         summaries.append(
             {
                 "path": model.directory,
+                "locked_digest": _digest(stored),
                 "family": plan.family,
                 "tensors": len(locked),
                 "max_abs_diff": diff,
@@ -215,13 +223,40 @@ def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, T
     return found
 
 
+def _unlocked_entries(
+    repo: Repo, record: Mapping, model: _Model, restored: Mapping[str, torch.Tensor]
+) -> dict[str, TensorEntry]:
+    """Entries for the restored tensors: the original objects when the attention tensors are
+    exactly as the lock wrote them and the locked-from commit is stored, else new objects
+    (a model fine-tuned after locking unlocks to its own weights, not the original's)."""
+    entries = model.entries()
+    summary = next((m for m in record.get("models", []) if m.get("path") == model.directory), {})
+    untouched = summary.get("locked_digest") == _digest({n: entries[n][1] for n in restored})
+    originals = _original_entries(repo, record, model) if untouched else {}
+    result = {}
+    for name, tensor in restored.items():
+        before = originals.get(name)
+        if before is None or before.dtype != entries[name][1].dtype or before.shape != tensor.shape:
+            result[name] = _store_entry(repo, entries[name][1], tensor)
+            continue
+        original = to_torch(bytearray(repo.tensor_bytes(before)), before.dtype, before.shape)
+        if not _restores_original(tensor, original):
+            raise MvcError(
+                f"unlocking {name!r} does not give back the weights of {record['from'][:10]}",
+                hint="the lock record does not belong to these weights; nothing was committed",
+            )
+        result[name] = before
+    return result
+
+
 def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None = None) -> str:
     """Commit the unlocked model of a locked ``rev`` on the current branch; returns the new sha.
 
     Unlocking with any key is itself an output-preserving transform, so the equivalence
-    check cannot notice a wrong key on its own: the record's key fingerprint does, and when
-    the locked-from commit is still stored every restored tensor is compared with it and
-    its original entry reused, so the result is bit-identical to the commit that was locked.
+    check cannot notice a wrong key on its own: the record's key fingerprint does. When the
+    weights are as the lock left them and the locked-from commit is still stored, every
+    restored tensor is compared with the original and its entry reused, so the result is
+    bit-identical to the commit that was locked.
     """
     key = load_key(key_path)
     record = lock_record(repo, rev)
@@ -241,26 +276,6 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
         locked = _load(repo, model)
         restored = apply_plan(plan, locked, key, inverse=True)
         check_equivalence(locked, {**locked, **restored}, model.config, batch=_probe(model, files))
-        entries = model.entries()
-        originals = _original_entries(repo, record, model)
-        new_entries = {}
-        for name, tensor in restored.items():
-            before = originals.get(name)
-            if (
-                before is not None
-                and before.dtype == entries[name][1].dtype
-                and before.shape == entries[name][1].shape
-            ):
-                original = to_torch(
-                    bytearray(repo.tensor_bytes(before)), before.dtype, before.shape
-                )
-                if not _restores_original(tensor, original):
-                    raise MvcError(
-                        f"unlocking {name!r} does not give back the weights of {record['from'][:10]}",
-                        hint="the locked commit was modified after locking; nothing was committed",
-                    )
-                new_entries[name] = before
-            else:
-                new_entries[name] = _store_entry(repo, entries[name][1], tensor)
+        new_entries = _unlocked_entries(repo, record, model, restored)
         out.update(_rewrite(model, new_entries))
     return _commit(repo, out, message or f"MergeLock: unlock {repo.resolve(rev)[:10]}")
