@@ -1,0 +1,205 @@
+"""Receiving objects from a remote, verifying every one before anything can point at it.
+
+Git objects: each loose object's sha is recomputed from its content. Blobs (leaves, which
+can be large) are kept at once; trees and commits are held in memory and written children
+first once the whole graph has arrived, so a tree or commit present in `.git` always has
+everything below it: an interrupted fetch resumes from the blobs it kept, and "present
+locally" stays a safe reason to stop walking.
+
+Tensor objects: `ObjectStore.write_raw` decodes and checks every id (bases included). A
+delta whose base has not arrived yet waits in `.git/mvc/incoming/` (never in memory), so a
+clone of a long delta chain stays bounded in memory and an interrupted one keeps what it
+downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dulwich.objects import Blob, Commit, ShaFile, Tree
+
+from mvc.errors import CorruptObjectError, FormatError
+from mvc.remote.layout import git_object_key, tensor_object_key
+from mvc.remote.negotiate import SUBMODULE_MODE, children
+from mvc.remote.progress import Progress
+from mvc.remote.transport import Transport
+from mvc.repo import Repo
+from mvc.repo.references import referenced_objects
+from mvc.store.codecs import CodecError
+from mvc.store.objfile import parse_header
+
+INCOMING_DIR = "incoming"
+_DAMAGED_HINT = "the remote copy is damaged; push it again from a repository that has it intact"
+
+Mapper = Callable[..., Iterable]
+
+
+def _bad(kind: str, oid: str, url: str, reason: str) -> CorruptObjectError:
+    return CorruptObjectError(
+        f"{kind} {oid} received from {url} does not verify: {reason}", hint=_DAMAGED_HINT
+    )
+
+
+def parse_git_object(sha: str, data: bytes, url: str) -> ShaFile:
+    """A loose git object, checked against the sha it was asked for."""
+    try:
+        obj = ShaFile.from_file(io.BytesIO(data))
+        actual = obj.id.decode()
+    except Exception as exc:  # zlib, header and format errors all mean the same here
+        raise _bad("git object", sha, url, exc.__class__.__name__) from None
+    if actual != sha:
+        raise _bad("git object", sha, url, f"its content hashes to {actual}")
+    return obj
+
+
+def receive_git(
+    repo: Repo,
+    transport: Transport,
+    wants: Iterable[str],
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> dict[str, ShaFile]:
+    """Fetch everything reachable from `wants` that is not local; return the trees/commits.
+
+    The returned objects are not written yet (see `write_graph`); blobs already are.
+    """
+    store = repo.git.object_store
+    held: dict[str, ShaFile] = {}
+    frontier = [w for w in dict.fromkeys(wants) if w.encode() not in store]
+    seen = set(frontier)
+
+    def one(sha: str) -> ShaFile:
+        data = transport.get(git_object_key(sha))
+        obj = parse_git_object(sha, data, transport.url)
+        if isinstance(obj, Blob):
+            store.add_object(obj)
+        progress.advance(len(data))
+        return obj
+
+    while frontier:
+        following: list[str] = []
+        for obj in pool.map(one, frontier):
+            if isinstance(obj, Blob):
+                continue
+            held[obj.id.decode()] = obj
+            for child in children(obj):
+                if child not in seen and child.encode() not in store:
+                    seen.add(child)
+                    following.append(child)
+        frontier = following
+    return held
+
+
+def write_graph(repo: Repo, held: dict[str, ShaFile]) -> None:
+    """Write held trees and commits, every object after everything it points to."""
+    store = repo.git.object_store
+    written: set[str] = set()
+    for root in held:
+        stack = [(root, False)]
+        while stack:
+            sha, expanded = stack.pop()
+            if sha in written or sha not in held:
+                continue
+            if expanded:
+                store.add_object(held[sha])
+                written.add(sha)
+                continue
+            stack.append((sha, True))
+            stack.extend((c, False) for c in children(held[sha]) if c in held)
+
+
+def tensor_ids_of(repo: Repo, held: dict[str, ShaFile]) -> set[str]:
+    """Tensor objects referenced by blobs under the received (not yet written) trees."""
+    ids: set[str] = set()
+    done: set[str] = set()
+    stack = [(obj.tree.decode(), "") for obj in held.values() if isinstance(obj, Commit)]
+    while stack:
+        tree_sha, prefix = stack.pop()
+        tree = held.get(tree_sha)
+        if not isinstance(tree, Tree) or tree_sha in done:
+            continue  # a tree already present locally has its objects locally
+        done.add(tree_sha)
+        for entry in tree.iteritems():
+            path = prefix + entry.path.decode()
+            if entry.mode == SUBMODULE_MODE:
+                continue
+            if entry.mode & 0o040000:
+                stack.append((entry.sha.decode(), path + "/"))
+            else:
+                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
+    return ids
+
+
+def receive_tensors(
+    repo: Repo,
+    transport: Transport,
+    ids: Iterable[str],
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+) -> None:
+    """Fetch and verify the tensor objects in `ids` (and delta bases) not stored locally."""
+    store = repo.store
+    incoming = repo.mvc_dir / INCOMING_DIR
+    todo = [oid for oid in dict.fromkeys(ids) if not store.has(oid)]
+    requested = set(todo)
+    waiting: dict[str, str] = {}
+
+    def keep(oid: str, data: bytes) -> None:
+        try:
+            store.write_raw(oid, data)
+        except (CorruptObjectError, FormatError) as err:
+            (incoming / oid).unlink(missing_ok=True)
+            raise _bad("object", oid, transport.url, err.message) from None
+        (incoming / oid).unlink(missing_ok=True)
+
+    def one(oid: str) -> str | None:
+        spilled = incoming / oid
+        if spilled.is_file():
+            data = spilled.read_bytes()
+        else:
+            data = transport.get(tensor_object_key(oid))
+            progress.advance(len(data))
+        try:
+            base = parse_header(data).base
+        except (CodecError, FormatError) as exc:
+            raise _bad("object", oid, transport.url, str(exc)) from None
+        if base is None or store.has(base):
+            keep(oid, data)
+            return None
+        if not spilled.is_file():
+            _write_spill(incoming, oid, data)
+        return base
+
+    while todo:
+        following = []
+        for oid, base in zip(todo, pool.map(one, todo), strict=True):
+            if base is None:
+                continue
+            waiting[oid] = base
+            if base not in requested and not store.has(base):
+                requested.add(base)
+                following.append(base)
+        todo = following
+    while waiting:
+        ready = [oid for oid, base in waiting.items() if store.has(base)]
+        if not ready:
+            oid, base = next(iter(waiting.items()))
+            raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
+        list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
+        for oid in ready:
+            del waiting[oid]
+    if incoming.is_dir() and not any(incoming.iterdir()):
+        incoming.rmdir()
+
+
+def _write_spill(folder: Path, oid: str, data: bytes) -> None:
+    """Park a downloaded delta until its base is stored (complete files only, via rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{oid}-{secrets.token_hex(4)}"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / oid)

@@ -1,0 +1,385 @@
+"""push, fetch, clone and pull: move what the other side lacks, then move refs by CAS.
+
+Order is what makes interruptions harmless: objects travel first (tensor objects, then git
+blobs and trees, then commits), the ref moves last with a compare-and-swap against the
+value we based the push on. A push killed midway leaves only unreferenced objects on the
+remote, which the retry skips (they are listed there); a fetch or clone killed midway
+keeps the verified objects it received and moves no ref. Two concurrent pushes to one
+branch both upload, but only one CAS succeeds; the other is told to fetch and merge.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dulwich.objects import Commit
+
+from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
+from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
+from mvc.remote.layout import (
+    BARE_CONFIG,
+    BRANCH_PREFIX,
+    CONFIG_KEY,
+    HEAD,
+    branch_ref,
+    git_object_key,
+    head_value,
+    parse_head,
+    tensor_object_key,
+)
+from mvc.remote.negotiate import (
+    git_objects_missing,
+    referenced_tensor_ids,
+    remote_git_ids,
+    remote_tensor_ids,
+    with_delta_bases,
+)
+from mvc.remote.progress import Progress
+from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
+from mvc.remote.transport import RefConflict, Transport
+from mvc.remote.url import open_transport, parse_url
+from mvc.repo import Repo
+
+DEFAULT_WORKERS = 8
+_HEX = set("0123456789abcdef")
+
+
+@dataclass
+class TransferReport:
+    """What one push or fetch moved: objects, bytes, and the refs it changed (old, new)."""
+
+    remote: str
+    git_objects: int = 0
+    tensor_objects: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    refs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "remote": self.remote,
+            "git_objects": self.git_objects,
+            "tensor_objects": self.tensor_objects,
+            "bytes": self.bytes,
+            "skipped": self.skipped,
+            "refs": {ref: {"old": old, "new": new} for ref, (old, new) in self.refs.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote resolved from a configured name or given directly as a URL."""
+
+    name: str | None
+    url: str
+    endpoint: str | None = None
+
+    def transport(self) -> Transport:
+        return open_transport(self.url, self.endpoint)
+
+
+def resolve_remote(repo: Repo, remote: str, endpoint: str | None = None) -> Remote:
+    """A configured remote by name, else `remote` taken as a URL or path."""
+    try:
+        config = get_remote(repo, remote)
+        return Remote(config.name, config.url, endpoint or config.endpoint)
+    except NotFoundError:
+        if "/" in remote or "://" in remote or Path(remote).exists():
+            parse_url(remote)
+            return Remote(None, remote, endpoint)
+        raise
+
+
+def _sha_of(value: bytes | None, ref: str, url: str) -> str | None:
+    if value is None:
+        return None
+    sha = value.decode(errors="replace").strip()
+    if len(sha) != 40 or not set(sha) <= _HEX:
+        raise RemoteError(f"ref {ref} on {url} does not hold a commit id")
+    return sha
+
+
+def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str, str]:
+    """branch name -> commit id of every branch on the remote."""
+    refs = sorted(transport.list(BRANCH_PREFIX))
+
+    def read(ref: str) -> str | None:
+        return _sha_of(transport.read_ref(ref)[0], ref, transport.url)
+
+    return {
+        ref[len(BRANCH_PREFIX) :]: sha
+        for ref, sha in zip(refs, pool.map(read, refs), strict=True)
+        if sha is not None
+    }
+
+
+# ---------------------------------------------------------------------------------- push
+def push(
+    repo: Repo,
+    remote: str = "origin",
+    branch: str | None = None,
+    force: bool = False,
+    *,
+    endpoint: str | None = None,
+    set_upstream_branch: bool = False,
+    quiet: bool = False,
+    workers: int = DEFAULT_WORKERS,
+) -> TransferReport:
+    """Send `branch` (default: the current one) and everything it needs, then move its ref.
+
+    Without `force` the remote branch must be an ancestor of ours; with it, the ref is
+    still replaced only if nobody moved it since we looked (a lease, never a blind write).
+    """
+    target = resolve_remote(repo, remote, endpoint)
+    branch = branch or repo.current_branch()
+    if branch is None:
+        raise MvcError("HEAD is detached; name the branch to push")
+    local_ref = f"refs/heads/{branch}".encode()
+    if local_ref not in repo.git.refs:
+        raise NotFoundError(f"no local branch named '{branch}'")
+    local = repo.git.refs[local_ref].decode()
+    transport = target.transport()
+    report = TransferReport(target.url)
+    ref = branch_ref(branch)
+    value, token = transport.read_ref(ref)
+    old = _sha_of(value, ref, transport.url)
+    if old is not None and old != local and not force:
+        if old.encode() not in repo.git.object_store or not repo.is_ancestor(old, local):
+            raise RefConflict(
+                ref,
+                hint=f"run `mvc pull {target.name or target.url} {branch}`, then push again "
+                "(or --force to overwrite the remote branch)",
+            )
+    with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
+        if old != local:
+            _send_objects(repo, transport, local, pool, report, quiet)
+            if not transport.exists(CONFIG_KEY):
+                transport.put(CONFIG_KEY, BARE_CONFIG)
+            transport.cas_ref(ref, f"{local}\n".encode(), token)
+            report.refs[ref] = (old, local)
+        if transport.read_ref(HEAD)[0] is None:
+            try:
+                transport.cas_ref(HEAD, head_value(branch), None)
+            except RefConflict:
+                pass  # another push set the default branch first; either is fine
+    if target.name is not None:
+        with repo.locked():
+            repo.git.refs[f"refs/remotes/{target.name}/{branch}".encode()] = local.encode()
+        if set_upstream_branch:
+            set_upstream(repo, branch, target.name)
+    return report
+
+
+def _send_objects(
+    repo: Repo,
+    transport: Transport,
+    local: str,
+    pool: ThreadPoolExecutor,
+    report: TransferReport,
+    quiet: bool,
+) -> None:
+    haves = set(remote_branches(transport, pool).values())
+    git_ids = git_objects_missing(repo, [local], haves)
+    on_remote = remote_git_ids(transport) if git_ids else set()
+    git_send = [sha for sha in git_ids if sha not in on_remote]
+    commits = [sha for sha in git_ids if isinstance(repo.git[sha.encode()], Commit)]
+    referenced = referenced_tensor_ids(repo, commits, set(git_ids))
+    tensors_there = remote_tensor_ids(transport) if referenced else set()
+    tensor_send = sorted(with_delta_bases(repo, referenced, tensors_there))
+    report.skipped = (len(git_ids) - len(git_send)) + len(referenced & tensors_there)
+
+    def send_tensor(oid: str) -> None:
+        repo.store.verify(oid)
+        data = repo.store.read_raw(oid)
+        transport.put(tensor_object_key(oid), data)
+        progress.advance(len(data))
+
+    def send_git(sha: str) -> None:
+        obj = repo.git.object_store[sha.encode()]
+        if obj.id.decode() != sha:
+            raise RemoteError(
+                f"local git object {sha} is damaged; not pushing it", hint="run `mvc fsck`"
+            )
+        data = obj.as_legacy_object()
+        transport.put(git_object_key(sha), data)
+        progress.advance(len(data))
+
+    is_commit = {sha for sha in git_send if sha in set(commits)}
+    with Progress("pushing objects", len(git_send) + len(tensor_send), quiet) as progress:
+        list(pool.map(send_tensor, tensor_send))
+        list(pool.map(send_git, [sha for sha in git_send if sha not in is_commit]))
+        list(pool.map(send_git, [sha for sha in git_send if sha in is_commit]))
+    report.git_objects = len(git_send)
+    report.tensor_objects = len(tensor_send)
+    report.bytes = progress.bytes
+
+
+# ---------------------------------------------------------------------------------- fetch
+def fetch(
+    repo: Repo,
+    remote: str = "origin",
+    *,
+    endpoint: str | None = None,
+    quiet: bool = False,
+    workers: int = DEFAULT_WORKERS,
+) -> TransferReport:
+    """Receive every remote branch into `refs/remotes/<remote>/<branch>`.
+
+    Every object is verified before it is kept, and the remote-tracking refs move only
+    once everything they reach is stored.
+    """
+    target = resolve_remote(repo, remote, endpoint)
+    if target.name is None:
+        raise MvcError(
+            "fetch needs a named remote", hint="add it with `mvc remote add NAME URL` first"
+        )
+    transport = target.transport()
+    report = TransferReport(target.url)
+    with ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
+        branches = remote_branches(transport, pool)
+        with Progress("receiving history", 0, quiet) as history:
+            held = receive_git(repo, transport, branches.values(), pool, history)
+        wanted = [oid for oid in tensor_ids_of(repo, held) if not repo.store.has(oid)]
+        with Progress("receiving objects", len(wanted), quiet) as objects:
+            receive_tensors(repo, transport, wanted, pool, objects)
+        write_graph(repo, held)
+    report.git_objects = history.objects
+    report.tensor_objects = objects.objects
+    report.bytes = history.bytes + objects.bytes
+    with repo.locked():
+        for branch, sha in sorted(branches.items()):
+            ref = f"refs/remotes/{target.name}/{branch}".encode()
+            old = repo.git.refs[ref].decode() if ref in repo.git.refs else None
+            if old != sha:
+                repo.git.refs[ref] = sha.encode()
+                report.refs[ref.decode()] = (old, sha)
+    return report
+
+
+# ---------------------------------------------------------------------------------- clone
+@dataclass
+class CloneResult:
+    repo: Repo
+    branch: str | None
+    report: TransferReport
+    resumed: bool
+
+
+def default_clone_dir(url: str) -> str:
+    parsed = parse_url(url)
+    tail = (parsed.prefix or parsed.bucket) if parsed.scheme == "s3" else parsed.path
+    name = tail.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    if not name:
+        raise MvcError(f"cannot guess a folder name from {url}", hint="name the directory")
+    return name
+
+
+def clone(
+    url: str,
+    directory: str | None = None,
+    *,
+    endpoint: str | None = None,
+    quiet: bool = False,
+    workers: int = DEFAULT_WORKERS,
+) -> CloneResult:
+    """A new repository with `origin` = `url`, every branch fetched, the default checked out.
+
+    Running it again on the folder of an interrupted clone of the same URL resumes it.
+    """
+    folder = Path(directory or default_clone_dir(url))
+    resumed = _resumable(folder, url)
+    if not resumed and folder.exists() and any(folder.iterdir()):
+        raise MvcError(f"destination path '{folder}' already exists and is not an empty directory")
+    created = not folder.exists()
+    if resumed:
+        repo = Repo.open(folder)
+    else:
+        repo = Repo.init(folder)
+        add_remote(repo, "origin", url, endpoint)
+    report = fetch(repo, "origin", quiet=quiet, workers=workers)
+    tracking = {
+        ref.decode(): repo.git.refs[b"refs/remotes/origin/" + ref].decode()
+        for ref in repo.git.refs.keys(base=b"refs/remotes/origin/")
+    }
+    if not tracking:
+        repo.close()
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise NotFoundError(
+            f"remote {url} has no branches to clone", hint="check the URL, or push to it first"
+        )
+    head = parse_head(open_transport(url, endpoint).read_ref(HEAD)[0])
+    branch = head if head in tracking else ("main" if "main" in tracking else sorted(tracking)[0])
+    repo.create_branch(branch, f"refs/remotes/origin/{branch}")
+    repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
+    # A fresh work tree: every file is written (force: nothing there can be lost).
+    repo.update_worktree(branch, force=True)
+    set_upstream(repo, branch, "origin")
+    return CloneResult(repo, branch, report, resumed)
+
+
+def _resumable(folder: Path, url: str) -> bool:
+    """An interrupted clone of `url`: an mvc repository with that origin and no branch yet."""
+    if not (folder / ".git" / "mvc").is_dir():
+        return False
+    repo = Repo.open(folder)
+    try:
+        return get_remote(repo, "origin").url == url and not list(
+            repo.git.refs.keys(base=b"refs/heads/")
+        )
+    except NotFoundError:
+        return False
+    finally:
+        repo.close()
+
+
+# ---------------------------------------------------------------------------------- pull
+@dataclass
+class PullResult:
+    report: TransferReport
+    outcome: str  # "up-to-date" or "fast-forward"
+    commit: str
+
+
+def pull(
+    repo: Repo,
+    remote: str | None = None,
+    branch: str | None = None,
+    *,
+    endpoint: str | None = None,
+    quiet: bool = False,
+    workers: int = DEFAULT_WORKERS,
+) -> PullResult:
+    """Fetch, then bring the current branch up to its remote counterpart.
+
+    Fast-forwards when the current branch has nothing of its own; diverged histories
+    need a parameter merge, which `pull` leaves to `mvc merge` with its options.
+    """
+    current = repo.current_branch()
+    if current is None:
+        raise MvcError("HEAD is detached; switch to a branch before pulling")
+    tracked = upstream(repo, current)
+    remote = remote or (tracked[0] if tracked else "origin")
+    if branch is None:
+        branch = tracked[1] if tracked and tracked[0] == remote else current
+    report = fetch(repo, remote, endpoint=endpoint, quiet=quiet, workers=workers)
+    tracking = f"refs/remotes/{remote}/{branch}"
+    if tracking.encode() not in repo.git.refs:
+        raise NotFoundError(f"remote '{remote}' has no branch '{branch}'")
+    theirs = repo.git.refs[tracking.encode()].decode()
+    ours = repo.head()
+    with repo.locked():
+        if ours == theirs or (ours is not None and repo.is_ancestor(theirs, ours)):
+            return PullResult(report, "up-to-date", ours or theirs)
+        if ours is None or repo.is_ancestor(ours, theirs):
+            repo.update_worktree(theirs)
+            repo.move_branch(ours, theirs, f"pull: fast-forward to {remote}/{branch}")
+            return PullResult(report, "fast-forward", theirs)
+    raise ConflictError(
+        f"'{current}' and '{remote}/{branch}' have diverged; pull only fast-forwards",
+        hint=f"run `mvc merge {remote}/{branch}` (with the merge options you want)",
+    )
