@@ -1,0 +1,173 @@
+"""Remote commands: remote (add/remove/list), push, fetch, pull, clone."""
+
+from __future__ import annotations
+
+import click
+
+from mvc.cli.output import emit_json, open_repo
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024  # type: ignore[assignment]
+    return f"{nbytes} B"
+
+
+def _echo_report(report, verb: str, quiet: bool) -> None:
+    if quiet:
+        return
+    click.echo(
+        f"{verb} {report.git_objects} git object(s), {report.tensor_objects} tensor object(s), "
+        f"{_size(report.bytes)} ({report.bytes} bytes); {report.skipped} already there"
+    )
+    for ref, (old, new) in report.refs.items():
+        change = f"{old[:12]}..{new[:12]}" if old else f"* [new] {new[:12]}"
+        click.echo(f"  {change}  {ref}")
+
+
+@click.group()
+def remote() -> None:
+    """Manage the remotes this repository pushes to and fetches from."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--endpoint", default=None, help="S3 endpoint URL (S3-compatible servers).")
+def remote_add(name: str, url: str, endpoint: str | None) -> None:
+    """Add a remote: a filesystem path, file:///path or s3://bucket/prefix."""
+    from mvc.remote import add_remote
+
+    add_remote(open_repo(), name, url, endpoint)
+
+
+@remote.command("remove")
+@click.argument("name")
+def remote_remove(name: str) -> None:
+    """Forget a remote and its remote-tracking branches."""
+    from mvc.remote import remove_remote
+
+    remove_remote(open_repo(), name)
+
+
+@remote.command("list")
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs and endpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def remote_list(verbose: bool, as_json: bool) -> None:
+    """List the configured remotes."""
+    from mvc.remote import list_remotes
+
+    remotes = list_remotes(open_repo())
+    if as_json:
+        emit_json([{"name": r.name, "url": r.url, "endpoint": r.endpoint} for r in remotes])
+        return
+    for r in remotes:
+        extra = f" (endpoint {r.endpoint})" if r.endpoint else ""
+        click.echo(f"{r.name}\t{r.url}{extra}" if verbose else r.name)
+
+
+_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print the transfer report as JSON.")
+_endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for this command.")
+
+
+@click.command()
+@click.argument("remote_name", metavar="[REMOTE]", required=False)
+@click.argument("branch", required=False)
+@click.option(
+    "-f", "--force", is_flag=True, help="Overwrite the remote branch even if it diverged."
+)
+@click.option("-u", "--set-upstream", is_flag=True, help="Make REMOTE/BRANCH the upstream.")
+@_endpoint
+@_quiet
+@_json
+def push(
+    remote_name: str | None,
+    branch: str | None,
+    force: bool,
+    set_upstream: bool,
+    endpoint: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Send BRANCH (default: current) and the objects it needs to REMOTE (default: origin)."""
+    from mvc.remote import push as push_branch
+    from mvc.remote import upstream
+
+    repo = open_repo()
+    current = repo.current_branch()
+    tracked = upstream(repo, current) if current else None
+    remote_name = remote_name or (tracked[0] if tracked else "origin")
+    report = push_branch(
+        repo,
+        remote_name,
+        branch,
+        force,
+        endpoint=endpoint,
+        set_upstream_branch=set_upstream,
+        quiet=quiet or as_json,
+    )
+    if as_json:
+        emit_json(report.to_json())
+    elif not report.refs and not quiet:
+        click.echo("Everything up-to-date")
+    else:
+        _echo_report(report, f"To {report.remote}: sent", quiet)
+
+
+@click.command()
+@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@_endpoint
+@_quiet
+@_json
+def fetch(remote_name: str, endpoint: str | None, quiet: bool, as_json: bool) -> None:
+    """Receive REMOTE's branches as remote-tracking branches REMOTE/BRANCH."""
+    from mvc.remote import fetch as fetch_remote
+
+    report = fetch_remote(open_repo(), remote_name, endpoint=endpoint, quiet=quiet or as_json)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        _echo_report(report, f"From {report.remote}: received", quiet)
+
+
+@click.command()
+@click.argument("remote_name", metavar="[REMOTE]", required=False)
+@click.argument("branch", required=False)
+@_endpoint
+@_quiet
+def pull(remote_name: str | None, branch: str | None, endpoint: str | None, quiet: bool) -> None:
+    """Fetch, then fast-forward the current branch to its remote counterpart."""
+    from mvc.remote import pull as pull_branch
+
+    result = pull_branch(open_repo(), remote_name, branch, endpoint=endpoint, quiet=quiet)
+    _echo_report(result.report, f"From {result.report.remote}: received", quiet)
+    if not quiet:
+        if result.outcome == "up-to-date":
+            click.echo("Already up to date.")
+        else:
+            click.echo(f"Fast-forward to {result.commit[:12]}")
+
+
+@click.command()
+@click.argument("url")
+@click.argument("directory", required=False)
+@_endpoint
+@_quiet
+def clone(url: str, directory: str | None, endpoint: str | None, quiet: bool) -> None:
+    """Copy a remote into a new folder and check out its default branch."""
+    from mvc.remote import clone as clone_remote
+
+    result = clone_remote(url, directory, endpoint=endpoint, quiet=quiet)
+    if result.resumed and not quiet:
+        click.echo("resumed an interrupted clone")
+    _echo_report(result.report, "received", quiet)
+    if not quiet:
+        click.echo(f"checked out '{result.branch}' in {result.repo.root}")
+
+
+def register(group: click.Group) -> None:
+    for command in (remote, push, fetch, pull, clone):
+        group.add_command(command)
