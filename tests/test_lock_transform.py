@@ -247,3 +247,29 @@ def test_prefixed_bert_checkpoint_locks_under_its_prefix(minilm_model):
     plain = lock_tensors(original, config, KEY)
     name = "encoder.layer.2.attention.self.key.weight"
     assert torch.equal(locked[f"bert.{name}"], plain[name])
+
+
+def test_an_attacker_with_the_base_recovers_the_task_vector_by_least_squares(minilm_model):
+    """The documented limit of the threat model: A ≈ W_locked · pinv(W_base) per head."""
+    config, base = minilm_model
+    name, d = "encoder.layer.2.attention.self.query.weight", 32
+    gen = torch.Generator().manual_seed(3)
+    delta = 0.02 * base[name].std() * torch.randn(base[name].shape, generator=gen)
+    tuned = dict(base)
+    tuned[name] = base[name] + delta
+    locked = lock_tensors(tuned, config, KEY)[name].double()
+    w_base = base[name].double()
+    recovered = torch.empty_like(w_base)
+    for h in range(384 // d):
+        rows = slice(h * d, (h + 1) * d)
+        a_hat = locked[rows] @ torch.linalg.pinv(w_base[rows])
+        recovered[rows] = torch.linalg.solve(a_hat, locked[rows])
+    cosine = torch.nn.functional.cosine_similarity(
+        (recovered - w_base).flatten(), delta.double().flatten(), dim=0
+    ).item()
+    scrambled = torch.nn.functional.cosine_similarity(
+        (locked - w_base).flatten(), delta.double().flatten(), dim=0
+    ).item()
+    assert cosine > 0.9
+    assert abs(scrambled) < 0.1
+    print(f"least-squares recovery cosine {cosine:.3f}, locked delta cosine {scrambled:.3f}")
