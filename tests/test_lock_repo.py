@@ -232,3 +232,45 @@ def test_cli_lock_of_an_unknown_architecture_commits_nothing(tmp_path, monkeypat
     assert result.exit_code == 1
     assert "mvc: error: MergeLock does not know architecture 't5'" in result.output
     assert repo.head() == base
+
+
+def test_merge_refuses_a_locked_commit_unless_allowed(tmp_path, monkeypatch):
+    """The contract with `mvc merge`: the lock record alone makes a commit unmergeable."""
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    tiny_llama_folder(tmp_path / "model")
+    repo = Repo.init(tmp_path)
+    repo.add([tmp_path / "model"])
+    repo.commit("base")
+    repo.switch("other", create=True)
+    weights = load_file(str(tmp_path / "model" / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weights[name] = weights[name] + 0.01
+    save_file(weights, str(tmp_path / "model" / "model.safetensors"))
+    repo.commit("other SFT", all=True)
+    repo.switch("main")
+    key = tmp_path.parent / f"{tmp_path.name}-merge.key"
+    keygen(key)
+    locked = lock_commit(repo, "HEAD", key)
+
+    refused = runner.invoke(cli, ["merge", "other"])
+    assert refused.exit_code == 1
+    assert f"mvc: error: HEAD ({locked[:12]}) is MergeLock'ed" in refused.output
+    assert repo.head() == locked
+
+    allowed = runner.invoke(cli, ["merge", "other", "--allow-locked"])
+    assert allowed.exit_code == 0, allowed.output
+    assert repo.commit_info("HEAD").parents[0] == locked
+
+
+def test_lock_with_uncommitted_changes_is_refused_before_any_work(tmp_path):
+    tiny_llama_folder(tmp_path / "model")
+    repo = Repo.init(tmp_path)
+    repo.add([tmp_path / "model"])
+    base = repo.commit("base")
+    (tmp_path / "model" / "config.json").write_text("{}")
+    key = tmp_path.parent / f"{tmp_path.name}-dirty.key"
+    keygen(key)
+    with pytest.raises(MvcError, match="uncommitted changes"):
+        lock_commit(repo, "HEAD", key)
+    assert repo.head() == base

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mvc.errors import MvcError, NotFoundError
+from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.hf import is_model_file
 from mvc.formats.torch_io import tensor_bytes, to_torch
@@ -150,6 +150,15 @@ def _digest(entries: Mapping[str, TensorEntry]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _refuse_if_dirty(repo: Repo) -> None:
+    """Fail before the expensive part: the new commit is checked out, like a merge's."""
+    if not repo.status().clean:
+        raise ConflictError(
+            "you have uncommitted changes",
+            hint="commit them first (lock and unlock write the work tree)",
+        )
+
+
 def _commit(repo: Repo, files: dict[str, Manifest | bytes], message: str) -> str:
     head = repo.head()
     return repo.commit_tree(files, [head] if head else [], message)
@@ -163,6 +172,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
     """
     key = load_key(key_path)
     source = repo.resolve(rev)
+    _refuse_if_dirty(repo)
     files = repo.files(source)
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
@@ -269,6 +279,7 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
             f"wrong key: {rev} was locked with key {record.get('key_id')}, not {key_id(key)}",
             hint="nothing was committed",
         )
+    _refuse_if_dirty(repo)
     files = repo.files(rev)
     out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
     for model in _models(files):
