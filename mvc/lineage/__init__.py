@@ -1,1 +1,41 @@
-"""mvc.lineage layer."""
+"""mvc.lineage: audit a merge from its record (layer 5).
+
+- `lineage_graph(repo, rev)`: the ancestry DAG with each merge's recipe (JSON/DOT/Mermaid).
+- `blame(repo, rev, "FILE::TENSOR")`: per parent, the share of a tensor it contributed.
+- `verify(repo, rev)`: recompute the merge with the merge's own executor, compare hashes.
+- `unmerge(repo, rev, drop)`: the merge without one parent, committed on top of it.
+- `extract(repo, rev, parent, out_dir)`: a parent rebuilt from the merge and its masks.
+- `export(repo, rev, "mergekit"|"model-card")`: the recipe for other tools.
+- `recipe_line(repo, commit_id)`: one line for `mvc log`/`show`.
+
+Names load lazily: `mvc log` imports this package for `recipe_line`, which must stay free
+of torch; only verify, unmerge and extract import it, when they compute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mvc.lineage.records import recipe_line
+
+_EXPORTS = {
+    "lineage_graph": "mvc.lineage.graph",
+    "to_dot": "mvc.lineage.graph",
+    "to_mermaid": "mvc.lineage.graph",
+    "blame": "mvc.lineage.blame",
+    "verify": "mvc.lineage.verify",
+    "unmerge": "mvc.lineage.unmerge",
+    "extract": "mvc.lineage.extract",
+    "export": "mvc.lineage.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = ["recipe_line", *_EXPORTS]

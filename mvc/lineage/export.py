@@ -1,0 +1,174 @@
+"""`mvc export`: a merge's recipe in the formats other tools read.
+
+- `mergekit`: a mergekit YAML (`merge_method`, `base_model`, `models` with per-model
+  `weight`/`density`, shared `lambda`/`normalize`/`gamma`/`t`, `dtype`). Run on folders
+  holding each commit's checkout, it reproduces the merge within floating-point noise when
+  the merge was made with `--preset mergekit --all-tensors` (mergekit knows no history, so
+  it sends every tensor through the method); the YAML says so in a comment otherwise.
+- `model-card`: Hugging Face model-card metadata, with `base_model` listing the merged
+  models and `base_model_relation: merge`, as YAML front matter and a short description.
+
+Model locations are given per parent name (`base` for the merge base); without one, a
+placeholder folder named after the parent is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mvc.errors import MvcError
+from mvc.lineage.records import merge_recipe_text, merge_record, parent_label, per_branch
+
+if TYPE_CHECKING:
+    from mvc.repo import Repo
+
+FORMATS = ("mergekit", "model-card")
+
+# mvc strategy -> mergekit merge_method, and which per-model / shared parameters it takes.
+_MERGEKIT = {
+    "ties": ("ties", ("weight", "density"), ("lambda", "normalize")),
+    "dare_ties": ("dare_ties", ("weight", "density"), ("lambda", "normalize")),
+    "dare_linear": ("dare_linear", ("weight", "density"), ("lambda", "normalize")),
+    "task_arithmetic": ("task_arithmetic", ("weight",), ("lambda", "normalize")),
+    "breadcrumbs": ("breadcrumbs", ("weight", "density"), ("lambda", "normalize", "gamma")),
+    "linear": ("linear", ("weight",), ("normalize",)),
+    "slerp": ("slerp", (), ("t",)),
+}
+
+_TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def model_locations(record: Mapping[str, Any], given: Mapping[str, str]) -> dict[str, str]:
+    """Location of the base and of each parent, by label (placeholders where not given)."""
+    labels = ["base"] + [parent_label(record, i) for i in range(len(record["parents"]))]
+    unknown = [k for k in given if k not in labels]
+    if unknown:
+        raise MvcError(
+            f"--model-path names '{unknown[0]}', which is not in this merge",
+            hint=f"use one of: {', '.join(labels)}",
+        )
+    return {label: given.get(label, f"./checkouts/{label}") for label in labels}
+
+
+def _storage_dtype(repo: Repo, base: str) -> str | None:
+    counts: dict[str, int] = {}
+    for manifest in repo.model_files(base).values():
+        for tensor in manifest.tensors:
+            if tensor.dtype in _TORCH_NAMES:
+                counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.nbytes
+    return _TORCH_NAMES[max(counts, key=lambda k: counts[k])] if counts else None
+
+
+def mergekit_yaml(repo: Repo, rev: str, paths: Mapping[str, str] | None = None) -> str:
+    """A mergekit YAML reproducing merge `rev`, with comments on what mergekit cannot match."""
+    sha, record = merge_record(repo, rev)
+    strategy = record["strategy"]
+    if strategy not in _MERGEKIT:
+        raise MvcError(
+            f"mergekit has no counterpart of strategy {strategy}",
+            hint=f"exportable strategies: {', '.join(_MERGEKIT)}",
+        )
+    if record.get("rules"):
+        raise MvcError("a merge with per-tensor --config rules cannot be exported to mergekit")
+    method, per_model, shared = _MERGEKIT[strategy]
+    where = model_locations(record, paths or {})
+    params: dict[str, Any] = record["params"]
+    contributing: list[int] = record["contributing"]
+    n = len(contributing)
+    values = {
+        "weight": per_branch(params.get("weights", 1.0), n),
+        "density": per_branch(params.get("density", 1.0), n),
+    }
+    models = []
+    for position, index in enumerate(contributing):
+        entry: dict[str, Any] = {"model": where[parent_label(record, index)]}
+        model_params = {k: values[k][position] for k in per_model if values[k] is not None}
+        if model_params:
+            entry["parameters"] = model_params
+        models.append(entry)
+    config: dict[str, Any] = {"merge_method": method}
+    if strategy == "slerp":
+        config["base_model"] = models[0]["model"]
+    elif strategy != "linear":
+        config["base_model"] = where["base"]
+    config["models"] = models
+    shared_values = {
+        "lambda": params.get("lambda_", 1.0),
+        "normalize": params.get("normalize"),
+        "gamma": params.get("gamma"),
+        "t": params.get("t"),
+    }
+    global_params = {k: shared_values[k] for k in shared if shared_values[k] is not None}
+    if "lambda" in global_params and global_params["lambda"] == 1.0:
+        del global_params["lambda"]
+    if global_params:
+        config["parameters"] = global_params
+    config["dtype"] = "float32"
+    storage = _storage_dtype(repo, record["base"])
+    if storage and storage != "float32":
+        config["out_dtype"] = storage
+    return _comments(sha, record, where) + yaml.safe_dump(config, sort_keys=False)
+
+
+def _comments(sha: str, record: Mapping[str, Any], where: Mapping[str, str]) -> str:
+    lines = [
+        f"# mergekit configuration exported by mvc from merge {sha}",
+        f"# recipe: {merge_recipe_text(record)}",
+        f"# base: {record['base']} -> {where['base']}",
+    ]
+    for index, commit in enumerate(record["parents"]):
+        label = parent_label(record, index)
+        lines.append(f"# parent {index} ({label}): {commit} -> {where[label]}")
+    lines.append("# check out each commit into its folder, then run: mergekit-yaml THIS.yaml OUT")
+    if record.get("preset") != "mergekit" or not record.get("all_tensors"):
+        lines.append(
+            "# note: not merged with --preset mergekit --all-tensors, so mergekit's result "
+            "differs (mvc takes one-sided tensors whole and uses its own preset's arithmetic)"
+        )
+    if record["strategy"].startswith("dare"):
+        lines.append(
+            f"# note: mvc seeds DARE's drops (seed {record.get('seed')}); mergekit draws "
+            "its own, so the dropped elements differ"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def model_card(repo: Repo, rev: str, names: Mapping[str, str] | None = None) -> str:
+    """Hugging Face model-card metadata (YAML front matter) and a one-paragraph description."""
+    sha, record = merge_record(repo, rev)
+    where = model_locations(record, names or {})
+    merged = [where[parent_label(record, i)] for i in record["contributing"]]
+    tags = ["mvc", "merge", record["strategy"]]
+    if record.get("preset"):
+        tags.append(f"preset-{record['preset']}")
+    metadata = {
+        "base_model": merged,
+        "base_model_relation": "merge",
+        "tags": tags,
+        "mvc": {
+            "commit": sha,
+            "base": record["base"],
+            "merge_base_model": where["base"],
+            "parents": list(record["parents"]),
+            "recipe": merge_recipe_text(record),
+        },
+    }
+    body = (
+        f"This model is a {record['strategy']} merge of {', '.join(merged)} over the common "
+        f"base {where['base']}, made with mvc (commit {sha[:12]}). Recipe: "
+        f"{merge_recipe_text(record)}. `mvc verify {sha[:12]}` recomputes it from the "
+        "stored parents.\n"
+    )
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    return f"---\n{front}---\n\n{body}"
+
+
+def export(repo: Repo, rev: str, fmt: str, paths: Mapping[str, str] | None = None) -> str:
+    if fmt == "mergekit":
+        return mergekit_yaml(repo, rev, paths)
+    if fmt == "model-card":
+        return model_card(repo, rev, paths)
+    raise MvcError(f"unknown export format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")

@@ -1,0 +1,244 @@
+"""Reading the records a commit carries, and turning a merge record into a one-line recipe.
+
+Three kinds of record can sit under `.mvc/` in a commit's tree: the merge record
+(`.mvc/merge.json`, written by `mvc merge`), the provenance record (`.mvc/provenance.json`,
+written by `mvc unmerge` and `mvc extract --commit`) and the lock record (`.mvc/lock.json`,
+written by `mvc lock`). A later ordinary commit inherits the files of its parent, so a merge
+or provenance record only describes the commit whose parents it names.
+
+Everything here reads single blobs by path and never imports torch: `mvc log` calls
+:func:`recipe_line` for every commit it prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dulwich.object_store import tree_lookup_path
+
+from mvc.errors import FormatError, MvcError, NotFoundError
+from mvc.merge.record import RECORD_PATH, decode_record
+
+if TYPE_CHECKING:
+    from mvc.repo import Repo
+
+PROVENANCE_PATH = ".mvc/provenance.json"
+PROVENANCE_KIND = "provenance"
+PROVENANCE_VERSION = 1
+LOCK_PATH = ".mvc/lock.json"
+
+# Per-branch parameters of MergeParams: a list holds one value per contributing branch.
+PER_BRANCH_PARAMS = ("weights", "density", "tall_lambdas")
+
+
+def tree_blob(repo: Repo, sha: str, path: str) -> bytes | None:
+    """The blob at `path` in commit `sha`'s tree, or None (one path lookup, no tree walk)."""
+    commit = repo.git[sha.encode()]
+    try:
+        _, blob_id = tree_lookup_path(repo.git.object_store.__getitem__, commit.tree, path.encode())
+    except KeyError:
+        return None
+    return repo.read_blob(blob_id)
+
+
+def commit_parents(repo: Repo, sha: str) -> list[str]:
+    return [p.decode() for p in repo.git[sha.encode()].parents]
+
+
+def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
+    """The merge record describing commit `sha`, or None when `sha` is not an mvc merge."""
+    data = tree_blob(repo, sha, RECORD_PATH)
+    if data is None:
+        return None
+    record = decode_record(data)
+    if record["parents"] != commit_parents(repo, sha):
+        return None
+    return record
+
+
+def merge_record(repo: Repo, rev: str) -> tuple[str, dict[str, Any]]:
+    """(commit id, merge record) of `rev`; a commit without one is an error naming it."""
+    sha = repo.resolve(rev)
+    record = find_merge_record(repo, sha)
+    if record is None:
+        raise MvcError(
+            f"{rev} ({sha[:12]}) is not an mvc merge commit (it carries no merge record)",
+            hint="name a commit made by `mvc merge`",
+        )
+    return sha, record
+
+
+def encode_provenance(record: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON, like the merge record."""
+    return (json.dumps(dict(record), sort_keys=True, indent=1) + "\n").encode()
+
+
+def find_provenance(repo: Repo, sha: str) -> dict[str, Any] | None:
+    """The unmerge/extract provenance record written by commit `sha`, or None."""
+    data = tree_blob(repo, sha, PROVENANCE_PATH)
+    if data is None:
+        return None
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise FormatError(f"{PROVENANCE_PATH} is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or doc.get("mvc") != PROVENANCE_KIND:
+        raise FormatError(f"{PROVENANCE_PATH} is not an mvc provenance record")
+    if doc.get("schema_version") != PROVENANCE_VERSION:
+        raise FormatError(
+            f"{PROVENANCE_PATH} has schema version {doc.get('schema_version')!r}; this mvc "
+            f"reads version {PROVENANCE_VERSION}",
+            hint="upgrade mvc",
+        )
+    if doc.get("commit_parents") != commit_parents(repo, sha):
+        return None
+    return doc
+
+
+def is_locked(repo: Repo, sha: str) -> bool:
+    """Whether the commit's tree holds a lock record that says it is locked."""
+    data = tree_blob(repo, sha, LOCK_PATH)
+    if data is None:
+        return False
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return True
+    return not isinstance(doc, dict) or bool(doc.get("locked", True))
+
+
+def parent_index(record: Mapping[str, Any], spec: str, repo: Repo | None = None) -> int:
+    """The index in `record["parents"]` that `spec` names: a name, a commit (prefix), an index."""
+    parents: list[str] = record["parents"]
+    names: list[str] = record.get("parent_names") or []
+    if spec in names:
+        return names.index(spec)
+    if spec.isdigit() and int(spec) < len(parents) and len(spec) < 4:
+        return int(spec)
+    lowered = spec.lower()
+    if len(lowered) >= 4:
+        hits = [i for i, p in enumerate(parents) if p.startswith(lowered)]
+        if len(hits) == 1:
+            return hits[0]
+    if repo is not None:
+        try:
+            sha = repo.resolve(spec)
+        except MvcError:
+            sha = None
+        if sha in parents:
+            return parents.index(sha)
+    shown = ", ".join(
+        f"{i}={names[i] if i < len(names) else p[:12]}" for i, p in enumerate(parents)
+    )
+    raise NotFoundError(f"'{spec}' is not a parent of this merge", hint=f"its parents are {shown}")
+
+
+def parent_label(record: Mapping[str, Any], index: int) -> str:
+    """A parent's branch name as merged (or its short id when unnamed)."""
+    names = record.get("parent_names") or []
+    if index < len(names) and names[index] and names[index] != "HEAD":
+        return names[index]
+    return record["parents"][index][:12]
+
+
+def per_branch(value: Any, n: int) -> list[float] | None:
+    """A per-branch parameter as a list of `n` values (None when it does not fit)."""
+    if isinstance(value, list):
+        return [float(v) for v in value] if len(value) == n else None
+    return [float(value)] * n
+
+
+def recipe(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge's recipe: what a reader needs to redo it, without per-tensor detail."""
+    params: dict[str, Any] = dict(record["params"])
+    contributing: list[int] = record.get("contributing", [])
+    n = len(contributing)
+    out: dict[str, Any] = {
+        "strategy": record["strategy"],
+        "preset": record.get("preset"),
+        "contributing": [parent_label(record, i) for i in contributing],
+        "contributing_indices": list(contributing),
+        "lambda": params.get("lambda_", 1.0),
+        "all_tensors": bool(record.get("all_tensors")),
+        "rules": len(record.get("rules") or []),
+    }
+    for key in PER_BRANCH_PARAMS:
+        values = per_branch(params.get(key, 1.0), n)
+        out[key] = values if values is not None else params.get(key)
+    for key in ("k", "alpha", "gamma", "t", "seed", "on", "normalize"):
+        if key in params:
+            out[key] = params[key]
+    return out
+
+
+# Which parameters mean something for each strategy (shown in the one-line recipe).
+_SHOWN = {
+    "ties": ("density", "weights", "lambda", "normalize"),
+    "dare_ties": ("density", "weights", "lambda", "seed", "normalize"),
+    "dare_linear": ("density", "weights", "lambda", "seed", "normalize"),
+    "task_arithmetic": ("weights", "lambda"),
+    "linear": ("weights",),
+    "breadcrumbs": ("density", "gamma", "weights", "lambda"),
+    "consensus": ("k", "alpha", "tall_lambdas", "on", "lambda"),
+    "slerp": ("t",),
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _param_text(key: str, value: Any, labels: Sequence[str]) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if len(set(value)) == 1:
+            value = value[0]
+        else:
+            pairs = " ".join(f"{n}={_number(v)}" for n, v in zip(labels, value, strict=False))
+            return f"{key} {pairs}"
+    if key in ("weights", "density", "lambda", "alpha") and value == 1.0:
+        return None  # the default: saying it would only lengthen the line
+    name = {"lambda": "λ", "tall_lambdas": "tall-λ"}.get(key, key)
+    if isinstance(value, float):
+        return f"{name} {_number(value)}"
+    return f"{name} {value}"
+
+
+def merge_recipe_text(record: Mapping[str, Any]) -> str:
+    """One line: strategy, preset, the parameters that matter, and the contributing parents."""
+    info = recipe(record)
+    head = info["strategy"] + (f" ({info['preset']})" if info["preset"] else "")
+    parts = [head]
+    for key in _SHOWN.get(info["strategy"], ()):
+        text = _param_text(key, info.get(key), info["contributing"])
+        if text:
+            parts.append(text)
+    if info["all_tensors"]:
+        parts.append("all tensors")
+    if info["rules"]:
+        parts.append(f"{info['rules']} rule(s)")
+    parts.append("of " + ", ".join(info["contributing"]))
+    return ", ".join(parts)
+
+
+def provenance_text(doc: Mapping[str, Any]) -> str:
+    if doc.get("kind") == "unmerge":
+        return f"unmerge of {doc['unmerge_of'][:12]} dropping {doc['dropped']['name']}"
+    return f"extract of {doc['parent']['name']} from {doc['extract_of'][:12]}"
+
+
+def recipe_line(repo: Repo, commit_id: str) -> str | None:
+    """The one-line provenance of a commit for `mvc log`/`show`, or None for plain commits."""
+    parts = []
+    merge = find_merge_record(repo, commit_id)
+    if merge is not None:
+        parts.append(merge_recipe_text(merge))
+    provenance = find_provenance(repo, commit_id)
+    if provenance is not None:
+        parts.append(provenance_text(provenance))
+    if is_locked(repo, commit_id):
+        parts.append("locked")
+    return "; ".join(parts) or None

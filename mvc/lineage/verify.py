@@ -1,0 +1,239 @@
+"""`mvc verify`: recompute a merge from its record and the stored parents, compare hashes.
+
+The recomputation runs the merge's own planner and executor (same strategy, parameters,
+branches, seed, rules), writing into a scratch store, so the repository gains nothing even
+when the commit is forged. Three things must agree: the recomputed plan and the record's
+per-tensor decisions; the recomputed output ids and the ids the record lists; the
+recomputed files and the commit's tree (every manifest and ordinary file, which also
+covers tensors taken whole from one parent). A tensor that differs is named with the
+largest absolute difference between the commit's values and the recomputed ones.
+
+Merge arithmetic is deterministic on one device class, but a GPU and a CPU may round
+differently; when verify runs on another device class than the merge did, a resolved tensor
+whose values differ by at most `tolerance` is reported as tolerated instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mvc.lineage.recompute import Recipe, ScratchStore, recompute
+from mvc.lineage.records import find_provenance, merge_record
+from mvc.lineage.tensors import max_abs_difference
+from mvc.merge.planner import RECORD_PREFIX
+from mvc.repo.manifest import Manifest
+from mvc.repo.worktree import is_model_path
+
+if TYPE_CHECKING:
+    from mvc.progress import Progress
+    from mvc.repo import Repo
+
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass
+class Mismatch:
+    path: str
+    tensor: str | None
+    reason: str
+    max_abs_diff: float | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}::{self.tensor}" if self.tensor else self.path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "tensor": self.tensor,
+            "reason": self.reason,
+            "max_abs_diff": self.max_abs_diff,
+        }
+
+
+@dataclass
+class VerifyReport:
+    commit: str
+    recorded_device: str
+    device: str
+    tolerance: float
+    files: int = 0
+    tensors: int = 0
+    resolved: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    tolerated: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def same_device_class(self) -> bool:
+        return _device_class(self.recorded_device) == _device_class(self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "ok": self.ok,
+            "recorded_device": self.recorded_device,
+            "device": self.device,
+            "tolerance": self.tolerance,
+            "files": self.files,
+            "tensors": self.tensors,
+            "resolved": self.resolved,
+            "mismatches": [m.to_json() for m in self.mismatches],
+            "tolerated": [m.to_json() for m in self.tolerated],
+        }
+
+
+def _device_class(device: str) -> str:
+    return device.split(":")[0]
+
+
+def verifiable_record(repo: Repo, rev: str) -> tuple[str, dict[str, Any]]:
+    """The record to recompute: a merge's own, or the recipe an unmerge commit ran."""
+    sha = repo.resolve(rev)
+    provenance = find_provenance(repo, sha)
+    if provenance is not None and provenance.get("record"):
+        return sha, provenance["record"]
+    return merge_record(repo, rev)
+
+
+def verify(
+    repo: Repo,
+    rev: str = "HEAD",
+    device: str = "auto",
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Recompute the merge `rev` and compare it with its record and its tree."""
+    from mvc.merge.device import resolve_device
+
+    sha, record = verifiable_record(repo, rev)
+    compute_device = resolve_device(device)
+    report = VerifyReport(sha, str(record.get("device", "cpu")), str(compute_device), tolerance)
+    store = ScratchStore(repo.store)
+    try:
+        result = recompute(repo, Recipe.from_record(record), compute_device, store, progress)
+        _compare_decisions(record, result, report)
+        commit_files = {
+            path: data
+            for path, data in repo.files(sha).items()
+            if not path.startswith(RECORD_PREFIX)
+        }
+        _compare_files(store, result.files, commit_files, result.results, report)
+    finally:
+        store.close()
+    return report
+
+
+def _compare_decisions(record: Mapping[str, Any], result: Any, report: VerifyReport) -> None:
+    """The recomputed plan and outputs against what the record says happened."""
+    contributing: list[int] = record["contributing"]
+    recorded: Mapping[str, Any] = record["files"]
+    for path in sorted(set(recorded) | set(result.plan.files)):
+        entry, plan = recorded.get(path), result.plan.files.get(path)
+        if entry is None or plan is None:
+            where = "record" if entry is None else "recomputed plan"
+            report.mismatches.append(Mismatch(path, None, f"missing from the {where}"))
+            continue
+        if entry["action"] != plan.action:
+            report.mismatches.append(
+                Mismatch(path, None, f"record says {entry['action']}, recomputed {plan.action}")
+            )
+            continue
+        tensors = entry.get("tensors", {})
+        for decision in plan.tensors:
+            item = tensors.get(decision.name)
+            expected: dict[str, Any] = {"action": decision.action}
+            if decision.source is not None:
+                expected["source"] = contributing[decision.source]
+            if item is None or any(item.get(k) != v for k, v in expected.items()):
+                report.mismatches.append(
+                    Mismatch(path, decision.name, f"record says {item}, recomputed {expected}")
+                )
+                continue
+            if decision.action != "resolve":
+                continue
+            report.resolved += 1
+            computed = result.results[(path, decision.name)]
+            if list(computed.entry.chunk_ids) != item.get("output"):
+                report.mismatches.append(
+                    Mismatch(path, decision.name, "recomputed output ids differ from the record")
+                )
+            if computed.mask_ids and list(computed.mask_ids) != item.get("masks"):
+                report.mismatches.append(
+                    Mismatch(path, decision.name, "recomputed TALL masks differ from the record")
+                )
+        extra = set(tensors) - {d.name for d in plan.tensors}
+        for name in sorted(extra):
+            report.mismatches.append(Mismatch(path, name, "in the record but not in the plan"))
+
+
+def _compare_files(
+    store: ScratchStore,
+    computed: Mapping[str, Manifest | bytes],
+    committed: Mapping[str, bytes],
+    results: Mapping[tuple[str, str], Any],
+    report: VerifyReport,
+) -> None:
+    """Every recomputed file against the commit's tree, tensor by tensor for model files."""
+    for path in sorted(set(computed) | set(committed)):
+        report.files += 1
+        if path not in committed:
+            report.mismatches.append(Mismatch(path, None, "missing from the commit"))
+            continue
+        if path not in computed:
+            report.mismatches.append(Mismatch(path, None, "not produced by the recipe"))
+            continue
+        mine = computed[path]
+        if not isinstance(mine, Manifest):
+            if mine != committed[path]:
+                report.mismatches.append(Mismatch(path, None, "file content differs"))
+            continue
+        theirs = Manifest.from_bytes(committed[path], path) if is_model_path(path) else None
+        if theirs is None:
+            report.mismatches.append(Mismatch(path, None, "not a model file in the commit"))
+            continue
+        _compare_manifest(store, path, mine, theirs, results, report)
+
+
+def _compare_manifest(
+    store: ScratchStore,
+    path: str,
+    mine: Manifest,
+    theirs: Manifest,
+    results: Mapping[tuple[str, str], Any],
+    report: VerifyReport,
+) -> None:
+    ours_by_name, theirs_by_name = mine.by_name(), theirs.by_name()
+    for name in sorted(set(ours_by_name) | set(theirs_by_name)):
+        report.tensors += 1
+        a, b = ours_by_name.get(name), theirs_by_name.get(name)
+        if a is None or b is None:
+            where = "commit" if b is None else "recomputed merge"
+            report.mismatches.append(Mismatch(path, name, f"missing from the {where}"))
+            continue
+        if a.dtype == b.dtype and a.shape == b.shape and a.chunk_ids == b.chunk_ids:
+            continue
+        if a.dtype != b.dtype or a.shape != b.shape:
+            report.mismatches.append(
+                Mismatch(
+                    path,
+                    name,
+                    f"{b.dtype}{list(b.shape)} in the commit, {a.dtype}{list(a.shape)} recomputed",
+                )
+            )
+            continue
+        diff = max_abs_difference(store, a, b)
+        mismatch = Mismatch(path, name, "content differs", diff)
+        resolved = (path, name) in results
+        if resolved and not report.same_device_class and diff <= report.tolerance:
+            mismatch.reason = "differs within tolerance (other device class)"
+            report.tolerated.append(mismatch)
+        else:
+            report.mismatches.append(mismatch)
+    if mine.header_raw != theirs.header_raw and not any(m.path == path for m in report.mismatches):
+        report.mismatches.append(Mismatch(path, None, "safetensors header differs"))
