@@ -179,7 +179,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
     out: dict[str, Manifest | bytes] = {
         p: b for p, b in files.items() if not p.startswith(RECORD_DIR + "/")
     }
-    summaries = []
+    checked = []
     for model in _models(files):
         plan = _plan(model)
         original = _load(repo, model)
@@ -187,6 +187,10 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
         diff = check_equivalence(
             original, {**original, **locked}, model.config, batch=_probe(model, files)
         )
+        checked.append((model, plan, locked, diff))
+    # Store only once every model passed, so a refusal leaves not even loose objects.
+    summaries = []
+    for model, plan, locked, diff in checked:
         entries = model.entries()
         stored = {name: _store_entry(repo, entries[name][1], t) for name, t in locked.items()}
         out.update(_rewrite(model, stored))
@@ -282,11 +286,12 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
     _refuse_if_dirty(repo)
     files = repo.files(rev)
     out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
+    checked = []
     for model in _models(files):
-        plan = _plan(model)
         locked = _load(repo, model)
-        restored = apply_plan(plan, locked, key, inverse=True)
+        restored = apply_plan(_plan(model), locked, key, inverse=True)
         check_equivalence(locked, {**locked, **restored}, model.config, batch=_probe(model, files))
-        new_entries = _unlocked_entries(repo, record, model, restored)
-        out.update(_rewrite(model, new_entries))
+        checked.append((model, restored))
+    for model, restored in checked:
+        out.update(_rewrite(model, _unlocked_entries(repo, record, model, restored)))
     return _commit(repo, out, message or f"MergeLock: unlock {repo.resolve(rev)[:10]}")
