@@ -10,15 +10,17 @@ branch both upload, but only one CAS succeeds; the other is told to fetch and me
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dulwich.objects import Commit
 
 from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
+from mvc.progress import Progress as ProgressSink
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
 from mvc.remote.layout import (
     BARE_CONFIG,
@@ -43,6 +45,9 @@ from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, writ
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
 from mvc.repo import Repo
+
+if TYPE_CHECKING:  # the merge layer imports torch; pull loads it only when it merges
+    from mvc.merge.api import MergeOptions, MergeResult
 
 DEFAULT_WORKERS = 8
 _HEX = set("0123456789abcdef")
@@ -340,24 +345,33 @@ def _resumable(folder: Path, url: str) -> bool:
 # ---------------------------------------------------------------------------------- pull
 @dataclass
 class PullResult:
+    """What `pull` did: the fetch, then "up-to-date", "fast-forward", "merged" or "staged"."""
+
     report: TransferReport
-    outcome: str  # "up-to-date" or "fast-forward"
-    commit: str
+    outcome: str
+    commit: str | None
+    merge: MergeResult | None = None
 
 
 def pull(
     repo: Repo,
     remote: str | None = None,
     branch: str | None = None,
+    options: MergeOptions | None = None,
     *,
+    ff_only: bool = False,
     endpoint: str | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
+    progress: ProgressSink | None = None,
 ) -> PullResult:
-    """Fetch, then bring the current branch up to its remote counterpart.
+    """Fetch, then bring the remote branch into the current one, as `git pull` does.
 
-    Fast-forwards when the current branch has nothing of its own; diverged histories
-    need a parameter merge, which `pull` leaves to `mvc merge` with its options.
+    Fast-forwards when the current branch has nothing of its own (unless the options ask
+    for a merge commit); diverged histories get a three-way parameter merge of
+    `REMOTE/BRANCH` into HEAD with `options` (TIES by default). A conflicting merge stops
+    before writing anything: the branch and work tree stay as they were, while the
+    fetched remote-tracking branch stays, ready for `mvc merge` with other options.
     """
     current = repo.current_branch()
     if current is None:
@@ -375,11 +389,22 @@ def pull(
     with repo.locked():
         if ours == theirs or (ours is not None and repo.is_ancestor(theirs, ours)):
             return PullResult(report, "up-to-date", ours or theirs)
-        if ours is None or repo.is_ancestor(ours, theirs):
+        fast_forward = options is None or options.fast_forward
+        if ours is None or (fast_forward and repo.is_ancestor(ours, theirs)):
             repo.update_worktree(theirs)
             repo.move_branch(ours, theirs, f"pull: fast-forward to {remote}/{branch}")
             return PullResult(report, "fast-forward", theirs)
-    raise ConflictError(
-        f"'{current}' and '{remote}/{branch}' have diverged; pull only fast-forwards",
-        hint=f"run `mvc merge {remote}/{branch}` (with the merge options you want)",
-    )
+    if ff_only:
+        raise ConflictError(
+            f"'{current}' and '{remote}/{branch}' have diverged; not fast-forwarding",
+            hint=f"pull without --ff-only to merge, or run `mvc merge {remote}/{branch}`",
+        )
+    from mvc.merge.api import MergeOptions, merge
+
+    options = options or MergeOptions()
+    if options.message is None:
+        options = dataclasses.replace(
+            options, message=f"Merge {remote}/{branch} into {current} ({options.strategy})"
+        )
+    result = merge(repo, [f"{remote}/{branch}"], options, progress=progress)
+    return PullResult(report, "merged" if result.commit else "staged", result.commit, result)

@@ -1,0 +1,245 @@
+"""The clean/smudge filter that lets plain `git` store safetensors files as mvc manifests.
+
+Clean (work tree -> git): the file's bytes are spooled to a temp file beside the store, so
+memory stays bounded whatever the model size, then ingested exactly as `mvc add` does
+(each row chunk delta-encoded against the version in the index), and the manifest becomes
+the blob. Smudge (git -> work tree): the manifest's objects are streamed out chunk by
+chunk as the byte-identical file. Blobs that are not manifests pass through untouched, so
+history written before the filter was installed still checks out.
+
+`serve` speaks git's long-running `filter.<driver>.process` protocol, so one process
+handles every file of a `git add` or `git checkout` instead of one Python start per file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from dulwich.errors import NotGitRepository
+from dulwich.index import IndexEntry
+from dulwich.repo import Repo as GitRepo
+
+from mvc.errors import FormatError, MvcError, NotFoundError
+from mvc.remote.pktline import (
+    FLUSH,
+    ProtocolError,
+    iter_content,
+    read_keys,
+    read_text_list,
+    write_content,
+    write_text_list,
+)
+from mvc.repo.ingest import ingest_file, manifest_ids_only
+from mvc.repo.manifest import Manifest, TensorEntry, is_manifest_doc
+from mvc.store import ObjectStore
+
+COPY_BYTES = 1 << 20
+
+
+@dataclass
+class GitContext:
+    """The git repository a filter or merge driver runs in, and its mvc tensor store."""
+
+    git: GitRepo
+    store: ObjectStore
+    tmp: Path
+
+    @classmethod
+    def discover(cls, start: str | Path = ".") -> GitContext:
+        """The repository containing `start` (git runs drivers at the work tree's top).
+
+        The store sits in the common git dir, so linked worktrees share it; it is created
+        on first use, which lets a global install serve repositories never `mvc init`-ed.
+        """
+        try:
+            git = GitRepo.discover(str(start))
+        except NotGitRepository:
+            raise NotFoundError(f"not a git repository: {Path(start).resolve()}") from None
+        mvc_dir = Path(git.commondir()) / "mvc"
+        (mvc_dir / "objects").mkdir(parents=True, exist_ok=True)
+        tmp = mvc_dir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return cls(git, ObjectStore(mvc_dir), tmp)
+
+    def spool(self) -> IO[bytes]:
+        """A temp file in the store's folder (same disk, removed on close)."""
+        return tempfile.NamedTemporaryFile(dir=self.tmp, prefix="spool-")
+
+    def previous_tensors(self, path: str) -> dict[str, TensorEntry]:
+        """Delta bases: the tensors of the version of `path` staged in git's index."""
+        try:
+            entry = self.git.open_index()[path.encode()]
+            if not isinstance(entry, IndexEntry):
+                return {}
+            blob = self.git.object_store[entry.sha].as_raw_string()
+            return Manifest.from_bytes(blob, path).by_name()
+        except (KeyError, FormatError, OSError):
+            return {}
+
+
+def parse_manifest(data: bytes, path: str) -> Manifest | None:
+    """The manifest in `data`, or None when `data` is not one (a file to pass through)."""
+    if not data.lstrip().startswith(b"{"):
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not is_manifest_doc(doc):
+        return None
+    return Manifest.from_bytes(data, path)
+
+
+def clean(ctx: GitContext, path: str, spool: IO[bytes]) -> bytes:
+    """The blob git stores for the file whose bytes are in `spool` (a named temp file)."""
+    size = spool.seek(0, 2)
+    if size == 0:
+        return b""
+    spool.seek(0)
+    if spool.read(1) == b"{":
+        spool.seek(0)
+        data = spool.read()
+        if parse_manifest(data, path) is not None:
+            return data  # already clean (e.g. `git add --renormalize`)
+    try:
+        manifest = ingest_file(ctx.store, Path(spool.name), ctx.previous_tensors(path))
+    except FormatError as err:
+        raise FormatError(f"{path}: {err.message}", hint=err.hint) from None
+    return manifest.to_bytes()
+
+
+def smudge(ctx: GitContext, path: str, spool: IO[bytes]) -> Iterator[bytes]:
+    """The work-tree bytes for the blob in `spool`, checked before the first byte is sent.
+
+    Every object must be present before streaming starts, so a missing one is reported
+    cleanly instead of leaving git with half a file.
+    """
+    spool.seek(0)
+    first = spool.read(1)
+    manifest = None
+    if first == b"{":
+        spool.seek(0)
+        manifest = parse_manifest(spool.read(), path)
+    if manifest is None:
+        spool.seek(0)
+        return iter(lambda: spool.read(COPY_BYTES), b"")
+    missing = [oid for oid in manifest.object_ids() if not ctx.store.has(oid)]
+    if missing:
+        raise NotFoundError(
+            f"{path}: {len(missing)} tensor object(s) are missing from {ctx.store.root} "
+            f"(first: {missing[0]})",
+            hint="fetch them from the mvc remote (`mvc fetch`), then check the file out again",
+        )
+    return _file_bytes(ctx.store, manifest)
+
+
+def _file_bytes(store: ObjectStore, manifest: Manifest) -> Iterator[bytes]:
+    yield struct.pack("<Q", len(manifest.header_raw)) + manifest.header_raw
+    for oid in manifest.object_ids():
+        yield store.get(oid)
+
+
+def textconv(data_path: Path) -> str:
+    """One line per tensor (name, dtype, shape, object ids), for `git diff`.
+
+    git hands a textconv either the stored blob (a manifest) or the work-tree file itself,
+    so both are accepted; the ids of a work-tree file are computed without storing it.
+    """
+    with open(data_path, "rb") as handle:
+        head = handle.read(1)
+    if head == b"{":
+        manifest = parse_manifest(data_path.read_bytes(), str(data_path))
+        if manifest is None:
+            return data_path.read_text(errors="replace")
+    else:
+        try:
+            manifest = manifest_ids_only(data_path)
+        except FormatError as err:
+            return f"not a safetensors file: {err.message}\n"
+    lines = [
+        f"{t.name}\t{t.dtype}{list(t.shape)}\t{','.join(t.chunk_ids)}" for t in manifest.tensors
+    ]
+    metadata = manifest.header.metadata
+    if metadata:
+        lines.insert(0, f"__metadata__\t{json.dumps(metadata, sort_keys=True)}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+# ------------------------------------------------------------------ one file per process
+def run_once(ctx: GitContext, command: str, path: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """`filter.mvc.clean`/`smudge`: one file from stdin to stdout."""
+    with ctx.spool() as spool:
+        shutil.copyfileobj(stdin, spool, COPY_BYTES)
+        spool.flush()
+        if command == "clean":
+            stdout.write(clean(ctx, path, spool))
+        else:
+            for piece in smudge(ctx, path, spool):
+                stdout.write(piece)
+    stdout.flush()
+
+
+# ------------------------------------------------------------------ long-running process
+def serve(ctx: GitContext, stdin: BinaryIO, stdout: BinaryIO, errors: IO[str] = sys.stderr) -> None:
+    """Answer git's filter requests until it closes our stdin."""
+    _handshake(stdin, stdout)
+    while True:
+        try:
+            request = read_keys(stdin)
+        except EOFError:
+            return
+        command, path = request.get("command", ""), request.get("pathname", "")
+        with ctx.spool() as spool:
+            for payload in iter_content(stdin):
+                spool.write(payload)
+            spool.flush()
+            try:
+                if command == "clean":
+                    output: Iterable[bytes] = [clean(ctx, path, spool)]
+                elif command == "smudge":
+                    output = smudge(ctx, path, spool)
+                else:
+                    raise ProtocolError(f"git asked for an unknown filter command {command!r}")
+            except (MvcError, OSError) as err:
+                _report(errors, err)
+                write_text_list(stdout, ["status=error"])
+                continue
+            write_text_list(stdout, ["status=success"])
+            try:
+                write_content(stdout, output)
+            except (MvcError, OSError) as err:
+                stdout.write(FLUSH)
+                _report(errors, err)
+                write_text_list(stdout, ["status=error"])
+                continue
+            stdout.write(FLUSH)
+            write_text_list(stdout, [])  # an empty list keeps "success"
+
+
+def _handshake(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    try:
+        welcome = read_text_list(stdin)
+        if welcome[:1] != ["git-filter-client"] or "version=2" not in welcome:
+            raise ProtocolError(f"unexpected filter handshake {welcome!r}")
+        write_text_list(stdout, ["git-filter-server", "version=2"])
+        offered = set(read_text_list(stdin))
+    except EOFError:
+        raise ProtocolError("git closed the filter pipe during the handshake") from None
+    write_text_list(stdout, [c for c in ("capability=clean", "capability=smudge") if c in offered])
+
+
+def _report(errors: IO[str], err: BaseException) -> None:
+    message = err.message if isinstance(err, MvcError) else str(err)
+    print(f"mvc: error: {message}", file=errors)
+    hint = getattr(err, "hint", None)
+    if hint:
+        print(f"hint: {hint}", file=errors)
+    errors.flush()
