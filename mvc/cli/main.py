@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_lock",
     "mvc.cli.cmd_lineage",
     "mvc.cli.cmd_remote",
+    "mvc.cli.cmd_git",
 ]
 
 
