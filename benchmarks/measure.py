@@ -1,0 +1,100 @@
+"""Wall time and peak RSS of one command in a fresh child process, and table printing.
+
+Every figure comes from a real subprocess (the ``mvc`` console script, ``git``,
+``mergekit-yaml``), so start-up costs count the way a user pays them. Peak RSS is the
+kernel's ``ru_maxrss`` for that one child, read with ``os.wait4`` on its pid: no polling to
+miss a spike, and no mixing with earlier children as ``RUSAGE_CHILDREN`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one command cost."""
+
+    seconds: float
+    peak_rss_mib: float
+    output: str
+
+
+class CommandFailed(RuntimeError):
+    """A measured command exited non-zero; the message carries its output."""
+
+
+def tool(name: str) -> str:
+    """The executable ``name`` from this interpreter's venv, else from ``PATH``."""
+    local = VENV_BIN / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise CommandFailed(f"{name} not found (in {VENV_BIN} or on PATH)")
+    return found
+
+
+def run(
+    cmd: Sequence[str],
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Run:
+    """Run ``cmd`` to completion; raise ``CommandFailed`` if it fails."""
+    full_env = {**os.environ, **(env or {})}
+    with open(os.devnull, "rb") as stdin:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=full_env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise CommandFailed(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
+    return Run(seconds=seconds, peak_rss_mib=usage.ru_maxrss / 1024, output=output)
+
+
+def tree_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of every regular file under ``path`` (as stored, not as allocated)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(folder, name)
+            if not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+def ratio(value: float, peer: float) -> str:
+    """``value / peer`` for a table cell (``-`` when the peer is zero)."""
+    return f"{value / peer:.2f}" if peer else "-"
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A Markdown table, so the output can be pasted into docs/benchmarks.md as it is."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n### {title}\n")
+    for i, row in enumerate(cells):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    sys.stdout.flush()

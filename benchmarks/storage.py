@@ -1,0 +1,273 @@
+"""Issue 2: what a fine-tune commit costs in bytes and seconds, against ZipNN and Git LFS.
+
+On a real fine-tune of the bundled MiniLM (60 AdamW steps, lr 2e-5, torch's default weight
+decay), in fp32 and with base and fine-tune cast to bf16:
+
+- storage: bytes the fine-tune commit adds to the repository (everything under ``.git``),
+  divided by the model file's size; against ZipNN full and XOR-delta compression of the same
+  file, and Git LFS (a full copy per version, measured). Targets: <= 0.40 fp32, <= 0.15 bf16;
+- throughput: ``mvc add`` + ``mvc commit`` and ``mvc switch`` between the two versions, each
+  a fresh ``mvc`` process, against ``git add`` + ``git commit`` and ``git checkout`` of the
+  same file tracked by ``git lfs`` in a temporary git repository, in the same run. Times
+  include process start-up (shown separately, with the throughput net of it).
+
+Run: ``.venv/bin/python -m benchmarks.storage [--quick] [--zipnn-python PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.finetune import MODEL_FILE, FineTune, base_model_dir, bf16_dir, fine_tuned_dir
+from benchmarks.measure import MIB, CommandFailed, print_table, ratio, run, tool, tree_size
+
+TARGETS = {"fp32": 0.40, "bf16": 0.15}
+DEFAULT_ZIPNN_PYTHON = "/tmp/zipnn-venv/bin/python"
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+@dataclass
+class VcsResult:
+    """One tool's figures for one (base, fine-tune) pair."""
+
+    base_commit_bytes: int
+    ft_commit_bytes: int
+    commit_base_s: float
+    commit_ft_s: float
+    checkout_s: float  # median over the switches between the two versions
+    startup_s: float
+
+
+def _mvc_flow(base: Path, ft: Path, work: Path, repeats: int) -> VcsResult:
+    """Commit base, branch, commit fine-tune, switch back and forth, all with the CLI."""
+    mvc = tool("mvc")
+    repo = work / "mvc"
+    repo.mkdir()
+    run([mvc, "init"], cwd=repo, env=GIT_ENV)
+    startup = min(run([mvc, "--version"], cwd=repo).seconds for _ in range(3))
+    target = repo / MODEL_FILE
+    shutil.copyfile(base / MODEL_FILE, target)
+    empty = tree_size(repo / ".git")
+    add = run([mvc, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
+    com = run([mvc, "commit", "-m", "base"], cwd=repo, env=GIT_ENV)
+    after_base = tree_size(repo / ".git")
+    run([mvc, "switch", "-c", "ft"], cwd=repo, env=GIT_ENV)
+    shutil.copyfile(ft / MODEL_FILE, target)
+    add_ft = run([mvc, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
+    com_ft = run([mvc, "commit", "-m", "fine-tune"], cwd=repo, env=GIT_ENV)
+    after_ft = tree_size(repo / ".git")
+    switches = []
+    for i in range(repeats):
+        for branch in ("main", "ft"):
+            switches.append(run([mvc, "switch", branch], cwd=repo, env=GIT_ENV).seconds)
+    if target.read_bytes() != (ft / MODEL_FILE).read_bytes():
+        raise CommandFailed("mvc checkout did not reproduce the fine-tune byte for byte")
+    return VcsResult(
+        base_commit_bytes=after_base - empty,
+        ft_commit_bytes=after_ft - after_base,
+        commit_base_s=add.seconds + com.seconds,
+        commit_ft_s=add_ft.seconds + com_ft.seconds,
+        checkout_s=statistics.median(switches),
+        startup_s=startup,
+    )
+
+
+def _lfs_flow(base: Path, ft: Path, work: Path, repeats: int) -> VcsResult:
+    """The same history in a git repository whose ``*.safetensors`` go through Git LFS."""
+    git = tool("git")
+    repo = work / "lfs"
+    repo.mkdir()
+    run([git, "init", "-q", "-b", "main"], cwd=repo, env=GIT_ENV)
+    run([git, "lfs", "install", "--local"], cwd=repo, env=GIT_ENV)
+    run([git, "lfs", "track", "*.safetensors"], cwd=repo, env=GIT_ENV)
+    run([git, "add", ".gitattributes"], cwd=repo, env=GIT_ENV)
+    run([git, "commit", "-q", "-m", "track"], cwd=repo, env=GIT_ENV)
+    startup = min(run([git, "lfs", "version"], cwd=repo).seconds for _ in range(3))
+    target = repo / MODEL_FILE
+    shutil.copyfile(base / MODEL_FILE, target)
+    empty = tree_size(repo / ".git")
+    add = run([git, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
+    com = run([git, "commit", "-q", "-m", "base"], cwd=repo, env=GIT_ENV)
+    after_base = tree_size(repo / ".git")
+    run([git, "switch", "-q", "-c", "ft"], cwd=repo, env=GIT_ENV)
+    shutil.copyfile(ft / MODEL_FILE, target)
+    add_ft = run([git, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
+    com_ft = run([git, "commit", "-q", "-m", "fine-tune"], cwd=repo, env=GIT_ENV)
+    after_ft = tree_size(repo / ".git")
+    switches = []
+    for i in range(repeats):
+        for branch in ("main", "ft"):
+            switches.append(run([git, "checkout", "-q", branch], cwd=repo, env=GIT_ENV).seconds)
+    if target.read_bytes() != (ft / MODEL_FILE).read_bytes():
+        raise CommandFailed("git lfs checkout did not reproduce the fine-tune")
+    return VcsResult(
+        base_commit_bytes=after_base - empty,
+        ft_commit_bytes=after_ft - after_base,
+        commit_base_s=add.seconds + com.seconds,
+        commit_ft_s=add_ft.seconds + com_ft.seconds,
+        checkout_s=statistics.median(switches),
+        startup_s=startup,
+    )
+
+
+def _zipnn(base: Path, ft: Path, dtype: str, python: str | None) -> dict[str, object]:
+    """ZipNN's sizes from the probe script, run by an interpreter that has zipnn."""
+    script = Path(__file__).with_name("zipnn_probe.py")
+    args = [str(base / MODEL_FILE), str(ft / MODEL_FILE), dtype]
+    if python is None or not Path(python).exists():
+        cmd = [sys.executable, str(script), *args, "--emulate"]
+    else:
+        cmd = [python, str(script), *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _mbps(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / MIB / seconds:.0f}" if seconds > 0 else "-"
+
+
+def bench_pair(
+    label: str, base: Path, ft: Path, dtype: str, zipnn_python: str | None, repeats: int
+) -> tuple[list[list[object]], list[list[object]], float]:
+    """Storage rows, throughput rows and mvc's fine-tune ratio for one dtype."""
+    raw = (ft / MODEL_FILE).stat().st_size
+    with tempfile.TemporaryDirectory(prefix="mvc-bench-storage-") as tmp:
+        work = Path(tmp)
+        mvc = _mvc_flow(base, ft, work, repeats)
+        lfs = _lfs_flow(base, ft, work, repeats)
+    zipnn = _zipnn(base, ft, "float32" if dtype == "fp32" else "bfloat16", zipnn_python)
+    mvc_ratio = mvc.ft_commit_bytes / raw
+    target = TARGETS[dtype]
+    storage = [
+        [
+            label,
+            "mvc (fine-tune commit)",
+            f"{mvc.ft_commit_bytes:,}",
+            f"{mvc_ratio:.3f}",
+            f"<= {target:.2f}: {'met' if mvc_ratio <= target else 'MISSED'}",
+        ],
+        [
+            label,
+            f"ZipNN XOR delta [{zipnn['engine']}]",
+            f"{zipnn['delta']:,}",
+            f"{zipnn['delta'] / raw:.3f}",
+            f"mvc/ZipNN {ratio(mvc.ft_commit_bytes, zipnn['delta'])}",
+        ],
+        [
+            label,
+            f"ZipNN full [{zipnn['engine']}]",
+            f"{zipnn['full']:,}",
+            f"{zipnn['full'] / raw:.3f}",
+            "",
+        ],
+        [
+            label,
+            "Git LFS (fine-tune commit)",
+            f"{lfs.ft_commit_bytes:,}",
+            f"{lfs.ft_commit_bytes / raw:.3f}",
+            f"mvc/LFS {ratio(mvc.ft_commit_bytes, lfs.ft_commit_bytes)}",
+        ],
+        [
+            label,
+            "mvc (base commit, no parent)",
+            f"{mvc.base_commit_bytes:,}",
+            f"{mvc.base_commit_bytes / raw:.3f}",
+            "",
+        ],
+    ]
+    throughput = []
+    for op, m_s, l_s in (
+        ("commit base (add+commit)", mvc.commit_base_s, lfs.commit_base_s),
+        ("commit fine-tune (add+commit)", mvc.commit_ft_s, lfs.commit_ft_s),
+        ("checkout (switch, median)", mvc.checkout_s, lfs.checkout_s),
+    ):
+        # add+commit is two processes, a switch one.
+        starts = 2 if op.startswith("commit") else 1
+        m_net = max(m_s - starts * mvc.startup_s, 1e-9)
+        l_net = max(l_s - starts * lfs.startup_s, 1e-9)
+        throughput.append(
+            [
+                label,
+                op,
+                f"{m_s:.2f}",
+                _mbps(raw, m_s),
+                _mbps(raw, m_net),
+                f"{l_s:.2f}",
+                _mbps(raw, l_s),
+                _mbps(raw, l_net),
+                ratio(l_s, m_s),
+            ]
+        )
+    throughput.append(
+        [label, "process start-up", f"{mvc.startup_s:.2f}", "", "", f"{lfs.startup_s:.2f}"]
+        + ["", "", ""]
+    )
+    return storage, throughput, mvc_ratio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fp32 only, one switch each way")
+    parser.add_argument(
+        "--zipnn-python",
+        default=os.environ.get("MVC_BENCH_ZIPNN_PYTHON", DEFAULT_ZIPNN_PYTHON),
+        help="an interpreter with the zipnn package (else ZipNN is emulated)",
+    )
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else 3
+    base = base_model_dir()
+    ft = fine_tuned_dir(FineTune())
+    pairs = [("fp32", base, ft)]
+    if not args.quick:
+        pairs.append(("bf16", bf16_dir(base), bf16_dir(ft)))
+    size = (ft / MODEL_FILE).stat().st_size
+    print(
+        f"storage: all-MiniLM-L6-v2 ({size / MIB:.1f} MiB fp32), fine-tune {FineTune()}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    storage_rows: list[list[object]] = []
+    speed_rows: list[list[object]] = []
+    for label, b, f in pairs:
+        s, t, _ = bench_pair(label, b, f, label, args.zipnn_python, repeats)
+        storage_rows += s
+        speed_rows += t
+    print_table(
+        "Storage: bytes added by the commit / raw file size",
+        ["dtype", "method", "bytes", "ratio", "vs"],
+        storage_rows,
+    )
+    print_table(
+        "Throughput: mvc CLI vs git + git-lfs on the same file (MB/s = MiB/s of the file)",
+        [
+            "dtype",
+            "operation",
+            "mvc s",
+            "mvc MB/s",
+            "mvc MB/s net of start-up",
+            "lfs s",
+            "lfs MB/s",
+            "lfs MB/s net",
+            "speed mvc/lfs",
+        ],
+        speed_rows,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
