@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from mvc.repo import Repo
+    from mvc.repo import Repo as Repo
 
 
 def __getattr__(name: str) -> Any:
     if name == "Repo":
-        from mvc.repo import Repo
+        from mvc.repo import Repo as Repo
 
         return Repo
     raise AttributeError(name)

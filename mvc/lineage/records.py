@@ -20,6 +20,7 @@ from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.merge.record import RECORD_PATH, decode_record
+from mvc.repo.references import LOCK_RECORD_PATH
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 PROVENANCE_PATH = ".mvc/provenance.json"
 PROVENANCE_KIND = "provenance"
 PROVENANCE_VERSION = 1
-LOCK_PATH = ".mvc/lock.json"
 
 # Per-branch parameters of MergeParams: a list holds one value per contributing branch.
 PER_BRANCH_PARAMS = ("weights", "density", "tall_lambdas")
@@ -99,7 +99,7 @@ def find_provenance(repo: Repo, sha: str) -> dict[str, Any] | None:
 
 def is_locked(repo: Repo, sha: str) -> bool:
     """Whether the commit's tree holds a lock record that says it is locked."""
-    data = tree_blob(repo, sha, LOCK_PATH)
+    data = tree_blob(repo, sha, LOCK_RECORD_PATH)
     if data is None:
         return False
     try:

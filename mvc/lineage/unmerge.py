@@ -68,8 +68,7 @@ def unmerge(
     progress: Progress | None = None,
 ) -> UnmergeResult:
     """Recompute merge `rev` without parent `drop` (name, commit or index) and commit it."""
-    from mvc.merge.api import MergeOptions
-    from mvc.merge.api import _record as build_record
+    from mvc.merge.api import MergeOptions, build_record
     from mvc.merge.device import resolve_device
 
     with repo.locked():

@@ -17,7 +17,8 @@ from mvc.errors import FormatError
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-LOCK_RECORD_PATH = ".mvc/lock.json"
+from mvc.repo.references import LOCK_RECORD_PATH
+
 RECORD_VERSION = 1
 
 

@@ -14,8 +14,7 @@ from mvc.merge.record import RECORD_KIND, RECORD_PATH, SCHEMA_VERSION, encode_re
 from mvc.merge.strategies import get_strategy
 from mvc.progress import Progress
 from mvc.repo import Manifest, Repo
-
-LOCK_RECORD_PATH = ".mvc/lock.json"
+from mvc.repo.references import LOCK_RECORD_PATH
 
 
 @dataclass
@@ -108,7 +107,7 @@ def merge(
         files, results, device = _execute(
             repo, plan, base, [parents[i] for i in contributing], params, options, progress
         )
-        record = _record(plan, results, base, parents, names, contributing, params, options, device)
+        record = build_record(plan, results, base, parents, names, contributing, params, options, device)
         files[RECORD_PATH] = encode_record(record)
         message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
         if options.commit:
@@ -208,7 +207,7 @@ def _taken(plan: MergePlan) -> int:
     )
 
 
-def _record(
+def build_record(
     plan: MergePlan,
     results,
     base: str,

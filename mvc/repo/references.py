@@ -16,6 +16,8 @@ from mvc.repo.manifest import Manifest
 from mvc.repo.worktree import is_model_path
 
 RECORD_PREFIX = ".mvc/"
+# Written by mvc.lock; read by merge (to refuse) and lineage (to show): kept here, below both.
+LOCK_RECORD_PATH = ".mvc/lock.json"
 RECORD_OBJECTS_KEY = "store_objects"
 
 
