@@ -22,13 +22,16 @@ def render_graph(commits: Sequence[Any], label: Callable[[Any], str]) -> Iterato
         yield " ".join(cells).rstrip() + "  " + label(commit)
         parents = list(commit.parents)
         lanes[column] = parents[0] if parents else None
+        opened = []
         for parent in parents[1:]:
             if parent not in lanes:
                 lanes.append(parent)
+                opened.append(len(lanes) - 1)
         if len(parents) > 1:
-            yield (
-                " ".join("|" if lane else " " for lane in lanes).rstrip().replace("| |", "|\\|", 1)
-            )
+            cells = [
+                "\\" if i in opened else ("|" if lane else " ") for i, lane in enumerate(lanes)
+            ]
+            yield " ".join(cells).rstrip()
         # Collapse lanes that now wait for the same commit, and drop finished lanes at the end.
         seen: set[str] = set()
         for i, lane in enumerate(lanes):
