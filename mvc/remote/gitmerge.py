@@ -4,7 +4,7 @@ git hands the driver the ancestor's, ours and theirs' blobs (manifests) as temp 
 same planner and streaming executor as `mvc merge` decide each tensor and compute the
 resolved ones into the store, and the merged manifest replaces ours. The recipe comes from
 git config (`mvc.mergeStrategy`, `mvc.mergeDensity`, `mvc.mergePreset`), defaulting to
-TIES. There is no merge record: git commits the result itself, so `mvc verify` cannot
+TIES; an unknown strategy name is reported when a tensor needs it. There is no merge record: git commits the result itself, so `mvc verify` cannot
 prove a merge made this way (use `mvc merge` for auditable merges).
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 from mvc.errors import FormatError, MvcError
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import Planner
-from mvc.merge.strategies import DEFAULT_STRATEGY, get_strategy
 from mvc.remote.gitfilter import GitContext, parse_manifest
 from mvc.repo.ingest import ingest_file
 from mvc.repo.manifest import Manifest
@@ -27,7 +26,7 @@ from mvc.repo.manifest import Manifest
 class DriverRecipe:
     """What the driver merges with, read from git config."""
 
-    strategy: str = DEFAULT_STRATEGY
+    strategy: str = "ties"
     params: MergeParams = MergeParams()
 
     @classmethod
@@ -40,8 +39,7 @@ class DriverRecipe:
             except KeyError:
                 return None
 
-        strategy = get("mergeStrategy") or DEFAULT_STRATEGY
-        get_strategy(strategy)
+        strategy = get("mergeStrategy") or cls.strategy
         density = get("mergeDensity")
         try:
             params = MergeParams(
@@ -79,9 +77,6 @@ def merge_file(
 
     With conflicts nothing is written: `ours` keeps our version, as git expects.
     """
-    from mvc.merge.device import resolve_device
-    from mvc.merge.executor import Executor
-
     recipe = recipe or DriverRecipe.from_config(ctx)
     base_blob, ours_blob, theirs_blob = (_load(ctx, f, path) for f in (ancestor, ours, theirs))
     base = {path: base_blob} if base_blob is not None else {}
@@ -91,8 +86,12 @@ def merge_file(
         return plan.conflicts
     if path not in plan.files:
         return [f"{path}: deleted on one side"]
-    if plan.resolve_count:
-        get_strategy(recipe.strategy).check(recipe.params, 2)
+    # Only now is torch needed: a conflict is reported without paying for its import.
+    from mvc.merge.device import resolve_device
+    from mvc.merge.executor import Executor
+    from mvc.merge.strategies import get_strategy
+
+    get_strategy(recipe.strategy).check(recipe.params, 2)
 
     def models(files: dict[str, bytes]) -> dict[str, Manifest]:
         return {p: Manifest.from_bytes(b, p) for p, b in files.items()}
