@@ -1,0 +1,206 @@
+"""Three small generated sentence-classification tasks for the branch-train-merge demo.
+
+The demo needs tasks on which a short fine-tune of the encoder clearly beats the base
+encoder, so that a merge has a gain to keep. Topic or plain sentiment would not do:
+all-MiniLM's pooled embeddings already separate those with a linear probe. Each task here
+puts the answer in *composition* rather than in which words occur, so both classes share
+the same vocabulary and a probe on frozen mean-pooled features stays near chance:
+
+- ``sentiment``: the polarity of a review sentence whose adjective may be negated
+  ("the soup was not bad" is positive);
+- ``agent``: whether a person or an animal performed the action, in active or passive
+  voice ("the dog was chased by the farmer": a person);
+- ``question``: a yes/no question or a statement built from the same words, without
+  punctuation ("can the pilot see the river" vs "the pilot can see the river").
+
+The three rely on different cues (negation scope, voice and word order, clause type), so
+their task vectors interfere little. Everything is generated from templates and word lists
+with a seeded ``random.Random``: no downloads, the same sentences on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TRAIN_PER_LABEL = 200
+TEST_PER_LABEL = 100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One sentence and the index of its label in ``Task.labels``."""
+
+    text: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named classification task with disjoint, label-balanced train and test splits."""
+
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+
+# A generator draws one sentence of the given label from the rng.
+Generator = Callable[[random.Random, int], str]
+
+_NOUNS = (
+    "film", "soup", "hotel", "concert", "book", "service", "game", "coffee", "show",
+    "trip", "lecture", "phone", "meal", "room", "album", "play", "museum", "bakery",
+    "course", "podcast", "ferry", "garden", "camera", "sofa",
+)  # fmt: skip
+_POSITIVE = (
+    "good", "great", "wonderful", "excellent", "delightful", "pleasant", "superb",
+    "charming", "lovely", "brilliant", "enjoyable", "impressive",
+)  # fmt: skip
+_NEGATIVE = (
+    "bad", "awful", "terrible", "boring", "dreadful", "disappointing", "poor",
+    "horrible", "dull", "mediocre", "unpleasant", "tedious",
+)  # fmt: skip
+# {sub} is the conceded clause, {main} the one that carries the verdict.
+_CONTRAST_FRAMES = (
+    "{sub} but {main}",
+    "although {sub} {main}",
+    "{main} even though {sub}",
+    "{sub} yet overall {main}",
+)
+
+
+def _opinion(rng: random.Random, noun: str, positive: bool) -> str:
+    """A clause praising or criticising ``noun``, sometimes through a negated adjective."""
+    if rng.random() < 0.35:
+        return f"the {noun} was not {rng.choice(_NEGATIVE if positive else _POSITIVE)}"
+    return f"the {noun} was {rng.choice(_POSITIVE if positive else _NEGATIVE)}"
+
+
+def _sentiment(rng: random.Random, label: int) -> str:
+    """A mixed review; label 1 (positive) when the main clause, not the concession, is."""
+    conceded, main = rng.sample(_NOUNS, 2)
+    return rng.choice(_CONTRAST_FRAMES).format(
+        sub=_opinion(rng, conceded, label != 1), main=_opinion(rng, main, label == 1)
+    )
+
+
+_PEOPLE = (
+    "farmer", "teacher", "doctor", "child", "baker", "soldier", "nurse", "pilot",
+    "chef", "king", "student", "painter", "driver", "sailor", "miner", "judge",
+)  # fmt: skip
+_ANIMALS = (
+    "dog", "cat", "horse", "fox", "goat", "bear", "wolf", "lion", "owl", "mouse",
+    "rabbit", "deer", "tiger", "monkey", "duck", "sheep",
+)  # fmt: skip
+_VERBS = (
+    "chased", "followed", "watched", "pushed", "scared", "found", "helped",
+    "noticed", "startled", "ignored", "greeted", "visited", "attacked", "woke",
+)  # fmt: skip
+_PLACES = (
+    "in the garden", "near the river", "at dawn", "behind the barn", "in the forest",
+    "on the hill", "after lunch", "by the old bridge", "in the snow", "at the market",
+    "", "", "",
+)  # fmt: skip
+_AGENT_FRAMES = (
+    "the {doer} {verb} the {done_to} {place}",
+    "the {done_to} was {verb} by the {doer} {place}",
+)
+
+
+def _agent(rng: random.Random, label: int) -> str:
+    """Label 1 (animal) when an animal performs the action, in either voice."""
+    person, animal = rng.choice(_PEOPLE), rng.choice(_ANIMALS)
+    doer, done_to = (animal, person) if label == 1 else (person, animal)
+    text = rng.choice(_AGENT_FRAMES).format(
+        doer=doer, done_to=done_to, verb=rng.choice(_VERBS), place=rng.choice(_PLACES)
+    )
+    return text.strip()
+
+
+# (first mention, later mention) of whoever did both things.
+_WHO = (
+    ("we", "we"), ("they", "they"), ("i", "i"), ("my parents", "they"), ("the kids", "they"),
+    ("she", "she"), ("my brother", "he"), ("our aunt", "she"),
+)  # fmt: skip
+_MEALS = (
+    "ate dinner",
+    "had lunch",
+    "cooked breakfast",
+    "baked a cake",
+    "made soup",
+    "ordered pizza",
+)
+_OUTINGS = (
+    "went for a walk", "went swimming", "played tennis", "rode bikes", "went jogging",
+    "climbed the hill",
+)  # fmt: skip
+_ORDER_FRAMES = (
+    "{who} {first} before {pro} {second}",
+    "{who} {second} after {pro} {first}",
+    "before {who} {second} {pro} {first}",
+    "after {who} {first} {pro} {second}",
+)
+
+
+def _order(rng: random.Random, label: int) -> str:
+    """Label 1 (meal first) when the meal happened before the outing, however it is told."""
+    meal, outing = rng.choice(_MEALS), rng.choice(_OUTINGS)
+    first, second = (meal, outing) if label == 1 else (outing, meal)
+    who, pro = rng.choice(_WHO)
+    return rng.choice(_ORDER_FRAMES).format(who=who, pro=pro, first=first, second=second)
+
+
+_SPECS: dict[str, tuple[str, tuple[str, ...], Generator]] = {
+    "sentiment": ("verdict of a mixed review", ("negative", "positive"), _sentiment),
+    "agent": ("who performed the action, in either voice", ("person", "animal"), _agent),
+    "order": ("which of two events came first", ("outing first", "meal first"), _order),
+}
+TASK_NAMES: tuple[str, ...] = tuple(_SPECS)
+
+
+def make_task(
+    name: str,
+    seed: int = 0,
+    train_per_label: int = TRAIN_PER_LABEL,
+    test_per_label: int = TEST_PER_LABEL,
+) -> Task:
+    """Generate task ``name``: distinct sentences, each split balanced and shuffled.
+
+    Train and test never share a sentence, so test accuracy measures generalisation to new
+    combinations of the same vocabulary rather than memorisation.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown demo task {name!r}; known: {', '.join(TASK_NAMES)}")
+    description, labels, generate = _SPECS[name]
+    # The seed is mixed with the name so that tasks differ even under the same seed.
+    rng = random.Random(f"{name}:{seed}")
+    need = train_per_label + test_per_label
+    seen: set[str] = set()
+    per_label: list[list[str]] = []
+    for label in range(len(labels)):
+        texts: list[str] = []
+        for _ in range(need * 200):
+            text = generate(rng, label)
+            if text not in seen:
+                seen.add(text)
+                texts.append(text)
+                if len(texts) == need:
+                    break
+        else:
+            raise ValueError(f"task {name!r} cannot produce {need} distinct sentences per label")
+        per_label.append(texts)
+    train = [
+        Example(t, lab) for lab, texts in enumerate(per_label) for t in texts[:train_per_label]
+    ]
+    test = [Example(t, lab) for lab, texts in enumerate(per_label) for t in texts[train_per_label:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return Task(name, description, labels, tuple(train), tuple(test))
+
+
+def all_tasks(seed: int = 0) -> list[Task]:
+    """The demo's three tasks, in a fixed order."""
+    return [make_task(name, seed) for name in TASK_NAMES]
