@@ -122,7 +122,7 @@ def test_diverged_push_is_refused_and_pull_says_merge(origin, tmp_path, remote_u
     with pytest.raises(RefConflict, match="fetch and merge first"):
         push(bob)
     with pytest.raises(ConflictError, match="diverged"):
-        pull(bob)
+        pull(bob, ff_only=True)
     forced = push(bob, force=True)
     assert forced.refs["refs/heads/main"][1] == bob.head()
 
