@@ -41,24 +41,25 @@ def _owner(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def _clear_if_stale(path: Path) -> bool:
+def _clear_if_stale(path: Path) -> bool | None:
+    """None while the lock is held; True when we removed a stale lock; False if it was gone."""
     owner = _owner(path)
     if owner is None:
         # Being written right now, or garbage: only garbage old enough is stale.
         try:
             age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
-            return True
-        if age < 5:
             return False
+        if age < 5:
+            return None
     else:
         pid, host = owner
         if host != socket.gethostname() or _pid_alive(pid):
-            return False
+            return None
     try:
         path.unlink()
     except FileNotFoundError:
-        return True
+        return False
     print(
         f"mvc: note: removed a stale lock left by a process that is gone ({path})", file=sys.stderr
     )
@@ -66,17 +67,24 @@ def _clear_if_stale(path: Path) -> bool:
 
 
 @contextmanager
-def repo_lock(path: Path, wait_seconds: float | None = None) -> Iterator[None]:
-    """Hold the lock file at `path` for the duration of the block."""
+def repo_lock(path: Path, wait_seconds: float | None = None) -> Iterator[bool]:
+    """Hold the lock file at `path` for the duration of the block.
+
+    Yields True when a stale lock had to be removed first: the dead owner may have left
+    half-done work that the caller should tidy (see `mvc.repo.recovery`).
+    """
     if wait_seconds is None:
         wait_seconds = float(os.environ.get("MVC_LOCK_WAIT", DEFAULT_WAIT_SECONDS))
     deadline = time.monotonic() + wait_seconds
     token = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    recovered = False
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if _clear_if_stale(path):
+            cleared = _clear_if_stale(path)
+            if cleared is not None:
+                recovered = recovered or cleared
                 continue
             if time.monotonic() >= deadline:
                 owner = _owner(path)
@@ -94,7 +102,7 @@ def repo_lock(path: Path, wait_seconds: float | None = None) -> Iterator[None]:
             os.close(fd)
         break
     try:
-        yield
+        yield recovered
     finally:
         try:
             path.unlink()

@@ -26,6 +26,7 @@ from mvc.errors import ConflictError, FormatError, MvcError, NotFoundError
 from mvc.repo.ingest import ingest_file, iter_entry_bytes, manifest_ids_only, materialize
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.mutex import repo_lock
+from mvc.repo.recovery import clear_stale_git_locks, clear_stale_worktree_temps
 from mvc.repo.revisions import resolve_commit
 from mvc.repo.staging import Staging, store_blob
 from mvc.repo.worktree import WorkTree, checked_path, is_model_path, relative_to_root
@@ -153,7 +154,10 @@ class Repo:
             finally:
                 self._lock_depth -= 1
             return
-        with repo_lock(self.mvc_dir / "lock"):
+        with repo_lock(self.mvc_dir / "lock") as recovered:
+            if recovered:
+                clear_stale_git_locks(self.root / ".git")
+                clear_stale_worktree_temps(self.root, set(Staging(self.git).paths()))
             self._lock_depth = 1
             try:
                 yield
@@ -486,15 +490,16 @@ class Repo:
         current branch moves to the new commit (CAS against its parent); with
         `update_worktree` the work tree and index follow it.
         """
-        blobs: list[tuple[bytes, bytes, int]] = []
-        for path in sorted(files):
-            checked_path(path)
-            content = files[path]
-            data = content.to_bytes() if isinstance(content, Manifest) else content
-            blobs.append((path.encode(), store_blob(self.git, data), 0o100644))
         from dulwich.index import commit_tree as write_tree
 
-        with self.locked():
+        for path in files:
+            checked_path(path)
+        with self.locked():  # every git write happens under the lock (see mvc.repo.recovery)
+            blobs: list[tuple[bytes, bytes, int]] = []
+            for path in sorted(files):
+                content = files[path]
+                data = content.to_bytes() if isinstance(content, Manifest) else content
+                blobs.append((path.encode(), store_blob(self.git, data), 0o100644))
             tree_id = write_tree(self.git.object_store, blobs)
             sha = self._write_commit(tree_id, parents, message)
             if update_ref:
@@ -628,12 +633,14 @@ class Repo:
 
     def stage_tree(self, files: Mapping[str, Manifest | bytes]) -> None:
         """Write a library-built file set into the work tree and index, without committing."""
-        new_files: TreeFiles = {}
-        for path in sorted(files):
-            content = files[checked_path(path)]
-            data = content.to_bytes() if isinstance(content, Manifest) else content
-            new_files[path] = (store_blob(self.git, data), 0o100644)
-        with self.locked():
+        for path in files:
+            checked_path(path)
+        with self.locked():  # every git write happens under the lock (see mvc.repo.recovery)
+            new_files: TreeFiles = {}
+            for path in sorted(files):
+                content = files[path]
+                data = content.to_bytes() if isinstance(content, Manifest) else content
+                new_files[path] = (store_blob(self.git, data), 0o100644)
             self._apply_files(self.tree_files(self.head()), new_files, force=False)
 
     def _apply_files(self, old_files: TreeFiles, new_files: TreeFiles, force: bool) -> None:
@@ -660,19 +667,46 @@ class Repo:
 
     def _refuse_if_dirty(self, staging: Staging, old: TreeFiles, new: TreeFiles) -> None:
         status = self.status()
-        dirty = sorted(set(status.staged) | set(status.unstaged))
+        dirty = sorted(
+            p
+            for p in set(status.staged) | set(status.unstaged)
+            if not self._already_at_target(staging, p, old, new)
+        )
         if dirty:
             shown = ", ".join(dirty[:5]) + (" ..." if len(dirty) > 5 else "")
             raise ConflictError(
                 f"you have uncommitted changes that would be overwritten: {shown}",
                 hint="commit them, or pass --force to discard them",
             )
-        clobbered = [p for p in status.untracked if p in new and p not in old]
+        clobbered = [
+            p
+            for p in status.untracked
+            if p in new and p not in old and not self._already_at_target(staging, p, old, new)
+        ]
         if clobbered:
             raise ConflictError(
                 f"untracked files would be overwritten: {', '.join(clobbered[:5])}",
                 hint="move them away, or pass --force",
             )
+
+    def _already_at_target(
+        self, staging: Staging, rel: str, old: TreeFiles, new: TreeFiles
+    ) -> bool:
+        """True when `rel` already is what moving from `old` to `new` would make it.
+
+        That is the state a move killed halfway leaves behind (work tree written, refs not
+        yet moved): nothing would be lost by going on, so running the command again works.
+        """
+        entry = staging.get(rel)
+        allowed = {old[rel][0] if rel in old else None, new[rel][0] if rel in new else None}
+        if (entry.blob_id if entry else None) not in allowed:
+            return False  # the index holds a third version: staged work we must not drop
+        file_path = self.root / rel
+        if rel not in new:
+            return not file_path.exists() and not file_path.is_symlink()
+        if not file_path.exists() and not file_path.is_symlink():
+            return False
+        return self._content_blob_id(rel, file_path) == new[rel][0]
 
     def _write_worktree_file(self, rel: str, blob_id: bytes, mode: int) -> None:
         path = self.root / checked_path(rel)
