@@ -375,6 +375,12 @@ class ObjectStore:
 
     # -- garbage collection --------------------------------------------------------------------
 
+    def _depth_for_gc(self, oid: str) -> int:
+        try:
+            return self._header(oid)[0].depth
+        except (CorruptObjectError, NotFoundError):
+            return MAX_DELTA_DEPTH + 1  # unreadable: nothing can decode through it anyway
+
     def gc(self, live: Iterable[str]) -> GcReport:
         """Delete every object not in ``live`` nor a delta base of a live object.
 
@@ -391,10 +397,15 @@ class ObjectStore:
                 except CorruptObjectError:
                     current = None
         kept = deleted = freed = 0
-        for oid in list(self.ids()):
+        garbage = []
+        for oid in self.ids():
             if oid in keep:
                 kept += 1
-                continue
+            else:
+                garbage.append(oid)
+        # Deepest deltas first: a gc killed midway never leaves an object without its base.
+        garbage.sort(key=self._depth_for_gc, reverse=True)
+        for oid in garbage:
             path = self.path(oid)
             try:
                 size = path.stat().st_size
