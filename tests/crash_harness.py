@@ -88,8 +88,10 @@ def _install_hook(kill_at: int | None) -> list[int]:
     return counter
 
 
-def run_forked(cwd: Path, args: list[str], kill_at: int | None, env: dict | None = None) -> Outcome:
-    """Run `mvc ARGS` in a forked child in `cwd`, killed before mutating operation `kill_at`."""
+def start_forked(
+    cwd: Path, args: list[str], kill_at: int | None = None, env: dict | None = None
+) -> tuple[int, int]:
+    """Fork a child running `mvc ARGS` in `cwd`; returns (pid, fd to read its event count)."""
     from mvc.cli.main import cli
 
     read_fd, write_fd = os.pipe()
@@ -119,6 +121,11 @@ def run_forked(cwd: Path, args: list[str], kill_at: int | None, env: dict | None
         finally:
             os._exit(code)
     os.close(write_fd)
+    return pid, read_fd
+
+
+def wait_forked(pid: int, read_fd: int) -> Outcome:
+    """Wait for a child from `start_forked`: killed, or its exit code and event count."""
     chunks = []
     while chunk := os.read(read_fd, 64):
         chunks.append(chunk)
@@ -128,6 +135,11 @@ def run_forked(cwd: Path, args: list[str], kill_at: int | None, env: dict | None
         assert os.WTERMSIG(status) == signal.SIGKILL, f"child died of signal {os.WTERMSIG(status)}"
         return Outcome(True, None, -1)
     return Outcome(False, os.WEXITSTATUS(status), int(b"".join(chunks) or b"-1"))
+
+
+def run_forked(cwd: Path, args: list[str], kill_at: int | None, env: dict | None = None) -> Outcome:
+    """Run `mvc ARGS` in a forked child in `cwd`, killed before mutating operation `kill_at`."""
+    return wait_forked(*start_forked(cwd, args, kill_at, env))
 
 
 def count_events(cwd: Path, args: list[str], env: dict | None = None) -> int:

@@ -63,11 +63,11 @@ def history(tmp_path_factory) -> History:
     mvc_ok(root, "switch", "-c", "b", "main")
     write_model_folder(root / "model", fine_tuned(weights, 2, only=("layer.1.weight", "scale")))
     commit("-am", "b")
-    # Garbage for gc: a commit on a branch that is then deleted.
+    # Garbage for gc (enough objects for 20+ kill points): commits on a deleted branch.
     mvc_ok(root, "switch", "-c", "scratch")
-    write_model_folder(root / "model", fine_tuned(weights, 3))
-    commit("-am", "scratch")
-    del commits[head_of(root)]
+    for seed in range(3, 8):
+        write_model_folder(root / "model", fine_tuned(weights, seed))
+        mvc_ok(root, "commit", "-am", f"scratch {seed}")
     mvc_ok(root, "switch", "a")
     mvc_ok(root, "branch", "-D", "scratch")
     return History(root, commits)
@@ -220,3 +220,41 @@ def test_kill_by_timer_from_outside(history, tmp_path):
             assert repo.log()[0].message == "timed"
         assert_intact(root, history.commits)
     assert kills >= 1
+
+
+def test_gc_stopped_after_any_deletion_leaves_every_object_decodable(tmp_path, monkeypatch):
+    """gc deletes deep deltas before their bases, so no kill point strands a delta."""
+    import numpy as np
+
+    from mvc.store import ObjectStore
+
+    store = ObjectStore(tmp_path / "mvc")
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal(4096).astype(np.float32)
+    chain = [store.put(value.tobytes(), "F32", (4096,))]
+    for _ in range(6):  # a delta chain: each version a small edit of the previous one
+        value = value.copy()
+        value[rng.integers(0, 4096, 8)] += 1e-3
+        chain.append(store.put(value.tobytes(), "F32", (4096,), base=chain[-1]))
+    assert store.info(chain[-1]).depth == 6
+    all_ids = set(store.ids())
+    real_unlink = Path.unlink
+    for allowed in range(1, len(all_ids)):
+        calls = []
+
+        def unlink(path, *args, allowed=allowed, calls=calls, **kwargs):
+            if len(calls) == allowed:
+                raise KeyboardInterrupt  # stands in for the kill
+            calls.append(path)
+            return real_unlink(path, *args, **kwargs)
+
+        victim = ObjectStore(tmp_path / f"victim{allowed}")
+        shutil.copytree(store.objects, victim.objects)
+        monkeypatch.setattr(Path, "unlink", unlink)
+        with pytest.raises(KeyboardInterrupt):
+            victim.gc(live=set())
+        monkeypatch.setattr(Path, "unlink", real_unlink)
+        for oid in victim.ids():
+            victim.verify(oid)
+        victim.close()
+    store.close()
