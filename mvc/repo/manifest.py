@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mvc.errors import FormatError
+from mvc.formats.jsonutil import strict_loads
 from mvc.formats.safetensors import Header, parse_header
 
 MANIFEST_KIND = "manifest"
@@ -110,10 +111,7 @@ class Manifest:
     @classmethod
     def from_bytes(cls, blob: bytes, path: str = "<manifest>") -> Manifest:
         """Parse and validate a manifest blob; a hostile blob gives FormatError, never more."""
-        try:
-            doc = json.loads(blob)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise FormatError(f"{path}: manifest is not valid JSON ({err})") from None
+        doc = strict_loads(blob, f"{path}: manifest")  # also bounds nesting depth
         if not is_manifest_doc(doc):
             raise FormatError(f"{path}: not an mvc manifest")
         if doc.get("version") != MANIFEST_VERSION:
@@ -124,7 +122,7 @@ class Manifest:
         try:
             header_raw = base64.b64decode(doc["header"], validate=True)
             tensors = tuple(_parse_tensor(t, path) for t in doc["tensors"])
-        except (KeyError, TypeError, ValueError, binascii.Error) as err:
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as err:
             raise FormatError(f"{path}: malformed manifest ({err})") from None
         manifest = cls(header_raw=header_raw, tensors=tensors)
         _check_against_header(manifest, path)

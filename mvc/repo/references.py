@@ -28,7 +28,7 @@ def referenced_objects(path: str, blob: bytes) -> Iterator[str]:
     elif path.startswith(RECORD_PREFIX) and path.endswith(".json"):
         try:
             doc = json.loads(blob)
-        except ValueError:
+        except (ValueError, RecursionError):  # records may come from an untrusted remote
             raise FormatError(f"{path}: record is not valid JSON") from None
         ids = doc.get(RECORD_OBJECTS_KEY, []) if isinstance(doc, dict) else []
-        yield from (oid for oid in ids if isinstance(oid, str))
+        yield from (oid for oid in ids if isinstance(oid, str)) if isinstance(ids, list) else ()

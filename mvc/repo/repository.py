@@ -660,7 +660,9 @@ class Repo:
                 staging.set(path, blob_id, self.root / path)
         for path in set(staging.paths()) | set(old_files):
             if path not in new_files:
-                (self.root / checked_path(path)).unlink(missing_ok=True)
+                gone = self.root / checked_path(path)
+                if gone.is_symlink() or not gone.is_dir():  # a folder now stands there
+                    gone.unlink(missing_ok=True)
                 _prune_empty_dirs(self.root, path)
                 staging.remove(path)
         staging.write()
@@ -713,6 +715,7 @@ class Repo:
         data = self.read_blob(blob_id)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+        _unlink_leading_symlinks(self.root, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         if mode == 0o120000:
             path.unlink(missing_ok=True)
@@ -842,6 +845,19 @@ def _atomic_write(path: Path, data: bytes, executable: bool = False) -> None:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o755 if executable else 0o644)
     os.replace(tmp, path)
+
+
+def _unlink_leading_symlinks(root: Path, rel: str) -> None:
+    """Where `rel` needs a folder, a symlink (say, from the previous commit) must not stand.
+
+    Writing through it would put the file wherever the link points, outside the work tree;
+    as git does, the link is removed (never its target) and a real folder made instead.
+    """
+    current = root
+    for part in rel.split("/")[:-1]:
+        current = current / part
+        if current.is_symlink():
+            current.unlink()
 
 
 def _prune_empty_dirs(root: Path, rel: str) -> None:
