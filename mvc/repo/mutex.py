@@ -98,6 +98,9 @@ def repo_lock(path: Path, wait_seconds: float | None = None) -> Iterator[bool]:
         try:
             os.write(fd, token)
             os.fsync(fd)
+        except BaseException:  # a full disk: leave no lock behind that names a live pid
+            path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         break

@@ -9,6 +9,7 @@ atomically, so a crash at any point leaves every committed model intact.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -154,15 +155,21 @@ class Repo:
             finally:
                 self._lock_depth -= 1
             return
-        with repo_lock(self.mvc_dir / "lock") as recovered:
-            if recovered:
-                clear_stale_git_locks(self.root / ".git")
-                clear_stale_worktree_temps(self.root, set(Staging(self.git).paths()))
-            self._lock_depth = 1
-            try:
-                yield
-            finally:
-                self._lock_depth = 0
+        try:
+            with repo_lock(self.mvc_dir / "lock") as recovered:
+                if recovered:
+                    clear_stale_git_locks(self.root / ".git")
+                    clear_stale_worktree_temps(self.root, set(Staging(self.git).paths()))
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+        except OSError as err:
+            storage_error = _storage_error(err)
+            if storage_error is None:
+                raise
+            raise storage_error from err
 
     # ------------------------------------------------------------------ refs
     def current_branch(self) -> str | None:
@@ -845,6 +852,29 @@ def _atomic_write(path: Path, data: bytes, executable: bool = False) -> None:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o755 if executable else 0o644)
     os.replace(tmp, path)
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "free some space and run the command again",
+    errno.EDQUOT: "free some space (or raise the quota) and run the command again",
+    errno.EROFS: "the repository is on a read-only file system; remount it read-write",
+    errno.EACCES: "check the permissions of the repository's files",
+    errno.EPERM: "check the permissions of the repository's files",
+    errno.EIO: "the disk reported an I/O error; check it, then run `mvc fsck`",
+}
+
+
+def _storage_error(err: OSError) -> MvcError | None:
+    """A full, read-only or failing disk under a mutating command, as a one-line error.
+
+    Every write is atomic (temp file, fsync, rename) and refs move last, so what was
+    committed before is intact and the command can be run again once the disk is fixed.
+    """
+    hint = _STORAGE_ERRNOS.get(err.errno or 0)
+    if hint is None:
+        return None
+    where = f": {err.filename}" if err.filename else ""
+    return MvcError(f"{err.strerror}{where}", hint=hint)
 
 
 def _unlink_leading_symlinks(root: Path, rel: str) -> None:
