@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,13 +100,14 @@ def fine_tuned_dir(recipe: FineTune) -> Path:
     out = CACHE_ROOT / f"finetune-{recipe.task}-{_key(recipe)}"
     if (out / MODEL_FILE).is_file():
         return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=CACHE_ROOT))
     _train(recipe, tmp)
     shutil.copy(base_model_dir() / "config.json", tmp / "config.json")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same recipe first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -4,6 +4,12 @@ Every figure comes from a real subprocess (the ``mvc`` console script, ``git``,
 ``mergekit-yaml``), so start-up costs count the way a user pays them. Peak RSS is the
 kernel's ``ru_maxrss`` for that one child, read with ``os.wait4`` on its pid: no polling to
 miss a spike, and no mixing with earlier children as ``RUSAGE_CHILDREN`` would.
+
+``ru_maxrss`` also counts pages of memory-mapped input files that the process has touched
+(page cache, which the kernel can drop at will), so a tool that streams a model through an
+mmap shows an RSS that grows with the file even when its own allocations do not. The peak
+of ``RssAnon`` (anonymous memory: what the process allocated) is therefore sampled too,
+from ``/proc/PID/status`` every few milliseconds; a spike shorter than that can be missed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ class Run:
 
     seconds: float
     peak_rss_mib: float
+    peak_anon_mib: float
     output: str
 
 
@@ -62,14 +70,47 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        sampler = _AnonSampler(proc.pid)
+        sampler.start()
         assert proc.stdout is not None
         output = proc.stdout.read().decode(errors="replace")
+        sampler.stop.set()
+        sampler.join()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise CommandFailed(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
-    return Run(seconds=seconds, peak_rss_mib=usage.ru_maxrss / 1024, output=output)
+    return Run(
+        seconds=seconds,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+        peak_anon_mib=sampler.peak_kib / 1024,
+        output=output,
+    )
+
+
+class _AnonSampler(threading.Thread):
+    """Polls a process's RssAnon until told to stop or the process has exited."""
+
+    INTERVAL = 0.005
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.path = f"/proc/{pid}/status"
+        self.peak_kib = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with open(self.path, "rb") as f:
+                    for line in f:
+                        if line.startswith(b"RssAnon:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                            break
+            except (OSError, ValueError):  # exited (a zombie has no RssAnon line)
+                return
+            self.stop.wait(self.INTERVAL)
 
 
 def tree_size(path: str | os.PathLike[str]) -> int:

@@ -53,73 +53,80 @@ class VcsResult:
     startup_s: float
 
 
-def _mvc_flow(base: Path, ft: Path, work: Path, repeats: int) -> VcsResult:
-    """Commit base, branch, commit fine-tune, switch back and forth, all with the CLI."""
-    mvc = tool("mvc")
-    repo = work / "mvc"
-    repo.mkdir()
-    run([mvc, "init"], cwd=repo, env=GIT_ENV)
-    startup = min(run([mvc, "--version"], cwd=repo).seconds for _ in range(3))
-    target = repo / MODEL_FILE
-    shutil.copyfile(base / MODEL_FILE, target)
-    empty = tree_size(repo / ".git")
-    add = run([mvc, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
-    com = run([mvc, "commit", "-m", "base"], cwd=repo, env=GIT_ENV)
-    after_base = tree_size(repo / ".git")
-    run([mvc, "switch", "-c", "ft"], cwd=repo, env=GIT_ENV)
-    shutil.copyfile(ft / MODEL_FILE, target)
-    add_ft = run([mvc, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
-    com_ft = run([mvc, "commit", "-m", "fine-tune"], cwd=repo, env=GIT_ENV)
-    after_ft = tree_size(repo / ".git")
-    switches = []
-    for i in range(repeats):
-        for branch in ("main", "ft"):
-            switches.append(run([mvc, "switch", branch], cwd=repo, env=GIT_ENV).seconds)
-    if target.read_bytes() != (ft / MODEL_FILE).read_bytes():
-        raise CommandFailed("mvc checkout did not reproduce the fine-tune byte for byte")
-    return VcsResult(
-        base_commit_bytes=after_base - empty,
-        ft_commit_bytes=after_ft - after_base,
-        commit_base_s=add.seconds + com.seconds,
-        commit_ft_s=add_ft.seconds + com_ft.seconds,
-        checkout_s=statistics.median(switches),
-        startup_s=startup,
+@dataclass(frozen=True)
+class Tool:
+    """How one version-control tool runs the story's steps (argument lists)."""
+
+    name: str
+    setup: tuple[tuple[str, ...], ...]
+    startup: tuple[str, ...]
+    add: tuple[str, ...]
+    commit: tuple[str, ...]
+    branch: tuple[str, ...]
+    switch: tuple[str, ...]
+
+
+def _tools() -> tuple[Tool, Tool]:
+    mvc, git = tool("mvc"), tool("git")
+    return (
+        Tool(
+            name="mvc",
+            setup=((mvc, "init"),),
+            startup=(mvc, "--version"),
+            add=(mvc, "add"),
+            commit=(mvc, "commit", "-m"),
+            branch=(mvc, "switch", "-c"),
+            switch=(mvc, "switch"),
+        ),
+        Tool(
+            name="lfs",
+            setup=(
+                (git, "init", "-q", "-b", "main"),
+                (git, "lfs", "install", "--local"),
+                (git, "lfs", "track", "*.safetensors"),
+                (git, "add", ".gitattributes"),
+                (git, "commit", "-q", "-m", "track"),
+            ),
+            startup=(git, "lfs", "version"),
+            add=(git, "add"),
+            commit=(git, "commit", "-q", "-m"),
+            branch=(git, "switch", "-q", "-c"),
+            switch=(git, "checkout", "-q"),
+        ),
     )
 
 
-def _lfs_flow(base: Path, ft: Path, work: Path, repeats: int) -> VcsResult:
-    """The same history in a git repository whose ``*.safetensors`` go through Git LFS."""
-    git = tool("git")
-    repo = work / "lfs"
+def _flow(t: Tool, base: Path, ft: Path, work: Path, repeats: int) -> VcsResult:
+    """Commit base, branch, commit the fine-tune, switch back and forth; measure each step."""
+    repo = work / t.name
     repo.mkdir()
-    run([git, "init", "-q", "-b", "main"], cwd=repo, env=GIT_ENV)
-    run([git, "lfs", "install", "--local"], cwd=repo, env=GIT_ENV)
-    run([git, "lfs", "track", "*.safetensors"], cwd=repo, env=GIT_ENV)
-    run([git, "add", ".gitattributes"], cwd=repo, env=GIT_ENV)
-    run([git, "commit", "-q", "-m", "track"], cwd=repo, env=GIT_ENV)
-    startup = min(run([git, "lfs", "version"], cwd=repo).seconds for _ in range(3))
+    for cmd in t.setup:
+        run(cmd, cwd=repo, env=GIT_ENV)
+    startup = min(run(t.startup, cwd=repo).seconds for _ in range(3))
     target = repo / MODEL_FILE
-    shutil.copyfile(base / MODEL_FILE, target)
-    empty = tree_size(repo / ".git")
-    add = run([git, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
-    com = run([git, "commit", "-q", "-m", "base"], cwd=repo, env=GIT_ENV)
-    after_base = tree_size(repo / ".git")
-    run([git, "switch", "-q", "-c", "ft"], cwd=repo, env=GIT_ENV)
-    shutil.copyfile(ft / MODEL_FILE, target)
-    add_ft = run([git, "add", MODEL_FILE], cwd=repo, env=GIT_ENV)
-    com_ft = run([git, "commit", "-q", "-m", "fine-tune"], cwd=repo, env=GIT_ENV)
-    after_ft = tree_size(repo / ".git")
-    switches = []
-    for i in range(repeats):
-        for branch in ("main", "ft"):
-            switches.append(run([git, "checkout", "-q", branch], cwd=repo, env=GIT_ENV).seconds)
+
+    def commit(src: Path, message: str) -> tuple[float, int]:
+        shutil.copyfile(src / MODEL_FILE, target)
+        before = tree_size(repo / ".git")
+        seconds = run([*t.add, MODEL_FILE], cwd=repo, env=GIT_ENV).seconds
+        seconds += run([*t.commit, message], cwd=repo, env=GIT_ENV).seconds
+        return seconds, tree_size(repo / ".git") - before
+
+    commit_base_s, base_bytes = commit(base, "base")
+    run([*t.branch, "ft"], cwd=repo, env=GIT_ENV)
+    commit_ft_s, ft_bytes = commit(ft, "fine-tune")
+    switches = [
+        run([*t.switch, branch], cwd=repo, env=GIT_ENV).seconds
+        for _ in range(repeats)
+        for branch in ("main", "ft")
+    ]
     if target.read_bytes() != (ft / MODEL_FILE).read_bytes():
-        raise CommandFailed("git lfs checkout did not reproduce the fine-tune")
+        raise CommandFailed(f"{t.name} checkout did not reproduce the fine-tune byte for byte")
     return VcsResult(
-        base_commit_bytes=after_base - empty,
-        ft_commit_bytes=after_ft - after_base,
-        commit_base_s=add.seconds + com.seconds,
-        commit_ft_s=add_ft.seconds + com_ft.seconds,
+        base_commit_bytes=base_bytes,
+        ft_commit_bytes=ft_bytes,
+        commit_base_s=commit_base_s,
+        commit_ft_s=commit_ft_s,
         checkout_s=statistics.median(switches),
         startup_s=startup,
     )
@@ -148,8 +155,9 @@ def bench_pair(
     raw = (ft / MODEL_FILE).stat().st_size
     with tempfile.TemporaryDirectory(prefix="mvc-bench-storage-") as tmp:
         work = Path(tmp)
-        mvc = _mvc_flow(base, ft, work, repeats)
-        lfs = _lfs_flow(base, ft, work, repeats)
+        mvc_tool, lfs_tool = _tools()
+        mvc = _flow(mvc_tool, base, ft, work, repeats)
+        lfs = _flow(lfs_tool, base, ft, work, repeats)
     zipnn = _zipnn(base, ft, "float32" if dtype == "fp32" else "bfloat16", zipnn_python)
     mvc_ratio = mvc.ft_commit_bytes / raw
     target = TARGETS[dtype]

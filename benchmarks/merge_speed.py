@@ -1,0 +1,114 @@
+"""Issue 3: wall time and peak RSS of ``mvc merge`` against ``mergekit-yaml``, same inputs.
+
+A TIES merge of two fine-tunes against their base (density 0.2, weights 1), on the CPU,
+each run a fresh process (start-up and torch import included, as a user pays them):
+
+- the bundled MiniLM with two real fine-tunes (sentiment and topic toy tasks, 60 AdamW
+  steps each), fp32;
+- a synthetic BERT-shaped model of about 0.7 GB fp32 (0.17 GB with ``--quick``) whose two
+  "fine-tunes" add small noise to every row.
+
+mvc runs in two modes: its default three-way merge (tensors changed on one side only are
+taken as they are) and ``--all-tensors --preset mergekit`` (every tensor through TIES, with
+mergekit's arithmetic: the like-for-like comparison). Goal: at most 1/4 of mergekit's time
+and at most 1/2 of its peak RSS.
+
+Run: ``.venv/bin/python -m benchmarks.merge_speed [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from benchmarks.finetune import FineTune, base_model_dir, fine_tuned_dir
+from benchmarks.measure import MIB, print_table
+from benchmarks.merging import MODES, build_repo, mergekit_merge, mvc_merge
+from benchmarks.synthetic import shape_for, write_model
+
+DENSITY = 0.2
+TIME_GOAL = 0.25
+RSS_GOAL = 0.5
+
+
+def _goal(value: float, peer: float, goal: float) -> str:
+    share = value / peer
+    return f"{share:.2f} ({'met' if share <= goal else 'missed'} <= {goal:g})"
+
+
+def bench_inputs(label: str, base: Path, a: Path, b: Path, work: Path) -> list[list[object]]:
+    """One table block: mergekit, then each mvc mode, on the same three folders."""
+    setup = build_repo(work, base, a, b)
+    peer = mergekit_merge(work, base, a, b, DENSITY, "speed")
+    rows: list[list[object]] = [
+        [
+            label,
+            "mergekit-yaml",
+            f"{peer.seconds:.1f}",
+            f"{peer.peak_rss_mib:.0f}",
+            f"{peer.peak_anon_mib:.0f}",
+            "1",
+            "1",
+        ]
+    ]
+    for i, mode in enumerate(MODES):
+        ours = mvc_merge(setup.root, mode, DENSITY, f"speed-{i}")
+        rows.append(
+            [
+                label,
+                mode.label,
+                f"{ours.seconds:.1f}",
+                f"{ours.peak_rss_mib:.0f}",
+                f"{ours.peak_anon_mib:.0f}",
+                _goal(ours.seconds, peer.seconds, TIME_GOAL),
+                _goal(ours.peak_rss_mib, peer.peak_rss_mib, RSS_GOAL),
+            ]
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 0.17 GB synthetic model")
+    args = parser.parse_args(argv)
+    base = base_model_dir()
+    a = fine_tuned_dir(FineTune(task="sentiment"))
+    b = fine_tuned_dir(FineTune(task="topic"))
+    shape = shape_for((128 if args.quick else 700) * MIB)
+    print(f"merge speed: TIES density {DENSITY}, two branches, CPU, {os.cpu_count()} CPUs")
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="mvc-bench-merge-") as tmp:
+        work = Path(tmp)
+        size = (a / "model.safetensors").stat().st_size / MIB
+        minilm = work / "minilm"
+        minilm.mkdir()
+        rows += bench_inputs(f"MiniLM real ({size:.0f} MiB)", base, a, b, minilm)
+        shutil.rmtree(minilm)
+        synth = work / "synthetic"
+        models = [
+            write_model(synth / name, shape, seed=1, variant=v)
+            for v, name in enumerate(("base", "a", "b"))
+        ]
+        label = f"synthetic BERT ({shape.nbytes / MIB:.0f} MiB)"
+        rows += bench_inputs(label, *models, synth)
+    print_table(
+        "Merge: wall time and peak RSS, mvc vs mergekit-yaml (fresh process each)",
+        [
+            "inputs",
+            "tool",
+            "wall s",
+            "peak RSS MiB",
+            "peak anon MiB",
+            "time / mergekit",
+            "RSS / mergekit",
+        ],
+        rows,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
