@@ -15,7 +15,7 @@ Gain retention of a merge on a task is (acc(merged) - acc(base)) / (acc(branch) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,11 +95,29 @@ def accuracy(
     """Fraction of ``task``'s ``split`` that ``head`` on top of ``encoder`` gets right."""
     if head.task != task.name or tuple(head.labels) != tuple(task.labels):
         raise ValueError(f"head for {head.task!r} {head.labels} does not fit task {task.name!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     examples = task.test if split == "test" else task.train
     model = as_model(encoder, config_dir)
     feats = features(model, load_tokenizer(config_dir), examples)
     predictions = head.logits(feats).argmax(-1)
     return float((predictions == _labels(examples)).float().mean())
+
+
+def accuracies(
+    encoder: Encoder,
+    heads: Mapping[str, Head],
+    tasks: Sequence[Task],
+    config_dir: str | Path | None = None,
+) -> dict[str, float]:
+    """Test accuracy of ``encoder`` on each task with ``heads[task.name]``: one table row.
+
+    Loads the encoder once for all tasks, which is most of the cost.
+    """
+    model = as_model(encoder, config_dir)
+    return {
+        task.name: accuracy(model, heads[task.name], task, config_dir=config_dir) for task in tasks
+    }
 
 
 def linear_probe(

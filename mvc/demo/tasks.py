@@ -1,21 +1,23 @@
 """Three small generated sentence-classification tasks for the branch-train-merge demo.
 
 The demo needs tasks on which a short fine-tune of the encoder clearly beats the base
-encoder, so that a merge has a gain to keep. Topic or plain sentiment would not do:
-all-MiniLM's pooled embeddings already separate those with a linear probe. Each task here
-puts the answer in *composition* rather than in which words occur, so both classes share
-the same vocabulary and a probe on frozen mean-pooled features stays near chance:
+encoder, so that a merge has a gain to keep. Topic, plain sentiment or question-vs-statement
+would not do: all-MiniLM's pooled embeddings already separate those with a linear probe
+(we measured 0.93-1.0). Each task here puts the answer in *composition* rather than in
+which words occur, so both classes share one vocabulary and a linear probe on frozen
+mean-pooled features stays well below a fine-tune:
 
-- ``sentiment``: the polarity of a review sentence whose adjective may be negated
-  ("the soup was not bad" is positive);
+- ``sentiment``: the verdict of a mixed review, carried by the main clause and not by the
+  conceded one ("although the soup was awful the service was superb": positive);
 - ``agent``: whether a person or an animal performed the action, in active or passive
   voice ("the dog was chased by the farmer": a person);
-- ``question``: a yes/no question or a statement built from the same words, without
-  punctuation ("can the pilot see the river" vs "the pilot can see the river").
+- ``order``: which of two events came first, told with "before" or "after" in either
+  clause order ("after we went swimming we ate dinner": the outing).
 
-The three rely on different cues (negation scope, voice and word order, clause type), so
-their task vectors interfere little. Everything is generated from templates and word lists
-with a seeded ``random.Random``: no downloads, the same sentences on every machine.
+The three rely on different cues (discourse connectives, voice, temporal connectives and
+clause order), so their task vectors interfere little. Everything is generated from
+templates and word lists with a seeded ``random.Random``: no downloads, the same sentences
+on every machine.
 """
 
 from __future__ import annotations
@@ -73,9 +75,7 @@ _CONTRAST_FRAMES = (
 
 
 def _opinion(rng: random.Random, noun: str, positive: bool) -> str:
-    """A clause praising or criticising ``noun``, sometimes through a negated adjective."""
-    if rng.random() < 0.35:
-        return f"the {noun} was not {rng.choice(_NEGATIVE if positive else _POSITIVE)}"
+    """A clause praising or criticising ``noun``."""
     return f"the {noun} was {rng.choice(_POSITIVE if positive else _NEGATIVE)}"
 
 

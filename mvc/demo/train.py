@@ -195,6 +195,8 @@ def fine_tune(
     """
     import torch
 
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
