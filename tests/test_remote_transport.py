@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +124,7 @@ from mvc.remote.url import open_transport
 url, value = sys.argv[1], sys.argv[2]
 t = open_transport(url)
 expected = t.read_ref("refs/heads/main")[1]
+print("ready", flush=True)
 sys.stdin.readline()  # every process holds the same token before any writes
 try:
     t.cas_ref("refs/heads/main", value.encode(), expected)
@@ -147,8 +147,9 @@ def test_concurrent_cas_processes_one_wins(transport, transport_url):
         )
         for i in range(2)
     ]
-    # Both have read the ref once their interpreters are up; let them race.
-    time.sleep(1.5)
+    # Let them race only once both have read the ref (start-up is slow on a loaded machine).
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
     outputs = [p.communicate("go\n", timeout=60)[0].strip() for p in procs]
     assert sorted(outputs) == ["lost", "won"]
     assert transport.read_ref("refs/heads/main")[0] in {b"p0", b"p1"}

@@ -161,8 +161,20 @@ class S3Transport:
                         412,
                     ):
                         raise RefConflict(name) from None
+                    if status is not None and status >= 500:
+                        return self._settle_ambiguous_write(name, value)
                     raise
         except RemoteNotFoundError:
             # If-Match on a ref deleted since we read it: it changed, too.
             raise RefConflict(name) from None
         return response["ETag"]
+
+    def _settle_ambiguous_write(self, name: str, value: bytes) -> str:
+        """A conditional write answered 5xx (SeaweedFS does under racing writers): it may or
+        may not have landed. Read the ref back: our value there means we won, anything else
+        means another writer did. Ref values are commit ids, so equal values are equal pushes.
+        """
+        current, token = self.read_ref(name)
+        if current == value and token is not None:
+            return token
+        raise RefConflict(name)
