@@ -161,19 +161,8 @@ def test_kill_at_random_writes_then_rerun(history, tmp_path, name):
     assert kills >= 1
 
 
-MERGE_RERUN_GAP = pytest.mark.xfail(
-    reason="a merge killed between its work-tree writes and its ref move leaves the tree "
-    "dirty, and mvc.merge's own clean-tree check refuses the re-run (reported; see "
-    "docs/reliability.md, known gaps)",
-    strict=False,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=MERGE_RERUN_GAP) if n == "merge" else n for n in sorted(SCENARIOS)],
-)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_kill_at_many_random_writes_then_rerun(history, tmp_path, name):
     kills = crash_and_recover(history, name, SLOW_POINTS, seed=2024, tmp=tmp_path)
     assert kills >= 20

@@ -136,9 +136,6 @@ def test_record_random_json(value):
     only_mvc_errors(decode_record, json.dumps(doc).encode())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="mvc/merge/record.py decode_record lets RecursionError escape (reported)"
-)
 def test_record_pathological_json():
     only_mvc_errors(decode_record, DEEP)
 

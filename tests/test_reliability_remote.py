@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from crash_harness import count_events, run_forked
+from crash_harness import count_events, mvc_subprocess, run_forked
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import MvcError
@@ -89,8 +89,11 @@ def _kill_and_rerun(site: Path, args: list[str], scratch: Path, seed: int, check
     for point in sorted(random.Random(seed).sample(range(1, events + 1), KILL_POINTS)):
         victim = copy(site, scratch / "victim")
         kills += run_forked(victim, args, point).killed
-        rerun = run_forked(victim, args, None)
-        assert rerun.exit_code == 0, f"mvc {' '.join(args)} re-run after a kill at write {point}"
+        rerun = mvc_subprocess(victim, *args)
+        out, err = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, (
+            f"mvc {' '.join(args)} re-run after a kill at write {point}: {out}{err}"
+        )
         check(victim)
     return kills
 
@@ -132,12 +135,6 @@ def test_killed_push_then_rerun(tmp_path, pushed):
     assert _kill_and_rerun(site, args, tmp_path, 5, check) >= 1
 
 
-@pytest.mark.xfail(
-    reason="mvc/remote/sync.py fetch writes git objects (receive.write_graph) outside the "
-    "repository lock: a kill leaves .git/objects/xx/*.lock with no stale repo lock to "
-    "trigger recovery, and the re-run dies in dulwich FileLocked (reported)",
-    strict=False,
-)
 def test_killed_clone_then_rerun(tmp_path, pushed):
     repo, remote = pushed
     expected = snapshot(repo.root)

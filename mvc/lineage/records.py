@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import FormatError, MvcError, NotFoundError
+from mvc.formats.jsonutil import strict_loads
 from mvc.merge.record import RECORD_PATH, decode_record
 from mvc.repo.references import LOCK_RECORD_PATH
 
@@ -80,10 +81,7 @@ def find_provenance(repo: Repo, sha: str) -> dict[str, Any] | None:
     data = tree_blob(repo, sha, PROVENANCE_PATH)
     if data is None:
         return None
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise FormatError(f"{PROVENANCE_PATH} is not valid JSON ({err})") from None
+    doc = strict_loads(data, PROVENANCE_PATH)
     if not isinstance(doc, dict) or doc.get("mvc") != PROVENANCE_KIND:
         raise FormatError(f"{PROVENANCE_PATH} is not an mvc provenance record")
     if doc.get("schema_version") != PROVENANCE_VERSION:
@@ -103,8 +101,8 @@ def is_locked(repo: Repo, sha: str) -> bool:
     if data is None:
         return False
     try:
-        doc = json.loads(data)
-    except ValueError:
+        doc = strict_loads(data, LOCK_RECORD_PATH)
+    except FormatError:
         return True
     return not isinstance(doc, dict) or bool(doc.get("locked", True))
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mvc.errors import FormatError
+from mvc.formats.jsonutil import strict_loads
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -29,10 +30,7 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
 
 def decode_record(data: bytes) -> dict[str, Any]:
     """Parse and validate a lock record; an unknown version is an error, not a guess."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise FormatError(f"{LOCK_RECORD_PATH} is not valid JSON: {err}") from None
+    doc = strict_loads(data, LOCK_RECORD_PATH)
     if not isinstance(doc, dict) or doc.get("mvc") != "lock":
         raise FormatError(f"{LOCK_RECORD_PATH} is not an mvc lock record")
     if doc.get("version") != RECORD_VERSION:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mvc.errors import FormatError
+from mvc.formats.jsonutil import strict_loads
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -29,10 +30,7 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
 
 def decode_record(data: bytes, where: str = RECORD_PATH) -> dict[str, Any]:
     """Parse a merge record, refusing anything that is not a known schema version."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise FormatError(f"{where} is not valid JSON ({err})") from None
+    doc = strict_loads(data, where)
     if not isinstance(doc, dict) or doc.get("mvc") != RECORD_KIND:
         raise FormatError(f"{where} is not an mvc merge record")
     if doc.get("schema_version") != SCHEMA_VERSION:

@@ -244,7 +244,9 @@ def fetch(
         )
     transport = target.transport()
     report = TransferReport(target.url)
-    with ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
+    # Everything that writes into .git happens under the repository lock, so a fetch killed
+    # midway leaves a stale lock that the next command recognises and recovers from.
+    with repo.locked(), ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
         branches = remote_branches(transport, pool)
         with Progress("receiving history", 0, quiet) as history:
             held = receive_git(repo, transport, branches.values(), pool, history)
@@ -305,6 +307,7 @@ def clone(
     else:
         repo = Repo.init(folder)
         add_remote(repo, "origin", url, endpoint)
+        (folder / ".git" / _CLONING_MARK).write_text(url + "\n")
     report = fetch(repo, "origin", quiet=quiet, workers=workers)
     tracking = {
         ref.decode(): repo.git.refs[b"refs/remotes/origin/" + ref].decode()
@@ -319,23 +322,29 @@ def clone(
         )
     head = parse_head(open_transport(url, endpoint).read_ref(HEAD)[0])
     branch = head if head in tracking else ("main" if "main" in tracking else sorted(tracking)[0])
-    repo.create_branch(branch, f"refs/remotes/origin/{branch}")
+    repo.create_branch(branch, f"refs/remotes/origin/{branch}", force=True)
     repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
     # A fresh work tree: every file is written (force: nothing there can be lost).
     repo.update_worktree(branch, force=True)
     set_upstream(repo, branch, "origin")
+    (folder / ".git" / _CLONING_MARK).unlink(missing_ok=True)
     return CloneResult(repo, branch, report, resumed)
 
 
+# Present from `init` until the checkout is done: its presence makes a re-run resume.
+_CLONING_MARK = "MVC_CLONE_IN_PROGRESS"
+
+
 def _resumable(folder: Path, url: str) -> bool:
-    """An interrupted clone of `url`: an mvc repository with that origin and no branch yet."""
+    """An interrupted clone of `url`: an mvc repository with that origin, not finished."""
     if not (folder / ".git" / "mvc").is_dir():
         return False
     repo = Repo.open(folder)
     try:
-        return get_remote(repo, "origin").url == url and not list(
+        unfinished = (folder / ".git" / _CLONING_MARK).exists() or not list(
             repo.git.refs.keys(base=b"refs/heads/")
         )
+        return get_remote(repo, "origin").url == url and unfinished
     except NotFoundError:
         return False
     finally:

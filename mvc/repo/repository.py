@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -157,10 +158,11 @@ class Repo:
             return
         try:
             with repo_lock(self.mvc_dir / "lock") as recovered:
+                self._lock_depth = 1
                 if recovered:
                     clear_stale_git_locks(self.root / ".git")
                     clear_stale_worktree_temps(self.root, set(Staging(self.git).paths()))
-                self._lock_depth = 1
+                    self._finish_pending_commit()
                 try:
                     yield
                 finally:
@@ -512,9 +514,33 @@ class Repo:
             if update_ref:
                 old_head = self.head()
                 if update_worktree:
+                    # Journal the intent first: if we die while the work tree is half
+                    # written, the next command rolls the commit forward (see locked()).
+                    _atomic_write(self._pending_path, f"{old_head or '-'} {sha}\n".encode())
                     self._apply_commit(old_head, sha, force=False)
                 self.move_branch(old_head, sha, f"commit: {message.splitlines()[0]}")
+                self._pending_path.unlink(missing_ok=True)
         return sha
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.root / ".git" / "MVC_PENDING_COMMIT"
+
+    def _finish_pending_commit(self) -> None:
+        """Complete a library commit whose process died between writing files and the ref."""
+        try:
+            old, new = self._pending_path.read_text().split()
+        except (OSError, ValueError):
+            self._pending_path.unlink(missing_ok=True)
+            return
+        old_head = None if old == "-" else old
+        if self.head() == old_head and new.encode() in self.git.object_store:
+            self._apply_files(self.tree_files(old_head), self.tree_files(new), force=True)
+            self.move_branch(old_head, new, "commit: finished after an interruption")
+            print(
+                f"mvc: note: finished a commit interrupted by a crash ({new[:12]})", file=sys.stderr
+            )
+        self._pending_path.unlink(missing_ok=True)
 
     def _write_commit(self, tree_id: bytes, parents: list[str], message: str) -> str:
         commit = Commit()
