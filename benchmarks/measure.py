@@ -1,15 +1,16 @@
-"""Wall time and peak RSS of one command in a fresh child process, and table printing.
+"""Wall time and peak memory of one command in a fresh child process, and table printing.
 
 Every figure comes from a real subprocess (the ``mvc`` console script, ``git``,
-``mergekit-yaml``), so start-up costs count the way a user pays them. Peak RSS is the
-kernel's ``ru_maxrss`` for that one child, read with ``os.wait4`` on its pid: no polling to
-miss a spike, and no mixing with earlier children as ``RUSAGE_CHILDREN`` would.
+``mergekit-yaml``), so start-up costs count the way a user pays them.
 
-``ru_maxrss`` also counts pages of memory-mapped input files that the process has touched
-(page cache, which the kernel can drop at will), so a tool that streams a model through an
-mmap shows an RSS that grows with the file even when its own allocations do not. The peak
-of ``RssAnon`` (anonymous memory: what the process allocated) is therefore sampled too,
-from ``/proc/PID/status`` every few milliseconds; a spike shorter than that can be missed.
+Peak memory is sampled from ``/proc/PID/status`` every few milliseconds: ``VmHWM`` (the
+process's own peak RSS) and the peak of ``RssAnon`` (anonymous memory: what the process
+allocated, without the pages of memory-mapped input files, which are page cache the
+kernel can drop at will; a tool that streams a model through an mmap shows an RSS that
+grows with the file even when its allocations do not). ``ru_maxrss`` from ``wait4`` is not
+used: on Linux a child's ``ru_maxrss`` starts at its parent's RSS at fork/exec time, so it
+would report the benchmark's own memory for any small command. The last few milliseconds
+of a process can escape the sampling.
 """
 
 from __future__ import annotations
@@ -70,34 +71,39 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        sampler = _AnonSampler(proc.pid)
+        sampler = _MemorySampler(proc.pid)
         sampler.start()
         assert proc.stdout is not None
         output = proc.stdout.read().decode(errors="replace")
         sampler.stop.set()
         sampler.join()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise CommandFailed(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
     return Run(
         seconds=seconds,
-        peak_rss_mib=usage.ru_maxrss / 1024,
-        peak_anon_mib=sampler.peak_kib / 1024,
+        peak_rss_mib=sampler.peak["VmHWM"] / 1024,
+        peak_anon_mib=sampler.peak["RssAnon"] / 1024,
         output=output,
     )
 
 
-class _AnonSampler(threading.Thread):
-    """Polls a process's RssAnon until told to stop or the process has exited."""
+class _MemorySampler(threading.Thread):
+    """Polls a process's VmHWM and RssAnon (KiB) until told to stop or the process exits.
+
+    Started after ``Popen`` returns, which is after the child's exec, so the figures are
+    the command's own and not the parent's.
+    """
 
     INTERVAL = 0.005
+    FIELDS = (b"VmHWM:", b"RssAnon:")
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.path = f"/proc/{pid}/status"
-        self.peak_kib = 0
+        self.peak = {"VmHWM": 0, "RssAnon": 0}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -105,10 +111,11 @@ class _AnonSampler(threading.Thread):
             try:
                 with open(self.path, "rb") as f:
                     for line in f:
-                        if line.startswith(b"RssAnon:"):
-                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-                            break
-            except (OSError, ValueError):  # exited (a zombie has no RssAnon line)
+                        if line.startswith(self.FIELDS):
+                            key, value = line.split()[:2]
+                            name = key[:-1].decode()
+                            self.peak[name] = max(self.peak[name], int(value))
+            except (OSError, ValueError):  # exited; a zombie has no memory lines
                 return
             self.stop.wait(self.INTERVAL)
 
