@@ -11,8 +11,11 @@ mean-pooled features stays well below a fine-tune:
   conceded one ("although the soup was awful the service was superb": positive);
 - ``agent``: whether a person or an animal performed the action, in active or passive
   voice ("the dog was chased by the farmer": a person);
-- ``order``: which of two events came first, told with "before" or "after" in either
-  clause order ("after we went swimming we ate dinner": the outing).
+- ``order``: which of two events came first, told with "before", "after" or "and then"
+  in either clause order ("after we went swimming we ate dinner": the outing). The
+  "and then" frames, where telling order is time order, give training a foothold: with
+  only before/after (an XOR of connective and clause order) some seeds never left chance
+  in 60 steps.
 
 The three rely on different cues (discourse connectives, voice, temporal connectives and
 clause order), so their task vectors interfere little. Everything is generated from
@@ -142,6 +145,8 @@ _ORDER_FRAMES = (
     "{who} {second} after {pro} {first}",
     "before {who} {second} {pro} {first}",
     "after {who} {first} {pro} {second}",
+    "{who} {first} and then {pro} {second}",
+    "first {who} {first} and later {pro} {second}",
 )
 
 
