@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[test,demo]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
+# The demo writes its repository, chart and lineage picture into DEMO_DIR (made anew).
+DEMO_DIR ?= demo-out
 demo: $(STAMP)
-	$(BIN)/mvc demo $(DEMO_DIR)
+	rm -rf $(DEMO_DIR)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/mvc demo $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

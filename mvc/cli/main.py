@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_lineage",
     "mvc.cli.cmd_remote",
     "mvc.cli.cmd_git",
+    "mvc.cli.cmd_demo",
 ]
 
 

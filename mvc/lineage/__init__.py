@@ -1,12 +1,21 @@
 """mvc.lineage: audit a merge from its record (layer 5).
 
-- `lineage_graph(repo, rev)`: the ancestry DAG with each merge's recipe (JSON/DOT/Mermaid).
-- `blame(repo, rev, "FILE::TENSOR")`: per parent, the share of a tensor it contributed.
-- `verify(repo, rev)`: recompute the merge with the merge's own executor, compare hashes.
-- `unmerge(repo, rev, drop)`: the merge without one parent, committed on top of it.
-- `extract(repo, rev, parent, out_dir)`: a parent rebuilt from the merge and its masks.
-- `export(repo, rev, "mergekit"|"model-card")`: the recipe for other tools.
+- `mvc.lineage.graph.lineage_graph(repo, rev)`: the ancestry DAG with each merge's recipe
+  (JSON/DOT/Mermaid).
+- `mvc.lineage.blame.blame(repo, rev, "FILE::TENSOR")`: per parent, the share of a tensor
+  it contributed.
+- `mvc.lineage.verify.verify(repo, rev)`: recompute the merge with the merge's own
+  executor, compare hashes.
+- `mvc.lineage.unmerge.unmerge(repo, rev, drop)`: the merge without one parent, committed
+  on top of it.
+- `mvc.lineage.extract.extract(repo, rev, parent, out_dir)`: a parent rebuilt from the
+  merge and its masks.
+- `mvc.lineage.export.export(repo, rev, "mergekit"|"model-card")`: the recipe for other
+  tools.
 - `recipe_line(repo, commit_id)`: one line for `mvc log`/`show`.
+
+Import the functions from their modules: a module and its function share a name, so a
+package-level alias would be replaced by the module as soon as the module is imported.
 
 Names load lazily: `mvc log` imports this package for `recipe_line`, which must stay free
 of torch; only verify, unmerge and extract import it, when they compute.
@@ -22,11 +31,6 @@ _EXPORTS = {
     "lineage_graph": "mvc.lineage.graph",
     "to_dot": "mvc.lineage.graph",
     "to_mermaid": "mvc.lineage.graph",
-    "blame": "mvc.lineage.blame",
-    "verify": "mvc.lineage.verify",
-    "unmerge": "mvc.lineage.unmerge",
-    "extract": "mvc.lineage.extract",
-    "export": "mvc.lineage.export",
 }
 
 

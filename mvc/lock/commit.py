@@ -69,11 +69,13 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
     for path, blob in files.items():
         if is_model_file(path) and not path.startswith(RECORD_DIR + "/"):
             by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
-    if not by_dir:
-        raise MvcError("the commit holds no safetensors model files to lock")
     models = []
     for directory, manifests in sorted(by_dir.items()):
         config_path = posixpath.join(directory, "config.json")
+        if config_path not in files and not _has_attention(manifests):
+            # Weights beside no config and with no attention (task heads, probes): nothing
+            # MergeLock transforms; they are committed unchanged.
+            continue
         if config_path not in files:
             raise MvcError(
                 f"cannot lock {sorted(manifests)[0]}: no config.json beside it",
@@ -84,7 +86,21 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
         models.append(_Model(directory, config, manifests))
+    if not models:
+        raise MvcError("the commit holds no safetensors model files to lock")
     return models
+
+
+_ATTENTION_MARKERS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "query", "key", "value")
+
+
+def _has_attention(manifests: Mapping[str, Manifest]) -> bool:
+    return any(
+        marker in entry.name
+        for manifest in manifests.values()
+        for entry in manifest.tensors
+        for marker in _ATTENTION_MARKERS
+    )
 
 
 def _plan(model: _Model) -> LockPlan:
