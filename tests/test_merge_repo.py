@@ -218,3 +218,26 @@ def test_merge_cli(branched):
         assert res.exit_code == 1 and "density must be in (0, 1]" in res.output
     finally:
         os.chdir(cwd)
+
+
+def test_all_tensors_leaves_integer_buffers_to_the_three_way_rules(tmp_path):
+    repo = Repo.init(tmp_path / "work")
+    base = {**random_weights(0), "position_ids": np.arange(16, dtype=np.int64)}
+    write_model_folder(repo.root / "model", base)
+    repo.add([repo.root / "model"])
+    repo.commit("base")
+    for name, seed in (("a", 1), ("b", 2)):
+        repo.switch(name, create=True, start="main")
+        tuned = fine_tuned(random_weights(0), seed=seed, only=("layer.0.weight",))
+        write_model_folder(repo.root / "model", {**tuned, "position_ids": base["position_ids"]})
+        repo.commit(name, all=True)
+    repo.switch("main")
+    merge(repo, ["a", "b"], MergeOptions(all_tensors=True, params=MergeParams(preset="mergekit")))
+    merged = repo.load_state_dict("HEAD", "model/model.safetensors")
+    assert merged["position_ids"].tolist() == list(range(16))
+    record = read_record(repo, "HEAD")
+    assert record["files"]["model/model.safetensors"]["tensors"]["position_ids"]["action"] == "base"
+    assert (
+        record["files"]["model/model.safetensors"]["tensors"]["layer.1.weight"]["action"]
+        == "resolve"
+    )

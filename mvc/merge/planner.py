@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError
+from mvc.formats.dtypes import get_dtype
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.worktree import is_model_path
 
@@ -186,6 +187,7 @@ class Planner:
         if (
             self.all_tensors
             and base is not None
+            and _arithmetic_dtype(base.dtype)
             and all(s is not None and s.same_layout(base) for s in sides)
         ):
             if strategy in SIDE_STRATEGIES:
@@ -232,6 +234,13 @@ class Planner:
             if fnmatch.fnmatchcase(name, rule.pattern):
                 return rule.strategy, rule.params
         return self.strategy, {}
+
+
+def _arithmetic_dtype(dtype: str) -> bool:
+    """Floats of 16 bits or more take arithmetic; integers, bools and fp8 follow the
+    three-way rules even under --all-tensors (mergekit copies such buffers through)."""
+    info = get_dtype(dtype)
+    return info.kind == "float" and info.itemsize >= 2
 
 
 def _same(a: TensorEntry | None, b: TensorEntry | None) -> bool:
