@@ -11,7 +11,7 @@ size. Tensors the plan takes whole are never read at all.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -181,11 +181,12 @@ class Executor:
         spec = self._spec(path, decision)
         context = self._context if not decision.params else None
         job = strategy.tensor_job(params, spec, context, masks=self.masks)
+        chunks = self._chunk_source(spec, base_entry, inputs)
         while (current_pass := job.next_pass()) is not None:
-            for chunk in self._chunks(spec, base_entry, inputs):
+            for chunk in chunks():
                 current_pass.update(chunk)
         stored = []
-        for index, chunk in enumerate(self._chunks(spec, base_entry, inputs)):
+        for index, chunk in enumerate(chunks()):
             merged = job.combine(chunk).cpu()
             layout = base_entry.chunks[index]
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
@@ -206,6 +207,21 @@ class Executor:
         )
         self.progress.advance(base_entry.nbytes, decision.name)
         return entry
+
+    def _chunk_source(
+        self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
+    ) -> Callable[[], Iterable[Chunk]]:
+        """How to iterate the tensor's chunks once per pass and once more for combine.
+
+        A tensor stored as one chunk (most tensors) is decoded once and the same
+        :class:`Chunk` is handed to every pass, so its decoded inputs and cached task vectors
+        are reused instead of re-read from the store; that is the one chunk set the streaming
+        bound allows anyway. Larger tensors are streamed again on each pass.
+        """
+        if len(base.chunks) == 1:
+            whole = list(self._chunks(spec, base, inputs))
+            return lambda: whole
+        return lambda: self._chunks(spec, base, inputs)
 
     def _chunks(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
