@@ -220,21 +220,26 @@ class TensorJob(ABC):
         nonzero = [tau != 0 for tau in taus] if taus is not None else None
         kept = result.kept if result.kept is not None else nonzero
         contributed = result.contributed if result.contributed is not None else kept
-        for i in range(self.spec.n_branches):
-            if nonzero is not None:
-                stats.changed[i] += int(nonzero[i].sum())
-            if kept is not None:
-                stats.kept[i] += int(kept[i].sum())
-            if contributed is not None:
-                stats.contributed[i] += int(contributed[i].sum())
+        counted: dict[int, list[int]] = {}  # defaults alias the same masks: count them once
+        for totals, masks in (
+            (stats.changed, nonzero),
+            (stats.kept, kept),
+            (stats.contributed, contributed),
+        ):
+            if masks is None:
+                continue
+            if id(masks) not in counted:
+                counted[id(masks)] = [int(torch.count_nonzero(m)) for m in masks]
+            for i, count in enumerate(counted[id(masks)]):
+                totals[i] += count
         signs = result.signs if result.signs is not None else taus
-        if signs is not None:
-            positive = torch.zeros_like(signs[0], dtype=torch.bool)
-            negative = torch.zeros_like(positive)
-            for s in signs:
-                positive |= s > 0
-                negative |= s < 0
-            stats.conflicts += int((positive & negative).sum())
+        if signs is not None and len(signs) > 1:
+            positive = signs[0] > 0
+            negative = signs[0] < 0
+            for s in signs[1:]:
+                positive.logical_or_(s > 0)
+                negative.logical_or_(s < 0)
+            stats.conflicts += int(torch.count_nonzero(positive.logical_and_(negative)))
         if self._packers is not None and taus is not None:
             mtl = result.mtl
             if mtl is None:
