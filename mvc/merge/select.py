@@ -24,11 +24,12 @@ _NONE_VALUE = (1 << 63) - 1  # no key exceeds it: a cut that keeps nothing
 
 
 def magnitude_keys(x: torch.Tensor, *, as_fp32: bool = False) -> torch.Tensor:
-    """|x| as int64 keys ordered like the magnitudes (fp32 bits, or fp64 bits for fp64)."""
+    """|x| as integer keys ordered like the magnitudes: fp32 bits as int32 (a free view of an
+    fp32 |x|, half the bytes of int64), or fp64 bits as int64 for fp64."""
     a = x.abs()
     if a.dtype == torch.float64 and not as_fp32:
         return a.view(torch.int64)
-    return a.to(torch.float32).view(torch.int32).to(torch.int64)
+    return a.to(torch.float32).view(torch.int32)
 
 
 def key_bits(dtype: torch.dtype, *, as_fp32: bool = False) -> int:
@@ -56,8 +57,8 @@ class RadixQuery:
         if whole and self.shift == self.first_shift:
             value = torch.kthvalue(keys, keys.numel() - self.q).values
             self.value = int(value)
-            self.n_greater = int((keys > value).sum())
-            self.n_equal = int((keys == value).sum())
+            self.n_greater = int(torch.count_nonzero(keys > value))
+            self.n_equal = int(torch.count_nonzero(keys == value))
             self.done = True
             return
         if self.shift != self.first_shift:
@@ -114,12 +115,14 @@ class Cut:
         return 0 < self.take < self.n_equal
 
     def apply(self, keys: torch.Tensor, flat_start: int) -> torch.Tensor:
-        inside = keys > self.value if self.above else keys < self.value
+        if self.value == _NONE_VALUE:  # out of int32 range: comparing would wrap around
+            return torch.zeros_like(keys, dtype=torch.bool)
         if self.take == 0:
-            return inside
-        equal = keys == self.value
+            return keys > self.value if self.above else keys < self.value
         if self.take >= self.n_equal:
-            return inside | equal
+            return keys >= self.value if self.above else keys <= self.value
+        inside = keys > self.value if self.above else keys < self.value
+        equal = keys == self.value
         rank = torch.cumsum(equal, 0) - 1 + self.offsets[flat_start]
         return inside | (equal & (rank < self.take))
 
@@ -199,7 +202,8 @@ class Selection:
             def count(keys, chunk):
                 starts.append(chunk.flat_start)
                 for i in split:
-                    counts[i].append(int((keys[self.requests[i].branch] == cuts[i].value).sum()))
+                    equal = keys[self.requests[i].branch] == cuts[i].value
+                    counts[i].append(int(torch.count_nonzero(equal)))
 
             yield KeyPass(count)
             order = sorted(range(len(starts)), key=starts.__getitem__)
