@@ -13,7 +13,11 @@ import torch
 
 
 def tall_mask(tau: torch.Tensor, mtl: torch.Tensor, lam: float) -> torch.Tensor:
-    return tau.abs() > lam * (mtl - tau).abs()
+    # In place on the one temporary: the same elementwise ops as lam * |mtl - tau|.
+    gap = (mtl - tau).abs_()
+    if lam != 1:
+        gap.mul_(lam)
+    return torch.gt(tau.abs(), gap)
 
 
 class MaskPacker:
@@ -24,7 +28,8 @@ class MaskPacker:
         self._parts: list[bytes] = []
 
     def feed(self, bits: torch.Tensor) -> None:
-        flat = np.concatenate([self._carry, bits.reshape(-1).cpu().numpy().astype(bool)])
+        new = bits.reshape(-1).cpu().numpy()
+        flat = np.concatenate([self._carry, new]) if len(self._carry) else new
         whole = len(flat) - len(flat) % 8
         self._parts.append(np.packbits(flat[:whole], bitorder="little").tobytes())
         self._carry = flat[whole:]
