@@ -50,7 +50,7 @@ def test_doc_session_runs(name, tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1800,
         )
         assert proc.returncode == _expected_exit(command), (
             f"{name}: `{command}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
