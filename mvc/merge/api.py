@@ -107,7 +107,9 @@ def merge(
         files, results, device = _execute(
             repo, plan, base, [parents[i] for i in contributing], params, options, progress
         )
-        record = build_record(plan, results, base, parents, names, contributing, params, options, device)
+        record = build_record(
+            plan, results, base, parents, names, contributing, params, options, device
+        )
         files[RECORD_PATH] = encode_record(record)
         message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
         if options.commit:
