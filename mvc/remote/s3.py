@@ -10,6 +10,8 @@ fails in seconds with a one-line error instead of hanging.
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +36,9 @@ _CREDENTIAL_CODES = {
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+
+
+_CAS_ATTEMPTS = 8
 
 
 class S3Transport:
@@ -143,6 +148,31 @@ class S3Transport:
             return None, None
 
     def cas_ref(self, name: str, value: bytes, expected_token: str | None) -> str:
+        """Conditional write of a ref; exactly one of several racing writers wins.
+
+        412 means another writer won. SeaweedFS also answers racing conditional writes with
+        409 or 5xx, sometimes to every racer, so those are settled by reading the ref back:
+        our value means we won; a moved ref means we lost; an unchanged ref means nobody
+        won yet, and the write is tried again (bounded, with jittered back-off).
+        """
+        for attempt in range(_CAS_ATTEMPTS):
+            etag = self._conditional_put(name, value, expected_token)
+            if etag is not None:
+                return etag
+            current, token = self.read_ref(name)
+            if current == value and token is not None:
+                return token  # ref values are commit ids: equal values are equal pushes
+            unchanged = token is None if expected_token is None else token == expected_token
+            if not unchanged:
+                raise RefConflict(name)
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+        raise RemoteError(
+            f"{self._where()} kept failing conditional writes to {name}",
+            hint="try again; if it persists, check the server's health",
+        )
+
+    def _conditional_put(self, name: str, value: bytes, expected_token: str | None) -> str | None:
+        """The new ETag; None when the outcome is ambiguous (409/5xx); RefConflict on 412."""
         from botocore.exceptions import ClientError
 
         condition = {"IfNoneMatch": "*"} if expected_token is None else {"IfMatch": expected_token}
@@ -155,26 +185,16 @@ class S3Transport:
                 except ClientError as exc:
                     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                     code = exc.response.get("Error", {}).get("Code")
-                    # 409 ConditionalRequestConflict: a concurrent conditional write won.
-                    if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
-                        409,
-                        412,
-                    ):
+                    if code == "PreconditionFailed" or status == 412:
                         raise RefConflict(name) from None
-                    if status is not None and status >= 500:
-                        return self._settle_ambiguous_write(name, value)
+                    if (
+                        code == "ConditionalRequestConflict"
+                        or status == 409
+                        or (status is not None and status >= 500)
+                    ):
+                        return None
                     raise
         except RemoteNotFoundError:
             # If-Match on a ref deleted since we read it: it changed, too.
             raise RefConflict(name) from None
         return response["ETag"]
-
-    def _settle_ambiguous_write(self, name: str, value: bytes) -> str:
-        """A conditional write answered 5xx (SeaweedFS does under racing writers): it may or
-        may not have landed. Read the ref back: our value there means we won, anything else
-        means another writer did. Ref values are commit ids, so equal values are equal pushes.
-        """
-        current, token = self.read_ref(name)
-        if current == value and token is not None:
-            return token
-        raise RefConflict(name)
