@@ -151,7 +151,7 @@ def start(binary: str) -> S3Server:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",
-        "-volume.max=100",
+        "-volume.max=1000",  # every test bucket takes volumes of its own
         "-master.volumeSizeLimitMB=64",
         "-master.telemetry=false",
     ]
