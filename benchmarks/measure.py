@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 VENV_BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -146,3 +147,40 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     sys.stdout.flush()
+
+
+def print_scaling_table(small: float, large: float, runs: Sequence[tuple[str, Any, Any]]) -> None:
+    """Peak RSS, peak anonymous memory and time of each operation at two model sizes.
+
+    `runs` holds (operation, result at the small size, result at the large size); a growth
+    near 1 while the model grows shows memory bounded by the chunk size, not the model.
+    """
+    rows = [
+        [
+            label,
+            f"{s.peak_rss_mib:.0f}",
+            f"{lg.peak_rss_mib:.0f}",
+            f"{lg.peak_rss_mib / s.peak_rss_mib:.2f}",
+            f"{s.peak_anon_mib:.0f}",
+            f"{lg.peak_anon_mib:.0f}",
+            f"{lg.peak_anon_mib / max(s.peak_anon_mib, 1):.2f}",
+            f"{s.seconds:.1f}",
+            f"{lg.seconds:.1f}",
+        ]
+        for label, s, lg in runs
+    ]
+    print_table(
+        "Peak RSS and peak anonymous memory (MiB) at two sizes; growth = large / small",
+        [
+            "operation",
+            f"RSS @ {small:.0f} MiB",
+            f"RSS @ {large:.0f} MiB",
+            "growth",
+            f"anon @ {small:.0f} MiB",
+            f"anon @ {large:.0f} MiB",
+            "anon growth",
+            f"s @ {small:.0f} MiB",
+            f"s @ {large:.0f} MiB",
+        ],
+        rows,
+    )

@@ -22,7 +22,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.measure import MIB, Run, print_table
+from benchmarks.measure import MIB, Run, print_scaling_table
 from benchmarks.merging import MODES, build_repo, mergekit_merge, mvc_merge
 from benchmarks.synthetic import shape_for, write_model
 
@@ -58,41 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mvc-bench-scale-") as tmp:
             measured.append(_peaks(Path(tmp), target))
     (small, small_runs), (large, large_runs) = measured
-    rows = []
-    for op in small_runs:
-        s, lg = small_runs[op], large_runs[op]
-        rows.append(
-            [
-                op,
-                f"{s.peak_rss_mib:.0f}",
-                f"{lg.peak_rss_mib:.0f}",
-                f"{lg.peak_rss_mib / s.peak_rss_mib:.2f}",
-                f"{s.peak_anon_mib:.0f}",
-                f"{lg.peak_anon_mib:.0f}",
-                f"{lg.peak_anon_mib / max(s.peak_anon_mib, 1):.2f}",
-                f"{s.seconds:.1f}",
-                f"{lg.seconds:.1f}",
-            ]
-        )
     print(
         f"memory scaling: synthetic BERT fp32 models of {small:.0f} MiB and {large:.0f} MiB "
         f"(x{large / small:.2f}), {ROW_FRACTION:.0%} of rows perturbed per fine-tune"
     )
-    print_table(
-        "Peak RSS and peak anonymous memory (MiB) at two sizes; growth = large / small",
-        [
-            "operation",
-            f"RSS @ {small:.0f} MiB",
-            f"RSS @ {large:.0f} MiB",
-            "growth",
-            f"anon @ {small:.0f} MiB",
-            f"anon @ {large:.0f} MiB",
-            "anon growth",
-            f"s @ {small:.0f} MiB",
-            f"s @ {large:.0f} MiB",
-        ],
-        rows,
-    )
+    print_scaling_table(small, large, [(op, small_runs[op], large_runs[op]) for op in small_runs])
     merge, peer = large_runs["mvc merge (TIES)"], large_runs["mergekit-yaml (TIES)"]
     print(
         f"\nAt {large:.0f} MiB: mvc merge peak RSS / mergekit = "

@@ -38,7 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.finetune import MODEL_FILE, FineTune, base_model_dir, fine_tuned_dir
-from benchmarks.measure import MIB, Run, print_table, ratio, run, tool, tree_size
+from benchmarks.measure import (
+    MIB,
+    Run,
+    print_scaling_table,
+    print_table,
+    ratio,
+    run,
+    tool,
+    tree_size,
+)
 from benchmarks.storage import GIT_ENV
 from benchmarks.synthetic import shape_for, write_model
 
@@ -233,39 +242,12 @@ def _memory(targets: tuple[int, int]) -> None:
         with tempfile.TemporaryDirectory(prefix="mvc-bench-remote-") as tmp:
             measured.append(_peaks(Path(tmp), target))
     (small, s_push, s_clone), (large, l_push, l_clone) = measured
-    rows = []
-    for label, s, lg in (("mvc push", s_push, l_push), ("mvc clone", s_clone, l_clone)):
-        rows.append(
-            [
-                label,
-                f"{s.peak_rss_mib:.0f}",
-                f"{lg.peak_rss_mib:.0f}",
-                f"{lg.peak_rss_mib / s.peak_rss_mib:.2f}",
-                f"{s.peak_anon_mib:.0f}",
-                f"{lg.peak_anon_mib:.0f}",
-                f"{lg.peak_anon_mib / max(s.peak_anon_mib, 1):.2f}",
-                f"{s.seconds:.1f}",
-                f"{lg.seconds:.1f}",
-            ]
-        )
     print(
         f"\npush/clone memory: synthetic BERT fp32 models of {small:.0f} MiB and {large:.0f} MiB "
         f"(model growth x{large / small:.2f}), one commit, path remote"
     )
-    print_table(
-        "Peak RSS and peak anonymous memory (MiB) at two sizes; growth = large / small",
-        [
-            "operation",
-            f"RSS @ {small:.0f} MiB",
-            f"RSS @ {large:.0f} MiB",
-            "growth",
-            f"anon @ {small:.0f} MiB",
-            f"anon @ {large:.0f} MiB",
-            "anon growth",
-            f"s @ {small:.0f} MiB",
-            f"s @ {large:.0f} MiB",
-        ],
-        rows,
+    print_scaling_table(
+        small, large, [("mvc push", s_push, l_push), ("mvc clone", s_clone, l_clone)]
     )
 
 
