@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mvc.merge.arrays import NumpyOps
 from mvc.merge.driver import merge_tensor, merge_tensors
 from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
@@ -90,7 +91,7 @@ def _bernoulli_from(masks, monkeypatch):
 def _mvc_masks(params, name, shape, n):
     numel = torch.Size(shape).numel()
     return [
-        keep_mask(params.seed, name, i, 0, numel, d).reshape(shape)
+        torch.from_numpy(keep_mask(params.seed, name, i, 0, numel, d, NumpyOps())).reshape(shape)
         for i, d in enumerate(params.densities_for(n))
     ]
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import ConflictError, MvcError
 from mvc.merge import MergeOptions, MergeParams, merge
+from mvc.merge.arrays import TorchOps
 from mvc.merge.record import read_record
 from mvc.repo import Repo
 
@@ -241,3 +245,33 @@ def test_all_tensors_leaves_integer_buffers_to_the_three_way_rules(tmp_path):
         record["files"]["model/model.safetensors"]["tensors"]["layer.1.weight"]["action"]
         == "resolve"
     )
+
+
+def test_cpu_merge_never_imports_torch(branched):
+    """On the CPU the arithmetic runs on numpy: torch's import (seconds, ~200 MiB) is not paid."""
+    repo, _ = branched
+    code = (
+        "import sys\n"
+        "from mvc.merge import MergeOptions, merge\n"
+        "from mvc.repo import Repo\n"
+        "merge(Repo.open('.'), ['a', 'b'], MergeOptions(device='cpu'))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo.root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_torch_backend_commits_the_same_merge(branched):
+    """The GPU code path (torch, here on its CPU device) writes the very same objects."""
+    repo, _ = branched
+    trees = []
+    for name, device in (("via-numpy", "cpu"), ("via-torch", TorchOps("cpu"))):
+        repo.switch(name, create=True, start="main")
+        merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.3), device=device))
+        trees.append(repo.model_files("HEAD")["model/model.safetensors"])
+    assert trees[0] == trees[1]
+    records = [read_record(repo, rev) for rev in ("via-numpy", "via-torch")]
+    assert records[0]["files"] == records[1]["files"]
+    assert records[1]["device"] == "cpu" and "torch" in records[1]["versions"]

@@ -19,8 +19,7 @@ from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.store import ObjectStore, object_id
 
 if TYPE_CHECKING:
-    import torch
-
+    from mvc.merge.arrays import ArrayOps
     from mvc.merge.executor import TensorResult
     from mvc.progress import Progress
     from mvc.repo import Manifest, Repo
@@ -69,7 +68,7 @@ class Recomputed:
     plan: MergePlan
     files: dict[str, Manifest | bytes]
     results: dict[tuple[str, str], TensorResult]
-    device: torch.device
+    device: ArrayOps
 
 
 class ScratchStore:
@@ -104,7 +103,7 @@ class ScratchStore:
 def recompute(
     repo: Repo,
     recipe: Recipe,
-    device: torch.device,
+    device: ArrayOps,
     store: ObjectStore | ScratchStore | None = None,
     progress: Progress | None = None,
 ) -> Recomputed:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError, NotFoundError
+from mvc.merge.arrays import ArrayOps, TorchOps
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.merge.record import RECORD_KIND, RECORD_PATH, SCHEMA_VERSION, encode_record
@@ -26,7 +27,7 @@ class MergeOptions:
     weights: Mapping[str, float] | Sequence[float] | None = None
     rules: Sequence[TensorRule] = ()
     all_tensors: bool = False
-    device: str = "auto"
+    device: str | ArrayOps = "auto"  # a backend instance: the Python API's own choice
     masks: bool = True
     message: str | None = None
     commit: bool = True
@@ -209,6 +210,19 @@ def _taken(plan: MergePlan) -> int:
     )
 
 
+def _versions(device: ArrayOps) -> dict[str, str]:
+    """What computed the merge: numpy on the CPU, torch when a torch backend ran it."""
+    import numpy
+
+    import mvc
+
+    versions = {"mvc": mvc.__version__, "numpy": numpy.__version__}
+    if isinstance(device, TorchOps):
+        versions["torch"] = device.torch.__version__
+    versions["python"] = platform.python_version()
+    return versions
+
+
 def build_record(
     plan: MergePlan,
     results,
@@ -218,11 +232,8 @@ def build_record(
     contributing: list[int],
     params: MergeParams,
     options: MergeOptions,
-    device,
+    device: ArrayOps,
 ) -> dict[str, Any]:
-    import torch
-
-    import mvc
 
     files: dict[str, Any] = {}
     mask_ids: list[str] = []
@@ -269,11 +280,7 @@ def build_record(
         ],
         "masks": options.masks,
         "device": str(device),
-        "versions": {
-            "mvc": mvc.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": _versions(device),
         "files": files,
         "store_objects": sorted(set(mask_ids)),
     }

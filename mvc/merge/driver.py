@@ -1,8 +1,9 @@
 """In-memory drivers of the chunked strategy protocol.
 
 They run exactly what the streaming executor runs (statistics passes over row chunks, then
-a per-chunk combine) over tensors already in memory, so tests, ``mvc verify`` on small
-models and the Python API share one code path with the executor.
+a per-chunk combine) over torch tensors already in memory, so tests, ``mvc verify`` on
+small models and the Python API share one code path with the executor. Each chunk goes to
+the chosen backend (numpy on the CPU) as its raw bytes, as the executor's chunks do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from mvc.errors import MvcError
+from mvc.formats.torch_io import dtype_name, tensor_bytes, to_torch
+from mvc.merge.arrays import ArrayOps
 from mvc.merge.device import resolve_device
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import Chunk, Strategy, TensorSpec, TensorStats
@@ -22,7 +25,7 @@ def _chunks(
     base: torch.Tensor | None,
     thetas: Sequence[torch.Tensor],
     chunk_rows: int | None,
-    device: torch.device,
+    ops: ArrayOps,
 ) -> Iterator[Chunk]:
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(1) if not spec.shape else t
@@ -30,12 +33,19 @@ def _chunks(
     step = max(1, chunk_rows or spec.rows)
     for start in range(0, max(spec.rows, 1), step):
         stop = min(start + step, spec.rows)
+        shape = (stop - start, *spec.shape[1:]) if spec.shape else ()
 
-        def part(t: torch.Tensor, start: int = start, stop: int = stop) -> torch.Tensor:
-            return rows(t)[start:stop].to(device)
+        def part(
+            t: torch.Tensor, start: int = start, stop: int = stop, shape: tuple = shape
+        ) -> object:
+            return ops.load(tensor_bytes(rows(t)[start:stop]), spec.dtype, shape)
 
         yield Chunk(
-            spec, start, None if base is None else part(base), tuple(part(t) for t in thetas)
+            spec,
+            start,
+            None if base is None else part(base),
+            tuple(part(t) for t in thetas),
+            ops,
         )
 
 
@@ -49,7 +59,7 @@ def _spec(name: str, base: torch.Tensor | None, thetas: Sequence[torch.Tensor]) 
                 f"{name}: shapes/dtypes differ ({tuple(t.shape)} {t.dtype} vs "
                 f"{tuple(first.shape)} {first.dtype})"
             )
-    return TensorSpec(name, tuple(first.shape), first.dtype, len(thetas))
+    return TensorSpec(name, tuple(first.shape), dtype_name(first.dtype), len(thetas))
 
 
 def merge_tensor(
@@ -60,7 +70,7 @@ def merge_tensor(
     *,
     name: str,
     chunk_rows: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | ArrayOps = "cpu",
     masks: bool = False,
     model_context: object = None,
 ) -> tuple[torch.Tensor, TensorStats]:
@@ -70,15 +80,18 @@ def merge_tensor(
     branch's packed TALL mask. Strategies with model-wide statistics need
     ``model_context`` (use :func:`merge_tensors`).
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    ops = resolve_device(device)
     spec = _spec(name, base, thetas)
     if base is None and strategy.needs_base:
         raise MvcError(f"strategy {strategy.name} needs the merge base of {name}")
     job = strategy.tensor_job(params, spec, model_context, masks=masks)
     while (p := job.next_pass()) is not None:
-        for chunk in _chunks(spec, base, thetas, chunk_rows, dev):
+        for chunk in _chunks(spec, base, thetas, chunk_rows, ops):
             p.update(chunk)
-    parts = [job.combine(c).cpu() for c in _chunks(spec, base, thetas, chunk_rows, dev)]
+    parts = [
+        to_torch(bytearray(ops.to_bytes(out)), spec.dtype, tuple(out.shape))
+        for out in (job.combine(c) for c in _chunks(spec, base, thetas, chunk_rows, ops))
+    ]
     merged = torch.cat(parts) if spec.shape else parts[0].reshape(())
     return merged.reshape(spec.shape), job.stats()
 
@@ -90,14 +103,14 @@ def merge_tensors(
     thetas: Sequence[Mapping[str, torch.Tensor]],
     *,
     chunk_rows: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | ArrayOps = "cpu",
     masks: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, TensorStats]]:
     """Merge every tensor of ``base`` (all sent through the strategy, in ``base``'s order).
 
     Runs the strategy's model-wide passes first (e.g. ``--preset paper``), then each tensor.
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    ops = resolve_device(device)
     names = list(base)
     for i, branch in enumerate(thetas):
         missing = [n for n in names if n not in branch]
@@ -110,7 +123,7 @@ def merge_tensors(
     if model_job is not None:
         while (p := model_job.next_pass()) is not None:
             for n in names:
-                for chunk in _chunks(specs[n], base[n], [b[n] for b in thetas], chunk_rows, dev):
+                for chunk in _chunks(specs[n], base[n], [b[n] for b in thetas], chunk_rows, ops):
                     p.update(specs[n], chunk)
         context = model_job.context()
     merged, stats = {}, {}
@@ -122,7 +135,7 @@ def merge_tensors(
             [b[n] for b in thetas],
             name=n,
             chunk_rows=chunk_rows,
-            device=dev,
+            device=ops,
             masks=masks,
             model_context=context,
         )

@@ -11,33 +11,39 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 
-_HALF = 26  # fp64 mantissas (53 bits) are split in two so int64 bins cannot overflow
+_HALF = 26  # fp64 mantissas (53 bits) are split in two 26/27-bit halves
+# Per-slice sums of halves stay below 2**27 * 2**22 = 2**49, exact in the float64 weights
+# np.bincount accumulates in.
+_SLICE = 1 << 22
 
 
 class ExactSum:
-    """Accumulates the exact sum of float32/float64 values (signed)."""
+    """Accumulates the exact sum of float32/float64 values (signed), on the host."""
 
     def __init__(self) -> None:
-        self._pos = torch.zeros(2048, 2, dtype=torch.int64)
-        self._neg = torch.zeros(2048, 2, dtype=torch.int64)
+        self._pos = np.zeros((2048, 2), dtype=np.int64)
+        self._neg = np.zeros((2048, 2), dtype=np.int64)
 
-    def add(self, values: torch.Tensor) -> None:
-        x = values.detach().reshape(-1).to(torch.float64)
-        self._accumulate(self._pos, x.clamp(min=0))
-        self._accumulate(self._neg, (-x).clamp(min=0))
+    def add(self, values: np.ndarray) -> None:
+        x = np.asarray(values).reshape(-1).astype(np.float64, copy=False)
+        for start in range(0, x.size, _SLICE):
+            part = x[start : start + _SLICE]
+            self._accumulate(self._pos, np.maximum(part, 0.0))
+            self._accumulate(self._neg, np.maximum(-part, 0.0))
 
     @staticmethod
-    def _accumulate(bins: torch.Tensor, x: torch.Tensor) -> None:
-        bits = x.view(torch.int64) & ((1 << 63) - 1)  # clamp can leave -0.0
+    def _accumulate(bins: np.ndarray, x: np.ndarray) -> None:
+        bits = x.view(np.int64) & ((1 << 63) - 1)  # the maximum can leave -0.0
         exponent = bits >> 52
-        mantissa = (bits & ((1 << 52) - 1)) | ((exponent > 0).to(torch.int64) << 52)
-        parts = torch.stack([mantissa >> _HALF, mantissa & ((1 << _HALF) - 1)], dim=1)
-        bins.index_add_(0, exponent.cpu(), parts.cpu())
+        mantissa = (bits & ((1 << 52) - 1)) | ((exponent > 0).astype(np.int64) << 52)
+        for column, half in enumerate((mantissa >> _HALF, mantissa & ((1 << _HALF) - 1))):
+            sums = np.bincount(exponent, weights=half, minlength=2048)
+            bins[:, column] += sums.astype(np.int64)
 
     @staticmethod
-    def _total(bins: torch.Tensor) -> int:
+    def _total(bins: np.ndarray) -> int:
         if bool((bins[2047] != 0).any()):
             raise OverflowError("inf or nan in an exact sum")
         total = 0

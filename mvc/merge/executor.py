@@ -2,7 +2,7 @@
 
 For each tensor the plan resolves, the strategy's statistics passes and then its combine
 step read the base's and the branches' row chunks from the store (decoded on a read-ahead
-thread, moved to the compute device), and every merged chunk is stored at once, as a delta
+thread, on the backend's device), and every merged chunk is stored at once, as a delta
 against the same chunk of the first branch. Nothing larger than one chunk per input is
 alive at a time, so peak memory is a small multiple of the largest chunk whatever the model
 size. Tensors the plan takes whole are never read at all.
@@ -16,11 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout
-from mvc.formats.torch_io import tensor_bytes, to_torch, torch_dtype
+from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
@@ -77,7 +75,7 @@ class Executor:
         base_files: Mapping[str, Manifest],
         branch_files: Sequence[Mapping[str, Manifest]],
         params: MergeParams,
-        device: torch.device,
+        ops: ArrayOps,
         masks: bool = True,
         progress: Progress | None = None,
     ) -> None:
@@ -85,7 +83,7 @@ class Executor:
         self.base = base_files
         self.branches = branch_files
         self.params = params
-        self.device = device
+        self.ops = ops
         self.masks = masks
         self.progress = progress or Progress()
         self.results: dict[tuple[str, str], TensorResult] = {}
@@ -166,9 +164,7 @@ class Executor:
 
     def _spec(self, path: str, decision: TensorDecision) -> TensorSpec:
         entry = self.base[path].tensor(decision.name)
-        return TensorSpec(
-            decision.name, entry.shape, torch_dtype(entry.dtype), len(decision.branches)
-        )
+        return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
 
     def _resolve(self, path: str, decision: TensorDecision) -> TensorEntry:
         strategy = get_strategy(decision.strategy or "ties")
@@ -187,12 +183,10 @@ class Executor:
                 current_pass.update(chunk)
         stored = []
         for index, chunk in enumerate(chunks()):
-            merged = job.combine(chunk).cpu()
+            merged = self.ops.to_bytes(job.combine(chunk))
             layout = base_entry.chunks[index]
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
-            oid = self.store.put(
-                tensor_bytes(merged), base_entry.dtype, shape, base=inputs[0].chunks[index].oid
-            )
+            oid = self.store.put(merged, base_entry.dtype, shape, base=inputs[0].chunks[index].oid)
             stored.append(StoredChunk(layout.start, layout.stop, oid))
         stats = job.stats()
         mask_ids = None
@@ -231,12 +225,15 @@ class Executor:
         if count == 0:
             return
 
-        def load(index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        def load(index: int) -> tuple[Array, list[Array]]:
             layout = base.chunks[index]
             shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
             return (
-                self._tensor(base.chunks[index].oid, base.dtype, shape),
-                [self._tensor(e.chunks[index].oid, base.dtype, shape) for e in inputs],
+                self.ops.load(self.store.get(base.chunks[index].oid), base.dtype, shape),
+                [
+                    self.ops.load(self.store.get(e.chunks[index].oid), base.dtype, shape)
+                    for e in inputs
+                ],
             )
 
         upcoming = self._reader.submit(load, 0)
@@ -244,13 +241,7 @@ class Executor:
             base_t, thetas = upcoming.result()
             if index + 1 < count:
                 upcoming = self._reader.submit(load, index + 1)
-            start = base.chunks[index].start
-            yield Chunk(
-                spec, start, base_t.to(self.device), tuple(t.to(self.device) for t in thetas)
-            )
-
-    def _tensor(self, oid: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-        return to_torch(bytearray(self.store.get(oid)), dtype, shape)
+            yield Chunk(spec, base.chunks[index].start, base_t, tuple(thetas), self.ops)
 
 
 def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:

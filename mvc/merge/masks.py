@@ -9,15 +9,16 @@ the packed bytes do not depend on the chunking.
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from mvc.merge.arrays import Array
 
 
-def tall_mask(tau: torch.Tensor, mtl: torch.Tensor, lam: float) -> torch.Tensor:
-    # In place on the one temporary: the same elementwise ops as lam * |mtl - tau|.
-    gap = (mtl - tau).abs_()
+def tall_mask(tau: Array, mtl: Array, lam: float) -> Array:
+    """m = |τ| > λ·|τ_MTL − τ| on either backend (numpy arrays or torch tensors)."""
+    gap = abs(mtl - tau)
     if lam != 1:
-        gap.mul_(lam)
-    return torch.gt(tau.abs(), gap)
+        gap = gap * lam
+    return abs(tau) > gap
 
 
 class MaskPacker:
@@ -27,8 +28,8 @@ class MaskPacker:
         self._carry = np.zeros(0, dtype=bool)
         self._parts: list[bytes] = []
 
-    def feed(self, bits: torch.Tensor) -> None:
-        new = bits.reshape(-1).cpu().numpy()
+    def feed(self, bits: np.ndarray) -> None:
+        new = bits.reshape(-1)
         flat = np.concatenate([self._carry, new]) if len(self._carry) else new
         whole = len(flat) - len(flat) % 8
         self._parts.append(np.packbits(flat[:whole], bitorder="little").tobytes())
@@ -41,7 +42,7 @@ class MaskPacker:
         return b"".join(self._parts)
 
 
-def unpack_mask(data: bytes, numel: int) -> torch.Tensor:
+def unpack_mask(data: bytes, numel: int) -> np.ndarray:
     """The bool mask (flat) of ``numel`` elements packed by :class:`MaskPacker`."""
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=numel)
-    return torch.from_numpy(bits.astype(bool))
+    return bits.astype(bool)

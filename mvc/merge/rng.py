@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import torch
+
+from mvc.merge.arrays import Array, ArrayOps
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -49,8 +50,8 @@ def keep_mask(
     start: int,
     count: int,
     density: float,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
+    ops: ArrayOps,
+) -> Array:
     """Bool mask, True where the element survives the drop (probability ``density``)."""
     u = uniforms(stream_key(seed, name, branch), start, count)
-    return torch.from_numpy(u < density).to(device)
+    return ops.from_numpy(u < density)

@@ -16,24 +16,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
+
+from mvc.merge.arrays import Array, ArrayOps
 
 DIGIT = 16
 BINS = 1 << DIGIT
 _NONE_VALUE = (1 << 63) - 1  # no key exceeds it: a cut that keeps nothing
 
 
-def magnitude_keys(x: torch.Tensor, *, as_fp32: bool = False) -> torch.Tensor:
+def magnitude_keys(ops: ArrayOps, x: Array, *, as_fp32: bool = False) -> Array:
     """|x| as integer keys ordered like the magnitudes: fp32 bits as int32 (a free view of an
     fp32 |x|, half the bytes of int64), or fp64 bits as int64 for fp64."""
-    a = x.abs()
-    if a.dtype == torch.float64 and not as_fp32:
-        return a.view(torch.int64)
-    return a.to(torch.float32).view(torch.int32)
+    a = abs(x)
+    if a.dtype == ops.float64 and not as_fp32:
+        return a.view(ops.int64)
+    return ops.astype(a, ops.float32).view(ops.int32)
 
 
-def key_bits(dtype: torch.dtype, *, as_fp32: bool = False) -> int:
-    return 64 if dtype == torch.float64 and not as_fp32 else 32
+def key_bits(dtype: str, *, as_fp32: bool = False) -> int:
+    return 64 if dtype == "F64" and not as_fp32 else 32
 
 
 class RadixQuery:
@@ -45,35 +47,35 @@ class RadixQuery:
         self.prefix = 0
         self.first_shift = bits - DIGIT
         self.shift = self.first_shift
-        self.hist: torch.Tensor | None = None
+        self.hist: np.ndarray | None = None
         self.done = False
         self.value = 0
         self.n_greater = 0
         self.n_equal = 0
 
-    def update(self, keys: torch.Tensor, whole: bool) -> None:
+    def update(self, ops: ArrayOps, keys: Array, whole: bool) -> None:
         if self.done:
             return
         if whole and self.shift == self.first_shift:
-            value = torch.kthvalue(keys, keys.numel() - self.q).values
-            self.value = int(value)
-            self.n_greater = int(torch.count_nonzero(keys > value))
-            self.n_equal = int(torch.count_nonzero(keys == value))
+            value = ops.kth_smallest(keys, keys.shape[0] - self.q)
+            self.value = value
+            self.n_greater = ops.count_nonzero(keys > value)
+            self.n_equal = ops.count_nonzero(keys == value)
             self.done = True
             return
         if self.shift != self.first_shift:
             keys = keys[(keys >> (self.shift + DIGIT)) == self.prefix]
         digits = (keys >> self.shift) & (BINS - 1)
-        counts = torch.bincount(digits, minlength=BINS)
+        counts = ops.bincount(digits, minlength=BINS)
         self.hist = counts if self.hist is None else self.hist + counts
 
     def end_pass(self) -> None:
         if self.done:
             return
-        hist = (self.hist if self.hist is not None else torch.zeros(BINS, dtype=torch.int64)).cpu()
+        hist = self.hist if self.hist is not None else np.zeros(BINS, dtype=np.int64)
         self.hist = None
-        from_top = hist.flip(0).cumsum(0)
-        j = int(torch.searchsorted(from_top, torch.tensor([self.rem]), right=True)[0])
+        from_top = np.cumsum(hist[::-1])
+        j = int(np.searchsorted(from_top, self.rem, side="right"))
         digit = BINS - 1 - j
         above = int(from_top[j]) - int(hist[digit])
         self.rem -= above
@@ -114,16 +116,16 @@ class Cut:
     def split(self) -> bool:
         return 0 < self.take < self.n_equal
 
-    def apply(self, keys: torch.Tensor, flat_start: int) -> torch.Tensor:
+    def apply(self, ops: ArrayOps, keys: Array, flat_start: int) -> Array:
         if self.value == _NONE_VALUE:  # out of int32 range: comparing would wrap around
-            return torch.zeros_like(keys, dtype=torch.bool)
+            return ops.zeros_like(keys, ops.bool_)
         if self.take == 0:
             return keys > self.value if self.above else keys < self.value
         if self.take >= self.n_equal:
             return keys >= self.value if self.above else keys <= self.value
         inside = keys > self.value if self.above else keys < self.value
         equal = keys == self.value
-        rank = torch.cumsum(equal, 0) - 1 + self.offsets[flat_start]
+        rank = ops.cumsum(equal) - 1 + self.offsets[flat_start]
         return inside | (equal & (rank < self.take))
 
 
@@ -143,7 +145,7 @@ class KeyPass:
         self._consume = consume
 
     def update(self, chunk) -> None:
-        keys = [magnitude_keys(tau) for tau in chunk.taus()]
+        keys = [magnitude_keys(chunk.ops, tau) for tau in chunk.taus()]
         self._consume(keys, chunk)
 
 
@@ -154,7 +156,7 @@ class Selection:
     ``cuts[i]`` is the cut for ``requests[i]``.
     """
 
-    def __init__(self, requests: list[Request], numel: int, dtype: torch.dtype) -> None:
+    def __init__(self, requests: list[Request], numel: int, dtype: str) -> None:
         self.requests = requests
         self.numel = numel
         self.bits = key_bits(dtype)
@@ -170,7 +172,7 @@ class Selection:
 
         def feed(keys, chunk):
             for i, query in queries.items():
-                query.update(keys[self.requests[i].branch], chunk.whole)
+                query.update(chunk.ops, keys[self.requests[i].branch], chunk.whole)
 
         while not all(query.done for query in queries.values()):
             yield KeyPass(feed)
@@ -203,7 +205,7 @@ class Selection:
                 starts.append(chunk.flat_start)
                 for i in split:
                     equal = keys[self.requests[i].branch] == cuts[i].value
-                    counts[i].append(int(torch.count_nonzero(equal)))
+                    counts[i].append(chunk.ops.count_nonzero(equal))
 
             yield KeyPass(count)
             order = sorted(range(len(starts)), key=starts.__getitem__)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
-import torch
-
 from mvc.errors import MvcError
+from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.device import compute_dtype, is_mergeable
 from mvc.merge.masks import MaskPacker, tall_mask
 from mvc.merge.params import MergeParams
@@ -38,7 +37,7 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str  # safetensors name (F32, BF16, ...)
     n_branches: int
 
     @property
@@ -54,18 +53,19 @@ class TensorSpec:
         return math.prod(self.shape[1:]) if self.shape else 1
 
     @property
-    def compute_dtype(self) -> torch.dtype:
+    def compute_dtype(self) -> str:
         return compute_dtype(self.dtype)
 
 
 @dataclass
 class Chunk:
-    """Rows [start, start + n) of the base and of each branch, already on the compute device."""
+    """Rows [start, start + n) of the base and of each branch, already on the backend's device."""
 
     spec: TensorSpec
     start: int
-    base: torch.Tensor | None
-    thetas: tuple[torch.Tensor, ...]
+    base: Array | None
+    thetas: tuple[Array, ...]
+    ops: ArrayOps
 
     @property
     def n_rows(self) -> int:
@@ -80,26 +80,26 @@ class Chunk:
         return self.start * self.spec.row_numel
 
     @property
-    def device(self) -> torch.device:
-        return self.thetas[0].device
+    def numel(self) -> int:
+        return self.n_rows * self.spec.row_numel
 
     @cached_property
-    def base_c(self) -> torch.Tensor:
+    def base_c(self) -> Array:
         """The base, flat, in the compute dtype."""
         if self.base is None:
             raise MvcError(f"strategy needs the merge base of {self.spec.name}")
-        return self.base.reshape(-1).to(self.spec.compute_dtype)
+        return self.ops.compute(self.base.reshape(-1), self.spec.dtype)
 
     @cached_property
-    def thetas_c(self) -> tuple[torch.Tensor, ...]:
-        return tuple(t.reshape(-1).to(self.spec.compute_dtype) for t in self.thetas)
+    def thetas_c(self) -> tuple[Array, ...]:
+        return tuple(self.ops.compute(t.reshape(-1), self.spec.dtype) for t in self.thetas)
 
-    def taus(self) -> tuple[torch.Tensor, ...]:
+    def taus(self) -> tuple[Array, ...]:
         """Task vectors τ_i = θ_i − θ_base, flat, in the compute dtype (cached per chunk)."""
         return self._taus
 
     @cached_property
-    def _taus(self) -> tuple[torch.Tensor, ...]:
+    def _taus(self) -> tuple[Array, ...]:
         return tuple(t - self.base_c for t in self.thetas_c)
 
 
@@ -113,12 +113,12 @@ class Step:
     masks compare against (None: the merged delta itself).
     """
 
-    out: torch.Tensor
-    kept: tuple[torch.Tensor, ...] | None = None
-    contributed: tuple[torch.Tensor, ...] | None = None
-    signs: tuple[torch.Tensor, ...] | None = None
-    sole: tuple[torch.Tensor, ...] | None = None
-    mtl: torch.Tensor | None = None
+    out: Array
+    kept: tuple[Array, ...] | None = None
+    contributed: tuple[Array, ...] | None = None
+    signs: tuple[Array, ...] | None = None
+    sole: tuple[Array, ...] | None = None
+    mtl: Array | None = None
 
 
 @dataclass
@@ -203,18 +203,20 @@ class TensorJob(ABC):
             self._gen = self.plan()
         return next(self._gen, None)
 
-    def combine(self, chunk: Chunk) -> torch.Tensor:
+    def combine(self, chunk: Chunk) -> Array:
         """The merged rows of ``chunk`` in the tensor's dtype, with the chunk's shape."""
+        ops = chunk.ops
         result = self.step(chunk)
-        out = result.out.to(self.spec.dtype)
+        out = ops.store(result.out, self.spec.dtype)
         if result.sole is not None:
             for sole, theta in zip(result.sole, chunk.thetas, strict=True):
-                out = torch.where(sole, theta.reshape(-1), out)
+                out = ops.where(sole, theta.reshape(-1), out)
         self._account(chunk, result, out)
         shape = (chunk.n_rows, *self.spec.shape[1:]) if self.spec.shape else ()
         return out.reshape(shape)
 
-    def _account(self, chunk: Chunk, result: Step, out: torch.Tensor) -> None:
+    def _account(self, chunk: Chunk, result: Step, out: Array) -> None:
+        ops = chunk.ops
         stats = self._stats
         taus = chunk.taus() if chunk.base is not None else None
         nonzero = [tau != 0 for tau in taus] if taus is not None else None
@@ -229,7 +231,7 @@ class TensorJob(ABC):
             if masks is None:
                 continue
             if id(masks) not in counted:
-                counted[id(masks)] = [int(torch.count_nonzero(m)) for m in masks]
+                counted[id(masks)] = [ops.count_nonzero(m) for m in masks]
             for i, count in enumerate(counted[id(masks)]):
                 totals[i] += count
         signs = result.signs if result.signs is not None else taus
@@ -237,15 +239,16 @@ class TensorJob(ABC):
             positive = signs[0] > 0
             negative = signs[0] < 0
             for s in signs[1:]:
-                positive.logical_or_(s > 0)
-                negative.logical_or_(s < 0)
-            stats.conflicts += int(torch.count_nonzero(positive.logical_and_(negative)))
+                positive |= s > 0
+                negative |= s < 0
+            positive &= negative
+            stats.conflicts += ops.count_nonzero(positive)
         if self._packers is not None and taus is not None:
             mtl = result.mtl
             if mtl is None:
-                mtl = out.to(self.spec.compute_dtype) - chunk.base_c
+                mtl = ops.compute(out, self.spec.dtype) - chunk.base_c
             for packer, tau, lam in zip(self._packers, taus, self._lambdas, strict=True):
-                packer.feed(tall_mask(tau, mtl, lam))
+                packer.feed(ops.to_numpy(tall_mask(tau, mtl, lam)))
 
     def stats(self) -> TensorStats:
         if self._packers is not None and self.spec.n_branches:

@@ -44,12 +44,12 @@ class BreadcrumbsJob(TensorJob):
         yield from self.selection.passes()
 
     def step(self, chunk: Chunk) -> Step:
-        cuts = self.selection.cuts
+        ops, cuts = chunk.ops, self.selection.cuts
         hats = []
         for i, tau in enumerate(chunk.taus()):
-            keys = magnitude_keys(tau)
-            below_low = cuts[2 * i].apply(keys, chunk.flat_start)
-            below_high = cuts[2 * i + 1].apply(keys, chunk.flat_start)
+            keys = magnitude_keys(ops, tau)
+            below_low = cuts[2 * i].apply(ops, keys, chunk.flat_start)
+            below_high = cuts[2 * i + 1].apply(ops, keys, chunk.flat_start)
             hats.append(tau * (below_high & ~below_low))
         hats = tuple(hats)
         delta = weighted_sum(hats, self.weights, resolved_normalize(self.params, False))

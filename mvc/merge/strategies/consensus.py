@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from mvc.merge.masks import tall_mask
 from mvc.merge.params import MergeParams
 from mvc.merge.select import Request, Selection, magnitude_keys
@@ -49,22 +47,26 @@ class ConsensusJob(TensorJob):
             yield from self.selection.passes()
 
     def step(self, chunk: Chunk) -> Step:
-        taus = chunk.taus()
+        ops, taus = chunk.ops, chunk.taus()
         alpha = self.params.alpha
         if self.selection is None:
             mtl = weighted_sum(taus, self.weights, normalize=False)
-            sole = sole_changes(taus, self.weights)
+            sole = sole_changes(ops, taus, self.weights)
         else:
             hats = tuple(
-                tau * cut.apply(magnitude_keys(tau), chunk.flat_start)
+                tau * cut.apply(ops, magnitude_keys(ops, tau), chunk.flat_start)
                 for tau, cut in zip(taus, self.selection.cuts, strict=True)
             )
             election = elect_and_merge(
-                hats, self.weights, preset=None, normalize=resolved_normalize(self.params, True)
+                ops,
+                hats,
+                self.weights,
+                preset=None,
+                normalize=resolved_normalize(self.params, True),
             )
             mtl, sole = election.delta, election.sole
         owned = [tall_mask(tau, mtl, lam) for tau, lam in zip(taus, self._lambdas, strict=True)]
-        votes = torch.zeros_like(mtl, dtype=torch.int32)
+        votes = ops.zeros_like(mtl, ops.int32)
         for m in owned:
             votes += m
         keep = votes >= self.k

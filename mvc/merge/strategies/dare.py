@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
+import numpy as np
 
+from mvc.merge.arrays import Array
 from mvc.merge.exact import ExactSum
 from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
@@ -28,10 +29,11 @@ class _NormPass(Pass):
         self.drop = drop
 
     def update(self, chunk: Chunk) -> None:
+        ops = chunk.ops
         for i, (tau, keep) in enumerate(zip(chunk.taus(), self.drop.keeps(chunk), strict=True)):
             if keep is not None:
-                self.drop.before[i].add(tau.abs())
-                self.drop.after[i].add((tau * keep).abs())
+                self.drop.before[i].add(ops.to_numpy(abs(tau)))
+                self.drop.after[i].add(ops.to_numpy(abs(tau * keep)))
 
 
 class DareDrop:
@@ -46,15 +48,19 @@ class DareDrop:
         self.after = [ExactSum() for _ in self.densities]
         self.scales: list[float | None] = [None] * len(self.densities)
 
-    def keeps(self, chunk: Chunk) -> list[torch.Tensor | None]:
+    def keeps(self, chunk: Chunk) -> list[Array | None]:
         """Keep masks (compute dtype, 0/1) for the chunk; None where density is 1 (no drop)."""
-        count = chunk.thetas[0].numel()
+        ops = chunk.ops
+        dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
         return [
             None
             if d >= 1
-            else keep_mask(
-                self.params.seed, self.spec.name, i, chunk.flat_start, count, d, chunk.device
-            ).to(self.spec.compute_dtype)
+            else ops.astype(
+                keep_mask(
+                    self.params.seed, self.spec.name, i, chunk.flat_start, chunk.numel, d, ops
+                ),
+                dtype,
+            )
             for i, d in enumerate(self.densities)
         ]
 
@@ -68,12 +74,11 @@ class DareDrop:
             before, after = self.before[i].value(), self.after[i].value()
             if before < _NORM_EPS or after < _NORM_EPS:
                 continue
-            dtype = self.spec.compute_dtype
-            self.scales[i] = float(
-                torch.tensor(before, dtype=dtype) / torch.tensor(after, dtype=dtype)
-            )
+            # Divided in the compute dtype, as mergekit divides its norm tensors.
+            real = np.float64 if self.spec.compute_dtype == "F64" else np.float32
+            self.scales[i] = float(real(before) / real(after))
 
-    def apply(self, chunk: Chunk) -> tuple[torch.Tensor, ...]:
+    def apply(self, chunk: Chunk) -> tuple[Array, ...]:
         """τ̂_i: dropped and rescaled task vectors of the chunk."""
         out = []
         for i, (tau, keep) in enumerate(zip(chunk.taus(), self.keeps(chunk), strict=True)):

@@ -34,7 +34,7 @@ class DareTiesJob(TensorJob):
     def step(self, chunk: Chunk) -> Step:
         hats = self.drop.apply(chunk)
         election = elect_and_merge(
-            hats, self.weights, preset=self.params.preset, normalize=self.normalize
+            chunk.ops, hats, self.weights, preset=self.params.preset, normalize=self.normalize
         )
         return Step(
             out=apply_lambda(chunk.base_c, election.delta, self.params.lambda_),

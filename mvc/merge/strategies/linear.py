@@ -1,13 +1,11 @@
 """Linear: Σ_i w_i·θ_i / Σ_i w_i over the branches' weights (the base is not used).
 
-As mergekit computes it: accumulate w_i·θ_i in order with a fused multiply-add, then divide.
+Accumulated in branch order (w_i·θ_i rounded, then added), then divided by Σ w_i.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import torch
 
 from mvc.errors import MvcError
 from mvc.merge.params import MergeParams
@@ -24,12 +22,11 @@ from mvc.merge.strategies.base import (
 class LinearJob(TensorJob):
     def step(self, chunk: Chunk) -> Step:
         thetas = chunk.thetas_c
-        result = torch.zeros_like(thetas[0])
-        weights = torch.tensor(self.weights, dtype=result.dtype, device=result.device)
-        for theta, w in zip(thetas, weights, strict=True):
-            result.addcmul_(theta, w)
+        result = thetas[0] * self.weights[0]
+        for theta, w in zip(thetas[1:], self.weights[1:], strict=True):
+            result = result + theta * w
         if resolved_normalize(self.params, True):
-            result = result / weights.sum()
+            result = result / sum(self.weights)
         return Step(out=result)
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from mvc.merge.arrays import Array
 from mvc.merge.params import PRESETS, MergeParams
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 
@@ -16,11 +15,15 @@ class SideJob(TensorJob):
         self.side = side
 
     def step(self, chunk: Chunk) -> Step:
-        return Step(out=chunk.thetas[self.side].reshape(-1))
+        raise TypeError("ours/theirs compute nothing: combine() hands the side through")
 
-    def _account(self, chunk: Chunk, result: Step, out: torch.Tensor) -> None:
-        """Only the chosen side contributes; integer tensors have no task vectors to count."""
-        self._stats.contributed[self.side] += out.numel()
+    def combine(self, chunk: Chunk) -> Array:
+        """The chosen side's stored values as they are (no cast: any dtype, exact bytes).
+
+        Only that side contributes; integer tensors have no task vectors to count.
+        """
+        self._stats.contributed[self.side] += chunk.numel
+        return chunk.thetas[self.side]
 
 
 class Ours(Strategy):

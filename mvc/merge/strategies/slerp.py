@@ -12,8 +12,6 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from mvc.merge.exact import ExactSum
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import Chunk, Pass, Step, Strategy, TensorJob, TensorSpec
@@ -27,10 +25,11 @@ class _DotPass(Pass):
         self.sums = sums
 
     def update(self, chunk: Chunk) -> None:
-        a, b = (t.to(torch.float64) for t in chunk.thetas_c)
-        self.sums[0].add(a * a)
-        self.sums[1].add(b * b)
-        self.sums[2].add(a * b)
+        ops = chunk.ops
+        a, b = (ops.astype(t, ops.float64) for t in chunk.thetas_c)
+        self.sums[0].add(ops.to_numpy(a * a))
+        self.sums[1].add(ops.to_numpy(b * b))
+        self.sums[2].add(ops.to_numpy(a * b))
 
 
 class SlerpJob(TensorJob):

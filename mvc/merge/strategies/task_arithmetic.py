@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import (
     Chunk,
@@ -22,9 +21,7 @@ from mvc.merge.strategies.base import (
 from mvc.merge.strategies.ties import apply_lambda
 
 
-def weighted_sum(
-    hats: tuple[torch.Tensor, ...], weights: tuple[float, ...], normalize: bool
-) -> torch.Tensor:
+def weighted_sum(hats: tuple[Array, ...], weights: tuple[float, ...], normalize: bool) -> Array:
     """Σ w_i·τ̂_i, divided by Σ w_i when normalising (a near-zero sum divides by 1, as mergekit)."""
     total = hats[0] * weights[0]
     for h, w in zip(hats[1:], weights[1:], strict=True):
@@ -36,13 +33,13 @@ def weighted_sum(
 
 
 def sole_changes(
-    hats: tuple[torch.Tensor, ...], weights: tuple[float, ...]
-) -> tuple[torch.Tensor, ...]:
+    ops: ArrayOps, hats: tuple[Array, ...], weights: tuple[float, ...]
+) -> tuple[Array, ...]:
     """Elements where branch i alone moved and its weight is 1: the sum is exactly τ_i there."""
     moved = [h != 0 for h in hats]
-    count = sum(m.to(torch.int8) for m in moved)
+    count = sum(ops.astype(m, ops.int32) for m in moved)
     return tuple(
-        m & (count == 1) if w == 1 else torch.zeros_like(m)
+        m & (count == 1) if w == 1 else ops.zeros_like(m, ops.bool_)
         for m, w in zip(moved, weights, strict=True)
     )
 
@@ -55,7 +52,7 @@ class TaskArithmeticJob(TensorJob):
         exact = self.params.preset is None and self.params.lambda_ == 1 and not normalize
         return Step(
             out=apply_lambda(chunk.base_c, delta, self.params.lambda_),
-            sole=sole_changes(taus, self.weights) if exact else None,
+            sole=sole_changes(chunk.ops, taus, self.weights) if exact else None,
         )
 
 

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
 from mvc.merge.select import Cut, RadixQuery, Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
@@ -50,13 +49,14 @@ def trim_count(density: float, numel: int, preset: str | None) -> int:
 class Election:
     """Result of the sign election and disjoint mean over trimmed task vectors."""
 
-    delta: torch.Tensor
-    agree: tuple[torch.Tensor, ...]
-    sole: tuple[torch.Tensor, ...] | None
+    delta: Array
+    agree: tuple[Array, ...]
+    sole: tuple[Array, ...] | None
 
 
 def elect_and_merge(
-    hats: tuple[torch.Tensor, ...],
+    ops: ArrayOps,
+    hats: tuple[Array, ...],
     weights: tuple[float, ...],
     *,
     preset: str | None,
@@ -75,21 +75,21 @@ def elect_and_merge(
         voters = list(hats)
     total = _sum(voters)
     positive = total > 0 if zero_sign < 0 else total >= 0
-    agree = tuple(torch.where(positive, v > 0, v < 0) for v in voters)
-    masks = [a.to(total.dtype) for a in agree]
+    agree = tuple(ops.where(positive, v > 0, v < 0) for v in voters)
+    masks = [ops.astype(a, total.dtype) for a in agree]
     if preset in (None, "mergekit"):
         num = _sum([v * m for v, m in zip(voters, masks, strict=True)])
         if not normalize:
             return Election(num, agree, None)
         den = _sum([m * w for m, w in zip(masks, weights, strict=True)])
-        den = torch.where(den == 0, torch.ones_like(den), den)
+        den = den + (den == 0)  # 0 -> 1 (where nobody agrees, the numerator is 0 too)
         count = _sum(masks)
         return Election(num / den, agree, tuple(a & (count == 1) for a in agree))
     num = _sum([h * w * m for h, w, m in zip(hats, weights, masks, strict=True)])
-    return Election(num / torch.clamp(_sum(masks), min=1.0), agree, None)
+    return Election(num / ops.maximum(_sum(masks), 1.0), agree, None)
 
 
-def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _sum(tensors: list[Array]) -> Array:
     """Left-to-right sum, the order torch uses when reducing a stacked dim 0."""
     total = tensors[0]
     for t in tensors[1:]:
@@ -97,7 +97,7 @@ def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def apply_lambda(base: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
+def apply_lambda(base: Array, delta: Array, lam: float) -> Array:
     """θ_base + λ·δ, multiplying only when λ ≠ 1 (as mergekit does, for identical rounding)."""
     return base + (delta * lam if lam != 1 else delta)
 
@@ -122,29 +122,30 @@ class TiesJob(TensorJob):
         if self.context is None:
             yield from self.selection.passes()
 
-    def trimmed(self, chunk: Chunk) -> tuple[torch.Tensor, ...]:
+    def trimmed(self, chunk: Chunk) -> tuple[Array, ...]:
         """τ̂_i: each task vector with everything outside its kept set zeroed."""
-        taus = chunk.taus()
-        if self.context is not None:
-            cuts = self.context.cuts
-            keys = [magnitude_keys(t, as_fp32=True) for t in taus]
-        else:
-            cuts = self.selection.cuts
-            keys = [magnitude_keys(t) for t in taus]
+        ops, taus = chunk.ops, chunk.taus()
+        as_fp32 = self.context is not None
+        cuts = self.context.cuts if self.context is not None else self.selection.cuts
         return tuple(
-            tau * cut.apply(key, chunk.flat_start)
-            for tau, cut, key in zip(taus, cuts, keys, strict=True)
+            tau * cut.apply(ops, magnitude_keys(ops, tau, as_fp32=as_fp32), chunk.flat_start)
+            for tau, cut in zip(taus, cuts, strict=True)
         )
 
-    def elect(self, hats: tuple[torch.Tensor, ...]) -> Election:
+    def elect(self, ops: ArrayOps, hats: tuple[Array, ...]) -> Election:
         zero_sign = self.context.majority if self.context is not None else 1.0
         return elect_and_merge(
-            hats, self.weights, preset=self.preset, normalize=self.normalize, zero_sign=zero_sign
+            ops,
+            hats,
+            self.weights,
+            preset=self.preset,
+            normalize=self.normalize,
+            zero_sign=zero_sign,
         )
 
     def step(self, chunk: Chunk) -> Step:
         hats = self.trimmed(chunk)
-        election = self.elect(hats)
+        election = self.elect(chunk.ops, hats)
         lam = self.params.lambda_
         exact = self.preset is None and lam == 1
         return Step(
@@ -194,7 +195,8 @@ class PaperModelJob(ModelJob):
         def feed(spec: TensorSpec, chunk: Chunk) -> None:
             for i, tau in enumerate(chunk.taus()):
                 if i in queries:
-                    queries[i].update(magnitude_keys(tau, as_fp32=True), False)
+                    keys = magnitude_keys(chunk.ops, tau, as_fp32=True)
+                    queries[i].update(chunk.ops, keys, False)
 
         while not all(q.done for q in queries.values()):
             yield _FnPass(feed)
@@ -209,12 +211,13 @@ class PaperModelJob(ModelJob):
         balance = [0]
 
         def vote(spec: TensorSpec, chunk: Chunk) -> None:
+            ops = chunk.ops
             hats = [
-                tau * cut.apply(magnitude_keys(tau, as_fp32=True), chunk.flat_start)
+                tau * cut.apply(ops, magnitude_keys(ops, tau, as_fp32=True), chunk.flat_start)
                 for tau, cut in zip(chunk.taus(), cuts, strict=True)
             ]
             s = sum(hats[1:], hats[0])
-            balance[0] += int((s > 0).sum()) - int((s < 0).sum())
+            balance[0] += ops.count_nonzero(s > 0) - ops.count_nonzero(s < 0)
 
         if self.n:
             yield _FnPass(vote)
