@@ -2,10 +2,11 @@
 
 For each tensor the plan resolves, the strategy's statistics passes and then its combine
 step read the base's and the branches' row chunks from the store (decoded on a read-ahead
-thread, on the backend's device), and every merged chunk is stored at once, as a delta
-against the same chunk of the first branch. Nothing larger than one chunk per input is
-alive at a time, so peak memory is a small multiple of the largest chunk whatever the model
-size. Tensors the plan takes whole are never read at all.
+thread, on the backend's device) and compute on windows of at most ``SLICE_BYTES``; every
+merged chunk is stored at once, as a delta against the same chunk of the first branch.
+What is alive at a time is bounded by constants times the chunk size (``CACHE_BYTES`` of
+decoded inputs, a dozen window-sized temporaries), so peak memory does not grow with the
+model. Tensors the plan takes whole are never read at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mvc.errors import MvcError
+from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import build_header, plan_layout
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
@@ -26,6 +28,12 @@ from mvc.progress import Progress
 from mvc.repo.manifest import Chunk as StoredChunk
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.store import ObjectStore
+from mvc.store.chunking import DEFAULT_CHUNK_BYTES
+
+# Compute windows: temporaries scale with this, not with the stored chunk (16 MiB).
+SLICE_BYTES = 4 * 1024 * 1024
+# A tensor whose decoded base + inputs fit here is read from the store once, not per pass.
+CACHE_BYTES = 12 * DEFAULT_CHUNK_BYTES
 
 # Parameter names as users write them (CLI flags, --config YAML) -> MergeParams fields.
 PARAM_ALIASES = {"lambda": "lambda_", "weight": "weights", "tall_lambda": "tall_lambdas"}
@@ -177,16 +185,20 @@ class Executor:
         spec = self._spec(path, decision)
         context = self._context if not decision.params else None
         job = strategy.tensor_job(params, spec, context, masks=self.masks)
-        chunks = self._chunk_source(spec, base_entry, inputs)
+        source = self._source(spec, base_entry, inputs)
         while (current_pass := job.next_pass()) is not None:
-            for chunk in chunks():
-                current_pass.update(chunk)
+            for _, slices in source():
+                for chunk in slices:
+                    current_pass.update(chunk)
         stored = []
-        for index, chunk in enumerate(chunks()):
-            merged = self.ops.to_bytes(job.combine(chunk))
-            layout = base_entry.chunks[index]
+        for loaded, slices in source():
+            parts = [self.ops.to_bytes(job.combine(chunk)) for chunk in slices]
+            merged = parts[0] if len(parts) == 1 else b"".join(parts)
+            layout = base_entry.chunks[loaded.index]
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
-            oid = self.store.put(merged, base_entry.dtype, shape, base=inputs[0].chunks[index].oid)
+            oid = self.store.put(
+                merged, base_entry.dtype, shape, base=inputs[0].chunks[loaded.index].oid
+            )
             stored.append(StoredChunk(layout.start, layout.stop, oid))
         stats = job.stats()
         mask_ids = None
@@ -202,46 +214,88 @@ class Executor:
         self.progress.advance(base_entry.nbytes, decision.name)
         return entry
 
-    def _chunk_source(
+    def _source(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
-    ) -> Callable[[], Iterable[Chunk]]:
-        """How to iterate the tensor's chunks once per pass and once more for combine.
+    ) -> Callable[[], Iterable[tuple[_Loaded, list[Chunk]]]]:
+        """How to iterate the tensor once per pass and once more for combine.
 
-        A tensor stored as one chunk (most tensors) is decoded once and the same
-        :class:`Chunk` is handed to every pass, so its decoded inputs and cached task vectors
-        are reused instead of re-read from the store; that is the one chunk set the streaming
-        bound allows anyway. Larger tensors are streamed again on each pass.
+        A tensor whose decoded inputs fit in ``CACHE_BYTES`` (a fixed multiple of the chunk
+        size, so the bound does not grow with the model) is decoded once and every pass
+        reuses it; when it is also a single compute slice (most tensors) the same
+        :class:`Chunk` is reused, with its task vectors. Larger tensors are streamed from
+        the store again on each pass.
         """
-        if len(base.chunks) == 1:
-            whole = list(self._chunks(spec, base, inputs))
-            return lambda: whole
-        return lambda: self._chunks(spec, base, inputs)
+        if base.nbytes * (1 + len(inputs)) > CACHE_BYTES:
+            return lambda: ((item, self._slices(spec, item)) for item in self._loaded(base, inputs))
+        loaded = list(self._loaded(base, inputs))
+        if len(loaded) == 1 and len(first := self._slices(spec, loaded[0])) == 1:
+            return lambda: [(loaded[0], first)]
+        return lambda: ((item, self._slices(spec, item)) for item in loaded)
 
     def _chunks(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
     ) -> Iterator[Chunk]:
-        """Row chunks of base and inputs, the next set decoded while this one is used."""
+        """Every compute slice of the tensor, streamed from the store."""
+        for item in self._loaded(base, inputs):
+            yield from self._slices(spec, item)
+
+    def _slices(self, spec: TensorSpec, item: _Loaded) -> list[Chunk]:
+        """Row windows of one stored chunk of at most ``SLICE_BYTES`` each.
+
+        Strategies give the same bits for any chunking, so computing on small windows only
+        bounds the temporaries (a dozen or so per window), not the result.
+        """
+        rows = item.base.shape[0] if spec.shape else 1
+        row_bytes = spec.row_numel * get_dtype(spec.dtype).itemsize
+        step = max(1, SLICE_BYTES // max(1, row_bytes))
+        if rows <= step:
+            return [Chunk(spec, item.start, item.base, item.thetas, self.ops)]
+        return [
+            Chunk(
+                spec,
+                item.start + r,
+                item.base[r : r + step],
+                tuple(t[r : r + step] for t in item.thetas),
+                self.ops,
+            )
+            for r in range(0, rows, step)
+        ]
+
+    def _loaded(self, base: TensorEntry, inputs: Sequence[TensorEntry]) -> Iterator[_Loaded]:
+        """The stored chunks of base and inputs, decoded; the next set while this one is used."""
         count = len(base.chunks)
         if count == 0:
             return
 
-        def load(index: int) -> tuple[Array, list[Array]]:
+        def load(index: int) -> _Loaded:
             layout = base.chunks[index]
             shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
-            return (
-                self.ops.load(self.store.get(base.chunks[index].oid), base.dtype, shape),
-                [
+            return _Loaded(
+                index,
+                layout.start,
+                self.ops.load(self.store.get(layout.oid), base.dtype, shape),
+                tuple(
                     self.ops.load(self.store.get(e.chunks[index].oid), base.dtype, shape)
                     for e in inputs
-                ],
+                ),
             )
 
         upcoming = self._reader.submit(load, 0)
         for index in range(count):
-            base_t, thetas = upcoming.result()
+            item = upcoming.result()
             if index + 1 < count:
                 upcoming = self._reader.submit(load, index + 1)
-            yield Chunk(spec, base.chunks[index].start, base_t, tuple(thetas), self.ops)
+            yield item
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """One stored chunk of the base and of each input, decoded on the backend's device."""
+
+    index: int
+    start: int  # first row
+    base: Array
+    thetas: tuple[Array, ...]
 
 
 def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:
