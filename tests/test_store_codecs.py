@@ -112,3 +112,99 @@ def test_delta_without_base_is_refused():
         codecs.encode(memoryview(b"ab"), 1, None, candidates=(Codec.XOR,))
     with pytest.raises(CodecError):
         codecs.decode(Codec.SUB, [], 2, 1, None)
+
+
+# -- choosing the codec on a sample --------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensors())
+def test_sampled_choice_roundtrips(t):
+    """With tiny sampling thresholds, so random small data goes through the sampled path."""
+    _, itemsize, data, base, piece_bytes = t
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(codecs, "SAMPLE_FROM_BYTES", 128)
+        mp.setattr(codecs, "SAMPLE_BLOCK_MIN", 8)
+        codec, frames = codecs.encode(memoryview(data), itemsize, base, piece_bytes=piece_bytes)
+    views = [memoryview(f) for f in frames]
+    assert codecs.decode(codec, views, len(data), itemsize, base, piece_bytes=piece_bytes) == data
+    stored = sum(map(len, frames)) + (0 if codec is Codec.RAW else 4 * len(frames))
+    assert stored <= len(data)
+
+
+@pytest.mark.parametrize("nbytes", [0, 8, 1000, codecs.SAMPLE_FROM_BYTES - 8])
+def test_small_data_is_not_sampled(nbytes):
+    assert codecs.sample_spans(nbytes, 8) == []
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8])
+@pytest.mark.parametrize("nbytes", [codecs.SAMPLE_FROM_BYTES, 600_000, 16 * 2**20 + 24, 10**8])
+def test_sample_spans_are_spread_aligned_and_small(itemsize, nbytes):
+    nbytes -= nbytes % itemsize
+    spans = codecs.sample_spans(nbytes, itemsize)
+    assert spans == codecs.sample_spans(nbytes, itemsize)
+    assert len(spans) == codecs.SAMPLE_BLOCKS
+    assert spans[0][0] == 0 and 0 <= nbytes - spans[-1][1] < itemsize
+    sizes = {b - a for a, b in spans}
+    assert len(sizes) == 1 and sizes.pop() >= codecs.SAMPLE_BLOCK_MIN - itemsize
+    for (a, b), (c, _) in zip(spans, spans[1:], strict=False):
+        assert a % itemsize == 0 and b <= c
+    total = sum(b - a for a, b in spans)
+    assert total <= max(nbytes // codecs.SAMPLE_SHARE, nbytes // 4)
+
+
+FINETUNE_DTYPES = ["F32", "F64", "F16", "BF16", "F8_E5M2", "I8"]
+
+
+def finetune_bits(dtype: str, n: int, rows_changed: slice | None, seed: int = 0):
+    """Bit patterns of a base and a slightly moved version, as ``dtype``."""
+    rng = np.random.default_rng(seed)
+    base = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    new = base.copy()
+    where = slice(None) if rows_changed is None else rows_changed
+    new[where] += rng.normal(0, 2e-4, new[where].shape).astype(np.float32)
+
+    def bits(x: np.ndarray) -> bytes:
+        if dtype in ("F32", "F64", "F16"):
+            return x.astype(
+                {"F32": np.float32, "F64": np.float64, "F16": np.float16}[dtype]
+            ).tobytes()
+        high = (x.view(np.uint32) >> 16).astype(np.uint16)  # bf16
+        return (high if dtype == "BF16" else (high >> 8).astype(np.uint8)).tobytes()
+
+    return bits(new), bits(base)
+
+
+@pytest.mark.parametrize("dtype", FINETUNE_DTYPES)
+@pytest.mark.parametrize(
+    ("nbytes", "rows_changed"),
+    [(600_000, None), (5 * 2**20, None), (5 * 2**20, slice(-3000, None))],
+)
+def test_sampled_choice_is_near_the_best_and_exact(dtype, nbytes, rows_changed, monkeypatch):
+    """Sizes that take the sampled path, one of them over several pieces, one odd length."""
+    itemsize = DTYPES[dtype].itemsize
+    new, base = finetune_bits(dtype, nbytes // itemsize + 1, rows_changed)
+    compressed = []
+    encode_piece = codecs._encode_piece
+
+    def counting(cands, values, base_values, size):
+        compressed.append(len(cands) * values.nbytes)
+        return encode_piece(cands, values, base_values, size)
+
+    monkeypatch.setattr(codecs, "_encode_piece", counting)
+    codec, frames = codecs.encode(memoryview(new), itemsize, base)
+    monkeypatch.undo()
+    views = [memoryview(f) for f in frames]
+    assert codecs.decode(codec, views, len(new), itemsize, base) == new
+    assert codecs.sample_spans(len(new), itemsize)
+    # One full encode plus a sample of 1/16 (or at least 256 KiB) for each of 3 codecs.
+    assert sum(compressed) <= len(new) + 3 * max(len(new) // 16, 256 * 1024)
+
+    def stored(c: Codec, fr: list[bytes]) -> int:
+        return sum(map(len, fr)) + (0 if c is Codec.RAW else 4 * len(fr))
+
+    best = min(
+        stored(*codecs.encode(memoryview(new), itemsize, base, candidates=(c,)))
+        for c in (Codec.RAW, Codec.PLANES, Codec.XOR, Codec.SUB)
+    )
+    assert stored(codec, frames) <= 1.02 * best
