@@ -4,7 +4,8 @@ Objects live at ``objects/<2 hex>/<30 hex>`` like git's loose objects. Every wri
 a temp file in the destination folder, is fsynced and renamed over the final name (and
 the folder fsynced), so a crash leaves either no object or a complete one; concurrent
 writers of the same id (threads or processes) each rename a complete file, and any of them
-is valid. Every read decodes and checks the id, bases included.
+is valid. Every read decodes and checks the id, bases included, except bases whose bytes
+the caller already read from the store and hands back (``get(known=...)``).
 
 Deltas are bounded: an object's depth is the number of deltas between it and a full
 object; a delta that would exceed ``MAX_DELTA_DEPTH`` is stored full instead, so reading
@@ -18,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,29 @@ class GcReport:
 
 
 class PutRequest(NamedTuple):
-    """One ``put`` for ``put_many``; a plain ``(data, dtype, shape[, base])`` tuple works too."""
+    """One ``put`` for ``put_many``; a plain tuple of the same fields in order works too."""
 
     data: bytes | bytearray | memoryview
     dtype: str
     shape: tuple[int, ...]
     base: str | None = None
+    base_data: bytes | bytearray | memoryview | None = None
 
 
 def _corrupt(oid: str, reason: str) -> CorruptObjectError:
     return CorruptObjectError(f"object {oid} is corrupt: {reason}", hint=_FSCK_HINT)
+
+
+def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryview:
+    """``data`` as the bytes of ``oid``, which a delta of ``raw_size`` bytes is applied to.
+
+    A wrong size is the caller's mistake (``known`` holds another object's bytes), not
+    damage in the store, so it is a ``ValueError`` rather than a corrupt delta.
+    """
+    view = memoryview(data).cast("B")
+    if view.nbytes != raw_size:
+        raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
+    return view
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,21 +171,32 @@ class ObjectStore:
         h, size = self._header(oid)
         return ObjectInfo(h.dtype, h.shape, h.codec.name.lower(), h.base, h.depth, size, h.raw_size)
 
-    def get(self, oid: str) -> bytes:
-        """The decoded bytes of ``oid``, verified against the id (and every base's id)."""
-        return self._decode(oid, self.read_raw(oid))
+    def get(self, oid: str, known: Mapping[str, bytes | memoryview] | None = None) -> bytes:
+        """The decoded bytes of ``oid``, verified against the id (and every base's id).
+
+        ``known`` maps ids to bytes the caller already got from this store's ``get`` (so
+        already verified). The delta chain is followed only down to the first of them and
+        the deltas above it are applied on those bytes: a fine-tune's chunk read after its
+        base chunk costs one decode, not two. Every level decoded here is still verified.
+        """
+        if known is not None and oid in known:
+            return bytes(known[oid])
+        return self._decode(oid, self.read_raw(oid), known)
 
     def verify(self, oid: str) -> None:
         """Raise ``CorruptObjectError`` (or ``NotFoundError``) unless ``oid`` decodes to its id."""
         self.get(oid)
 
-    def _decode(self, oid: str, stored: bytes) -> bytes:
+    def _decode(
+        self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
+    ) -> bytes:
         """Decode ``stored`` as object ``oid``: walk down the delta chain, then apply upward.
 
         Iterative, not recursive; each base must be exactly one level shallower, which also
-        rules out cycles in a hostile chain.
+        rules out cycles in a hostile chain. The walk stops at a base found in ``known``.
         """
         chain: list[tuple[str, ObjectHeader, list[memoryview]]] = []
+        data: bytes | memoryview | None = None
         current, buf = oid, stored
         while True:
             try:
@@ -188,11 +213,13 @@ class ObjectStore:
             if header.base is None:
                 break
             current = header.base
+            if known is not None and current in known:
+                data = _known_bytes(current, known[current], header.raw_size)
+                break
             try:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
-        data: bytes | None = None
         for current, header, frames in reversed(chain):
             try:
                 data = codecs.decode(
@@ -208,7 +235,7 @@ class ObjectStore:
                 raise _corrupt(current, str(exc)) from None
             if object_id(header.dtype, header.shape, data) != current:
                 raise _corrupt(current, "content does not match its id")
-        assert data is not None
+        assert isinstance(data, bytes)
         return data
 
     # -- writing -----------------------------------------------------------------------------
@@ -219,6 +246,7 @@ class ObjectStore:
         dtype: str,
         shape: Sequence[int],
         base: str | None = None,
+        base_data: bytes | bytearray | memoryview | None = None,
     ) -> str:
         """Store ``data`` (raw little-endian bytes of a ``dtype`` tensor of ``shape``).
 
@@ -226,8 +254,14 @@ class ObjectStore:
         same dtype and shape, typically the same chunk in the parent commit) XOR and
         subtraction deltas are tried too and the smallest encoding wins; a base that is
         missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
+
+        ``base_data``, the content of ``base`` when the caller already has it (a merge has
+        just read it), saves decoding the base again. Its id is still checked (a hash, cheap
+        next to a decode) because a delta against the wrong bytes would be stored as an
+        object that never decodes: bytes that are not ``base``'s content raise
+        ``ValueError``. It is ignored when ``base`` is not used.
         """
-        oid, path, chunks = self._encode(data, dtype, shape, base)
+        oid, path, chunks = self._encode(data, dtype, shape, base, base_data)
         if chunks is not None:
             self._write_atomic(path, chunks)
         return oid
@@ -238,6 +272,7 @@ class ObjectStore:
         dtype: str,
         shape: Sequence[int],
         base: str | None,
+        base_data: bytes | bytearray | memoryview | None = None,
     ) -> tuple[str, Path, list[bytes] | None]:
         """The id, final path and file contents of a put (``None`` when already stored)."""
         view = memoryview(data).cast("B")
@@ -249,7 +284,7 @@ class ObjectStore:
         path = self.path(oid)
         if path.is_file():
             return oid, path, None
-        base_bytes, depth = self._usable_base(base, oid, dtype, shape)
+        base_bytes, depth = self._usable_base(base, oid, dtype, shape, base_data)
         codec, frames = codecs.encode(view, itemsize, base_bytes, mapper=self._mapper())
         header = pack_header(
             codec,
@@ -265,16 +300,29 @@ class ObjectStore:
         return oid, path, [*chunks, trailer(chunks)]
 
     def _usable_base(
-        self, base: str | None, oid: str, dtype: str, shape: tuple[int, ...]
-    ) -> tuple[bytes | None, int]:
-        """The decoded base and the depth a delta on it would have, or ``(None, 0)``."""
+        self,
+        base: str | None,
+        oid: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        base_data: bytes | bytearray | memoryview | None,
+    ) -> tuple[bytes | memoryview | None, int]:
+        """The base's content and the depth a delta on it would have, or ``(None, 0)``.
+
+        The content is ``base_data`` once its id checks out, else the decoded base.
+        """
         if base is None or base == oid or not self.has(base):
             return None, 0
         try:
             h, _ = self._header(base)
             if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
                 return None, 0
-            return self.get(base), h.depth + 1
+            if base_data is None:
+                return self.get(base), h.depth + 1
+            view = memoryview(base_data).cast("B")
+            if object_id(dtype, shape, view) != base:
+                raise ValueError(f"base_data is not the content of object {base}")
+            return view, h.depth + 1
         except CorruptObjectError:
             # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0
@@ -310,7 +358,7 @@ class ObjectStore:
             def one(r: PutRequest) -> tuple[str, Future | None]:
                 self._local.serial = serial
                 try:
-                    oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base)
+                    oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base, r.base_data)
                 finally:
                     self._local.serial = False
                 if chunks is None:
