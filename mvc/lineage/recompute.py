@@ -86,10 +86,19 @@ class ScratchStore:
     def has(self, oid: str) -> bool:
         return self.real.has(oid) or self.scratch.has(oid)
 
-    def get(self, oid: str) -> bytes:
-        return self.real.get(oid) if self.real.has(oid) else self.scratch.get(oid)
+    def get(self, oid: str, known: Mapping[str, bytes] | None = None) -> bytes:
+        store = self.real if self.real.has(oid) else self.scratch
+        return store.get(oid, known)
 
-    def put(self, data: Any, dtype: str, shape: Sequence[int], base: str | None = None) -> str:
+    def put(
+        self,
+        data: Any,
+        dtype: str,
+        shape: Sequence[int],
+        base: str | None = None,
+        base_data: bytes | None = None,
+    ) -> str:
+        """Store in the scratch folder, whole (a delta base may live in the real store)."""
         oid = object_id(dtype, shape, data)
         if self.real.has(oid):
             return oid

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
+from mvc.merge.writeback import WriteBehind
 from mvc.progress import Progress
 from mvc.repo.manifest import Chunk as StoredChunk
 from mvc.repo.manifest import Manifest, TensorEntry
@@ -34,6 +35,8 @@ from mvc.store.chunking import DEFAULT_CHUNK_BYTES
 SLICE_BYTES = 4 * 1024 * 1024
 # A tensor whose decoded base + inputs fit here is read from the store once, not per pass.
 CACHE_BYTES = 12 * DEFAULT_CHUNK_BYTES
+
+_Key = tuple[str, str]  # (model file path, tensor name)
 
 # Parameter names as users write them (CLI flags, --config YAML) -> MergeParams fields.
 PARAM_ALIASES = {"lambda": "lambda_", "weight": "weights", "tall_lambda": "tall_lambdas"}
@@ -105,8 +108,10 @@ class Executor:
             for t in f.tensors
             if t.action == "resolve"
         )
-        with ThreadPoolExecutor(max_workers=1) as reader:
+        with ThreadPoolExecutor(max_workers=1) as reader, WriteBehind(self.store) as writer:
             self._reader = reader
+            self._writer = writer
+            self._prefetched: dict[_Key, Future[_Loaded]] = {}
             self._context = self._model_context(plan)
             self.progress.start("merging", total)
             for path, file_plan in plan.files.items():
@@ -124,12 +129,20 @@ class Executor:
 
     # ------------------------------------------------------------------ files
     def _merge_file(self, file_plan: FilePlan) -> Manifest:
-        entries: dict[str, TensorEntry] = {}
+        # Resolved tensors finish (their chunk ids arrive) once their writes are done.
+        finishers: dict[str, Callable[[], TensorEntry]] = {}
+        resolving = [d for d in file_plan.tensors if d.action == "resolve"]
+        if resolving:
+            self._prefetch(file_plan.path, resolving[0])
+        following = {d.name: n for d, n in zip(resolving, resolving[1:], strict=False)}
         for decision in file_plan.tensors:
             if decision.action == "resolve":
-                entries[decision.name] = self._resolve(file_plan.path, decision)
+                if decision.name in following:
+                    self._prefetch(file_plan.path, following[decision.name])
+                finishers[decision.name] = self._resolve(file_plan.path, decision)
             elif decision.entry is not None and decision.action != "deleted":
-                entries[decision.name] = decision.entry
+                finishers[decision.name] = lambda entry=decision.entry: entry
+        entries = {name: finish() for name, finish in finishers.items()}
         template = self.branches[file_plan.header_source][file_plan.path]
         return _assemble(template, entries)
 
@@ -174,7 +187,8 @@ class Executor:
         entry = self.base[path].tensor(decision.name)
         return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
 
-    def _resolve(self, path: str, decision: TensorDecision) -> TensorEntry:
+    def _resolve(self, path: str, decision: TensorDecision) -> Callable[[], TensorEntry]:
+        """Compute a tensor and queue its writes; the returned call waits for them."""
         strategy = get_strategy(decision.strategy or "ties")
         n_total = len(self.branches)
         params = branch_params(
@@ -185,37 +199,47 @@ class Executor:
         spec = self._spec(path, decision)
         context = self._context if not decision.params else None
         job = strategy.tensor_job(params, spec, context, masks=self.masks)
-        source = self._source(spec, base_entry, inputs)
+        source = self._source(spec, base_entry, inputs, (path, decision.name))
         while (current_pass := job.next_pass()) is not None:
             for _, slices in source():
                 for chunk in slices:
                     current_pass.update(chunk)
-        stored = []
+        writes = []
         for loaded, slices in source():
             parts = [self.ops.to_bytes(job.combine(chunk)) for chunk in slices]
             merged = parts[0] if len(parts) == 1 else b"".join(parts)
             layout = base_entry.chunks[loaded.index]
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
-            oid = self.store.put(
-                merged, base_entry.dtype, shape, base=inputs[0].chunks[loaded.index].oid
+            oid = self._writer.put(
+                merged,
+                base_entry.dtype,
+                shape,
+                base=inputs[0].chunks[loaded.index].oid,
+                base_data=loaded.first_raw,
             )
-            stored.append(StoredChunk(layout.start, layout.stop, oid))
+            writes.append((layout, oid))
         stats = job.stats()
-        mask_ids = None
+        mask_writes = None
         if stats.masks is not None:
-            mask_ids = tuple(self.store.put(m, "U8", (len(m),)) for m in stats.masks)
+            mask_writes = [self._writer.put(m, "U8", (len(m),)) for m in stats.masks]
             stats.masks = None
-        entry = TensorEntry(
-            decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, tuple(stored)
-        )
-        self.results[(path, decision.name)] = TensorResult(
-            entry, stats, mask_ids, decision.branches, strategy.name, params
-        )
         self.progress.advance(base_entry.nbytes, decision.name)
-        return entry
+
+        def finish() -> TensorEntry:
+            stored = tuple(StoredChunk(lay.start, lay.stop, oid.result()) for lay, oid in writes)
+            entry = TensorEntry(
+                decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, stored
+            )
+            mask_ids = None if mask_writes is None else tuple(m.result() for m in mask_writes)
+            self.results[(path, decision.name)] = TensorResult(
+                entry, stats, mask_ids, decision.branches, strategy.name, params
+            )
+            return entry
+
+        return finish
 
     def _source(
-        self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
+        self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry], key: _Key
     ) -> Callable[[], Iterable[tuple[_Loaded, list[Chunk]]]]:
         """How to iterate the tensor once per pass and once more for combine.
 
@@ -226,8 +250,10 @@ class Executor:
         the store again on each pass.
         """
         if base.nbytes * (1 + len(inputs)) > CACHE_BYTES:
-            return lambda: ((item, self._slices(spec, item)) for item in self._loaded(base, inputs))
-        loaded = list(self._loaded(base, inputs))
+            return lambda: (
+                (item, self._slices(spec, item)) for item in self._loaded(base, inputs, key)
+            )
+        loaded = list(self._loaded(base, inputs, key))
         if len(loaded) == 1 and len(first := self._slices(spec, loaded[0])) == 1:
             return lambda: [(loaded[0], first)]
         return lambda: ((item, self._slices(spec, item)) for item in loaded)
@@ -261,31 +287,47 @@ class Executor:
             for r in range(0, rows, step)
         ]
 
-    def _loaded(self, base: TensorEntry, inputs: Sequence[TensorEntry]) -> Iterator[_Loaded]:
-        """The stored chunks of base and inputs, decoded; the next set while this one is used."""
+    def _loaded(
+        self, base: TensorEntry, inputs: Sequence[TensorEntry], key: _Key | None = None
+    ) -> Iterator[_Loaded]:
+        """The stored chunks of base and inputs, decoded; the next set while this one is used.
+
+        ``key`` names the tensor whose first set :meth:`_prefetch` may have started.
+        """
         count = len(base.chunks)
         if count == 0:
             return
-
-        def load(index: int) -> _Loaded:
-            layout = base.chunks[index]
-            shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
-            return _Loaded(
-                index,
-                layout.start,
-                self.ops.load(self.store.get(layout.oid), base.dtype, shape),
-                tuple(
-                    self.ops.load(self.store.get(e.chunks[index].oid), base.dtype, shape)
-                    for e in inputs
-                ),
-            )
-
-        upcoming = self._reader.submit(load, 0)
+        upcoming = self._prefetched.pop(key, None) if key is not None else None
+        if upcoming is None:  # not prefetched, or a later pass over a streamed tensor
+            upcoming = self._reader.submit(self._load, base, inputs, 0)
         for index in range(count):
             item = upcoming.result()
             if index + 1 < count:
-                upcoming = self._reader.submit(load, index + 1)
+                upcoming = self._reader.submit(self._load, base, inputs, index + 1)
             yield item
+
+    def _prefetch(self, path: str, decision: TensorDecision) -> None:
+        """Start decoding a tensor's first chunks while the one before it is computed."""
+        base = self.base[path].tensor(decision.name)
+        inputs = [self.branches[i][path].tensor(decision.name) for i in decision.branches]
+        if base.chunks:
+            key = (path, decision.name)
+            self._prefetched[key] = self._reader.submit(self._load, base, inputs, 0)
+
+    def _load(self, base: TensorEntry, inputs: Sequence[TensorEntry], index: int) -> _Loaded:
+        """Decode one chunk set. Branch chunks are usually deltas on the base chunk, so the
+        base's bytes are handed to the store to decode them on, instead of decoding it again."""
+        layout = base.chunks[index]
+        shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
+        known = {layout.oid: self.store.get(layout.oid)}
+        raws = [self.store.get(e.chunks[index].oid, known=known) for e in inputs]
+        return _Loaded(
+            index,
+            layout.start,
+            self.ops.load(known[layout.oid], base.dtype, shape),
+            tuple(self.ops.load(raw, base.dtype, shape) for raw in raws),
+            raws[0] if raws else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -296,6 +338,7 @@ class _Loaded:
     start: int  # first row
     base: Array
     thetas: tuple[Array, ...]
+    first_raw: bytes | None  # the first input's bytes: the merged chunk's delta base
 
 
 def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:

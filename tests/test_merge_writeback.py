@@ -1,0 +1,68 @@
+"""The merge's write-behind queue: same objects as direct puts, bounded, errors surface."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mvc.merge.writeback import WriteBehind
+from mvc.store import ObjectStore
+
+
+def test_queued_puts_store_what_direct_puts_store(tmp_path):
+    store = ObjectStore(tmp_path / "objects")
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(4096).astype(np.float32)
+    chunks = [base + np.float32(i) * 1e-3 for i in range(5)]
+    base_id = store.put(base.tobytes(), "F32", (4096,))
+    with WriteBehind(store) as writer:
+        futures = [
+            writer.put(c.tobytes(), "F32", (4096,), base=base_id, base_data=base.tobytes())
+            for c in chunks
+        ]
+    ids = [f.result() for f in futures]
+    assert ids == [store.put(c.tobytes(), "F32", (4096,)) for c in chunks]
+    assert all(store.get(oid) == c.tobytes() for oid, c in zip(ids, chunks, strict=True))
+
+
+class _SlowStore:
+    """Counts puts in flight; each put waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = 0
+
+    def put(self, data, dtype, shape, base=None, base_data=None) -> str:
+        self.started += 1
+        self.release.wait(5)
+        return f"id-{data}"
+
+
+def test_at_most_depth_puts_wait_at_a_time():
+    store = _SlowStore()
+    writer = WriteBehind(store, depth=2)
+    writer.put("a", "U8", (1,))
+    writer.put("b", "U8", (1,))
+    blocked = threading.Thread(target=writer.put, args=("c", "U8", (1,)))
+    blocked.start()
+    blocked.join(0.2)
+    assert blocked.is_alive()  # a third put waits for the oldest to finish
+    store.release.set()
+    blocked.join(5)
+    writer.close()
+    assert store.started == 3
+
+
+class _FailingStore:
+    def put(self, data, dtype, shape, base=None, base_data=None) -> str:
+        raise OSError("disk full")
+
+
+def test_a_failed_write_is_raised_not_lost():
+    with pytest.raises(OSError, match="disk full"):
+        with WriteBehind(_FailingStore()) as writer:
+            future = writer.put(b"x", "U8", (1,))
+    with pytest.raises(OSError, match="disk full"):
+        future.result()
