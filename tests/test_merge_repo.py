@@ -275,3 +275,14 @@ def test_torch_backend_commits_the_same_merge(branched):
     records = [read_record(repo, rev) for rev in ("via-numpy", "via-torch")]
     assert records[0]["files"] == records[1]["files"]
     assert records[1]["device"] == "cpu" and "torch" in records[1]["versions"]
+
+
+def test_merged_chunks_are_stored_as_deltas_on_the_base(branched):
+    """A merge stays close to its base: its chunks delta against the base's, one level deep."""
+    repo, _ = branched
+    merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.5)))
+    merged = repo.model_files("HEAD")["model/model.safetensors"].by_name()["layer.0.weight"]
+    base = repo.model_files("main~1")["model/model.safetensors"].by_name()["layer.0.weight"]
+    for ours, theirs in zip(merged.chunks, base.chunks, strict=True):
+        info = repo.store.info(ours.oid)
+        assert info.codec in ("xor", "sub") and info.base == theirs.oid

@@ -3,7 +3,9 @@
 For each tensor the plan resolves, the strategy's statistics passes and then its combine
 step read the base's and the branches' row chunks from the store (decoded on a read-ahead
 thread, on the backend's device) and compute on windows of at most ``SLICE_BYTES``; every
-merged chunk is stored at once, as a delta against the same chunk of the first branch.
+merged chunk is stored at once, as a delta against the same chunk of the merge base (a
+merge stays close to its base: measured on MiniLM TIES, 41% smaller than a delta against
+the first branch, and one delta level shallower to read).
 What is alive at a time is bounded by constants times the chunk size (``CACHE_BYTES`` of
 decoded inputs, a dozen window-sized temporaries), so peak memory does not grow with the
 model. Tensors the plan takes whole are never read at all.
@@ -20,6 +22,7 @@ from typing import Any
 from mvc.errors import MvcError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import build_header, plan_layout
+from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
@@ -108,6 +111,7 @@ class Executor:
             for t in f.tensors
             if t.action == "resolve"
         )
+        reuse_large_buffers(2 * DEFAULT_CHUNK_BYTES)
         with ThreadPoolExecutor(max_workers=1) as reader, WriteBehind(self.store) as writer:
             self._reader = reader
             self._writer = writer
@@ -214,8 +218,8 @@ class Executor:
                 merged,
                 base_entry.dtype,
                 shape,
-                base=inputs[0].chunks[loaded.index].oid,
-                base_data=loaded.first_raw,
+                base=base_entry.chunks[loaded.index].oid,
+                base_data=loaded.base_raw,
             )
             writes.append((layout, oid))
         stats = job.stats()
@@ -326,7 +330,7 @@ class Executor:
             layout.start,
             self.ops.load(known[layout.oid], base.dtype, shape),
             tuple(self.ops.load(raw, base.dtype, shape) for raw in raws),
-            raws[0] if raws else None,
+            known[layout.oid],
         )
 
 
@@ -338,7 +342,7 @@ class _Loaded:
     start: int  # first row
     base: Array
     thetas: tuple[Array, ...]
-    first_raw: bytes | None  # the first input's bytes: the merged chunk's delta base
+    base_raw: bytes  # the base's bytes: the merged chunk's delta base
 
 
 def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:

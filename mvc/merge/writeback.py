@@ -1,6 +1,6 @@
 """Storing merged chunks on a background thread, so encoding overlaps the next computation.
 
-Compressing a merged chunk (zstd, delta against the first branch) costs about as much as
+Compressing a merged chunk (zstd, delta against the base's chunk) costs about as much as
 computing it. Handing each put to one writer thread lets the main thread go on to the next
 chunk while the previous one is encoded and written. At most ``depth`` puts wait at a time,
 each holding its chunk's bytes, so this adds a fixed number of chunks to peak memory.
