@@ -18,7 +18,7 @@ from mvc.merge.exact import ExactSum
 from mvc.merge.masks import MaskPacker, unpack_mask
 from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
-from mvc.merge.select import Request, Selection
+from mvc.merge.select import RadixQuery, RankQuery, Request, Selection
 from mvc.merge.strategies import STRATEGY_NAMES, get_strategy
 from mvc.merge.strategies.base import Chunk, TensorSpec
 
@@ -318,3 +318,57 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(MvcError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.just(0), st.integers(0, 40)), min_size=1, max_size=3000),
+    frac=st.floats(0, 1, exclude_max=True),
+    rows=st.integers(1, 700),
+)
+def test_rank_query_equals_radix_and_sorting(values, frac, rows):
+    """The sampled bracket and its radix fallback give exactly the sorted answer."""
+    keys = np.array(values, dtype=np.int32)
+    q = int(frac * len(values))
+    ops = NumpyOps()
+    answers = []
+    for query in (RankQuery(q, 32), RadixQuery(q, 32)):
+        while not query.done:
+            for s in range(0, len(keys), rows):
+                query.update(ops, keys[s : s + rows], rows >= len(keys))
+            query.end_pass()
+        answers.append((query.value, query.n_greater, query.n_equal))
+    value = int(np.sort(keys)[::-1][q])
+    expected = (value, int((keys > value).sum()), int((keys == value).sum()))
+    assert answers == [expected, expected]
+
+
+def test_rank_query_brackets_a_large_tensor_in_two_passes():
+    keys = np.abs(np.random.default_rng(3).standard_normal(200_000, dtype=np.float32))
+    keys = keys.view(np.int32)
+    query, passes = RankQuery(40_000, 32), 0
+    while not query.done:
+        passes += 1
+        for s in range(0, len(keys), 30_000):
+            query.update(NumpyOps(), keys[s : s + 30_000], False)
+        query.end_pass()
+    assert passes == 2 and query.value == int(np.sort(keys)[::-1][40_000])
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9])
+def test_rank_query_on_a_whole_tensor_matches_sorting(zeros):
+    """One chunk: the bracket runs on the same keys (or falls back to kthvalue), exactly."""
+    rng = np.random.default_rng(7)
+    values = np.abs(rng.standard_normal(50_000, dtype=np.float32))
+    values[rng.random(50_000) < zeros] = 0.0
+    keys = values.view(np.int32)
+    for q in (0, 1, 9_999, 25_000, 49_999):
+        query = RankQuery(q, 32)
+        query.update(NumpyOps(), keys, True)
+        value = int(np.sort(keys)[::-1][q])
+        assert query.done
+        assert (query.value, query.n_greater, query.n_equal) == (
+            value,
+            int((keys > value).sum()),
+            int((keys == value).sum()),
+        )

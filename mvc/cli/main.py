@@ -8,11 +8,16 @@ and exit 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-import click
+# mvc calls no multi-threaded BLAS routine, but OpenBLAS (loaded with numpy) starts a
+# thread per core that busy-waits at start-up, taking a core from the merge's readers.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from mvc.errors import MvcError
+import click  # noqa: E402
+
+from mvc.errors import MvcError  # noqa: E402
 
 COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_repo",

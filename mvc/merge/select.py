@@ -4,7 +4,10 @@ A magnitude trim must keep *exactly* k elements whatever the chunking, without e
 holding the tensor. Magnitudes of non-negative floats order like their bit patterns read as
 integers, so an exact k-th largest is a radix select: one 65536-bin histogram per 16-bit
 digit, each pass restricted to the prefix found so far (2 passes for fp32 keys, 4 for fp64).
-When one chunk holds the whole tensor, ``kthvalue`` answers in that single pass.
+:class:`RankQuery` usually gets the same answer more cheaply, from a strided sample that
+brackets the rank and a second pass that gathers the few keys inside the bracket, and falls
+back to radix passes when the bracket misses. When one chunk holds the whole tensor,
+``kthvalue`` answers in a single pass.
 
 Ties at the threshold are broken by flat index (lowest first), which needs the number of
 threshold-valued elements before each chunk: one cheap extra counting pass, only when the
@@ -13,6 +16,7 @@ threshold value is split between kept and dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +25,8 @@ import numpy as np
 from mvc.merge.arrays import Array, ArrayOps
 
 DIGIT = 16
+SAMPLE_STRIDE = 64
+MIN_SAMPLED = 256 * SAMPLE_STRIDE  # below this a whole tensor goes straight to kthvalue
 BINS = 1 << DIGIT
 _NONE_VALUE = (1 << 63) - 1  # no key exceeds it: a cut that keeps nothing
 
@@ -87,6 +93,131 @@ class RadixQuery:
             self.n_greater = self.q - self.rem
         else:
             self.shift -= DIGIT
+
+
+class RankQuery:
+    """The same answer as :class:`RadixQuery`, usually from two much cheaper passes.
+
+    Pass 1 keeps every ``SAMPLE_STRIDE``-th key; the sample's order statistics bracket the
+    wanted rank with a wide margin (many standard deviations of the sampling error). Pass 2
+    counts the keys above the bracket and gathers the few inside it, and the exact answer
+    is the right order statistic of those. Comparisons and a small gather replace the
+    65536-bin histograms of a radix pass. When the bracket misses (a pathological or tiny
+    sample), the query falls back to radix passes, so the result is always exact, and it
+    never depends on where the chunks are cut.
+    """
+
+    def __init__(self, q: int, bits: int) -> None:
+        self.q = q
+        self.bits = bits
+        self.done = False
+        self.value = 0
+        self.n_greater = 0
+        self.n_equal = 0
+        self._phase = "sample"
+        self._seen = 0
+        self._sample: list[np.ndarray] = []
+        self._low = self._high = 0
+        self._gather_limit = 0
+        self._above = self._at_high = self._at_low = 0
+        self._inside: list[np.ndarray] = []
+        self._inside_count = 0
+        self._radix: RadixQuery | None = None
+
+    def update(self, ops: ArrayOps, keys: Array, whole: bool) -> None:
+        if self.done:
+            return
+        if self._phase == "sample":
+            if whole:  # one chunk holds everything: both passes over the same keys
+                self._select_whole(ops, keys)
+                return
+            self._seen += keys.shape[0]
+            self._sample.append(ops.to_numpy(keys[::SAMPLE_STRIDE]))
+        elif self._phase == "bracket":
+            self._above += ops.count_nonzero(keys > self._high)
+            self._at_high += ops.count_nonzero(keys == self._high)
+            self._at_low += ops.count_nonzero(keys == self._low)
+            if self._inside_count <= self._gather_limit:
+                # Strictly inside: keys equal to a bound (often a mass of zeros) are counted.
+                inside = keys[(keys > self._low) & (keys < self._high)]
+                self._inside_count += inside.shape[0]
+                self._inside.append(ops.to_numpy(inside))
+        else:
+            assert self._radix is not None
+            self._radix.update(ops, keys, False)
+
+    def _select_whole(self, ops: ArrayOps, keys: Array) -> None:
+        if keys.shape[0] >= MIN_SAMPLED:
+            self._seen = keys.shape[0]
+            self._sample.append(ops.to_numpy(keys[::SAMPLE_STRIDE]))
+            self._plan_bracket()
+            if self._phase == "bracket":
+                self.update(ops, keys, False)
+                self._resolve_bracket()
+        if not self.done:  # small, or the bracket missed: kthvalue
+            direct = RadixQuery(self.q, self.bits)
+            direct.update(ops, keys, True)
+            self._adopt(direct)
+
+    def _adopt(self, radix: RadixQuery) -> None:
+        self._answer(radix.value, radix.n_greater, radix.n_equal)
+
+    def end_pass(self) -> None:
+        if self.done:
+            return
+        if self._phase == "sample":
+            self._plan_bracket()
+        elif self._phase == "bracket":
+            self._resolve_bracket()
+        else:
+            assert self._radix is not None
+            self._radix.end_pass()
+            if self._radix.done:
+                self._adopt(self._radix)
+
+    def _plan_bracket(self) -> None:
+        sample = np.sort(np.concatenate(self._sample))[::-1] if self._sample else np.zeros(0)
+        self._sample = []
+        n = len(sample)
+        if n == 0 or self._seen == 0:
+            self._start_radix()
+            return
+        # The wanted key's rank within the sample, and a margin of ~8 standard deviations.
+        rank = self.q * n / self._seen
+        margin = 8 * math.sqrt(max(rank * (1 - rank / n), 1.0)) + 2
+        self._high = int(sample[max(0, math.floor(rank - margin))])
+        self._low = int(sample[min(n - 1, math.ceil(rank + margin))])
+        self._gather_limit = int(4 * (2 * margin + 2) * self._seen / n) + 1024
+        self._phase = "bracket"
+
+    def _resolve_bracket(self) -> None:
+        """Descending, the keys are: > high, == high, inside, == low, < low."""
+        q, above, at_high = self.q, self._above, self._at_high
+        inside_count = 0 if self._low == self._high else self._inside_count
+        at_low = 0 if self._low == self._high else self._at_low
+        inside_parts, self._inside = self._inside, []
+        if q < above or self._inside_count > self._gather_limit:
+            self._start_radix()
+        elif q < above + at_high:
+            self._answer(self._high, above, at_high)
+        elif q < above + at_high + inside_count:
+            inside = np.concatenate(inside_parts)
+            k = inside.shape[0] - (q - above - at_high)  # 1-based rank from the bottom
+            value = int(np.partition(inside, k - 1)[k - 1])
+            greater = above + at_high + int(np.count_nonzero(inside > value))
+            self._answer(value, greater, int(np.count_nonzero(inside == value)))
+        elif q < above + at_high + inside_count + at_low:
+            self._answer(self._low, above + at_high + inside_count, at_low)
+        else:
+            self._start_radix()
+
+    def _answer(self, value: int, n_greater: int, n_equal: int) -> None:
+        self.value, self.n_greater, self.n_equal = value, n_greater, n_equal
+        self.done = True
+
+    def _start_radix(self) -> None:
+        self._phase = "radix"
+        self._radix = RadixQuery(self.q, self.bits)
 
 
 @dataclass
@@ -168,7 +299,7 @@ class Selection:
         for i, req in enumerate(self.requests):
             if 0 < req.count < n:
                 q = req.count - 1 if req.top else n - req.count
-                queries[i] = RadixQuery(q, self.bits)
+                queries[i] = RankQuery(q, self.bits)
 
         def feed(keys, chunk):
             for i, query in queries.items():
