@@ -90,6 +90,10 @@ class ScratchStore:
         store = self.real if self.real.has(oid) else self.scratch
         return store.get(oid, known)
 
+    def get_view(self, oid: str, known: Mapping[str, bytes] | None = None) -> memoryview:
+        store = self.real if self.real.has(oid) else self.scratch
+        return store.get_view(oid, known)
+
     def put(
         self,
         data: Any,

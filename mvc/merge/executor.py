@@ -323,8 +323,8 @@ class Executor:
         base's bytes are handed to the store to decode them on, instead of decoding it again."""
         layout = base.chunks[index]
         shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
-        known = {layout.oid: self.store.get(layout.oid)}
-        raws = [self.store.get(e.chunks[index].oid, known=known) for e in inputs]
+        known = {layout.oid: self.store.get_view(layout.oid)}
+        raws = [self.store.get_view(e.chunks[index].oid, known=known) for e in inputs]
         return _Loaded(
             index,
             layout.start,
@@ -342,7 +342,7 @@ class _Loaded:
     start: int  # first row
     base: Array
     thetas: tuple[Array, ...]
-    base_raw: bytes  # the base's bytes: the merged chunk's delta base
+    base_raw: memoryview  # the base's bytes: the merged chunk's delta base
 
 
 def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:

@@ -95,16 +95,16 @@ def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
     write_safetensors(path, manifest.header_raw, _prefetched(store, manifest))
 
 
-def _prefetched(store: ObjectStore, manifest: Manifest) -> Iterator[bytes]:
+def _prefetched(store: ObjectStore, manifest: Manifest) -> Iterator[memoryview]:
     """Decode the next chunk on a thread while the current one is written."""
     oids = list(manifest.object_ids())
     if not oids:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(store.get, oids[0])
+        upcoming = pool.submit(store.get_view, oids[0])
         for next_oid in oids[1:]:
             current = upcoming.result()
-            upcoming = pool.submit(store.get, next_oid)
+            upcoming = pool.submit(store.get_view, next_oid)
             yield current
         yield upcoming.result()
 

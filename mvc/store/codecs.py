@@ -216,13 +216,13 @@ def encode(
 
     per_piece = list(mapper(work, iter_pieces(nbytes, itemsize, piece_bytes))) if planed else []
     best: tuple[int, Codec, list[bytes]] | None = None
-    if Codec.RAW in candidates:
-        best = (nbytes, Codec.RAW, [bytes(data)])
     for i, codec in enumerate(planed):
         frames = [frame for piece in per_piece for frame in piece[i]]
         size = sum(len(f) for f in frames) + 4 * len(frames)
         if best is None or size < best[0]:
             best = (size, codec, frames)
+    if Codec.RAW in candidates and (best is None or nbytes <= best[0]):
+        return Codec.RAW, [bytes(data)]  # copied only when raw wins
     if best is None:
         raise ValueError("no candidate codecs")
     return best[1], best[2]
@@ -256,10 +256,11 @@ def check_frames(frames: list[memoryview], raw_size: int, itemsize: int, piece_b
 
 
 def _decode_piece(
-    codec: Codec, frames: list[memoryview], base: np.ndarray | None, itemsize: int, n: int
-) -> np.ndarray:
+    codec: Codec, frames: list[memoryview], base: np.ndarray | None, values: np.ndarray
+) -> None:
+    """Decode one piece straight into ``values`` (its slice of the output)."""
     dctx = _decompressor()
-    values = np.empty(n, dtype=_UINTS[itemsize])
+    n, itemsize = values.shape[0], values.itemsize
     interleaved = values.view(np.uint8).reshape(n, itemsize)
     for j, frame in enumerate(frames):
         try:
@@ -269,7 +270,7 @@ def _decode_piece(
         if len(plane) != n:
             raise CodecError("zstd frame decoded to the wrong size")
         interleaved[:, j] = np.frombuffer(plane, dtype=np.uint8)
-    return _inverse(codec, values, base)
+    _inverse(codec, values, base)
 
 
 def decode(
@@ -281,27 +282,33 @@ def decode(
     *,
     piece_bytes: int = PIECE_BYTES,
     mapper: Mapper = map,
-) -> bytes:
-    """Inverse of ``encode``: the original bytes, exactly. Raises ``CodecError``."""
+) -> memoryview:
+    """Inverse of ``encode``: the original bytes, exactly. Raises ``CodecError``.
+
+    Every piece decodes into its place in one output buffer, so nothing is copied after
+    decompression; the result is a view of that buffer (or of ``frames`` for ``raw``).
+    """
     if codec is Codec.RAW:
         if len(frames) != 1 or frames[0].nbytes != raw_size:
             raise CodecError("raw payload has the wrong size")
-        return bytes(frames[0])
+        return frames[0].cast("B")
     if codec.is_delta and (base is None or memoryview(base).nbytes != raw_size):
         raise CodecError("delta base has the wrong size")
     check_frames(frames, raw_size, itemsize, piece_bytes)
     uint = _UINTS[itemsize]
     base_all = None if base is None else np.frombuffer(base, dtype=uint)
+    out = np.empty(raw_size // itemsize, dtype=uint)
 
-    def work(item: tuple[int, tuple[int, int]]) -> np.ndarray:
+    def work(item: tuple[int, tuple[int, int]]) -> None:
         p, (start, stop) = item
         a, b = start // itemsize, stop // itemsize
-        return _decode_piece(
+        _decode_piece(
             codec,
             frames[p * itemsize : (p + 1) * itemsize],
             None if base_all is None else base_all[a:b],
-            itemsize,
-            b - a,
+            out[a:b],
         )
 
-    return b"".join(mapper(work, enumerate(iter_pieces(raw_size, itemsize, piece_bytes))))
+    for _ in mapper(work, enumerate(iter_pieces(raw_size, itemsize, piece_bytes))):
+        pass
+    return memoryview(out).cast("B")

@@ -179,8 +179,18 @@ class ObjectStore:
         the deltas above it are applied on those bytes: a fine-tune's chunk read after its
         base chunk costs one decode, not two. Every level decoded here is still verified.
         """
+        return bytes(self.get_view(oid, known))
+
+    def get_view(
+        self, oid: str, known: Mapping[str, bytes | memoryview] | None = None
+    ) -> memoryview:
+        """``get`` without its final copy: a view of the decode buffer (what ``get`` copies).
+
+        For callers that only read the bytes (the merge, checkout), which saves one copy of
+        every chunk they read.
+        """
         if known is not None and oid in known:
-            return bytes(known[oid])
+            return memoryview(known[oid]).cast("B")
         return self._decode(oid, self.read_raw(oid), known)
 
     def verify(self, oid: str) -> None:
@@ -189,7 +199,7 @@ class ObjectStore:
 
     def _decode(
         self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
-    ) -> bytes:
+    ) -> memoryview:
         """Decode ``stored`` as object ``oid``: walk down the delta chain, then apply upward.
 
         Iterative, not recursive; each base must be exactly one level shallower, which also
@@ -235,7 +245,7 @@ class ObjectStore:
                 raise _corrupt(current, str(exc)) from None
             if object_id(header.dtype, header.shape, data) != current:
                 raise _corrupt(current, "content does not match its id")
-        assert isinstance(data, bytes)
+        assert data is not None
         return data
 
     # -- writing -----------------------------------------------------------------------------
