@@ -557,3 +557,38 @@ def test_tensor_info_properties():
     t = TensorInfo("a", "BF16", (3, 4), 8, 32)
     assert (t.nbytes, t.numel, t.row_nbytes) == (24, 12, 8)
     assert TensorInfo("s", "F64", (), 0, 8).row_nbytes == 8
+
+
+def test_row_writer_fills_a_file_in_any_order(tmp_path):
+    from mvc.formats.safetensors import RowWriter
+
+    tensors = {
+        "b": np.arange(12, dtype=np.float32).reshape(4, 3),
+        "a": np.arange(5, dtype=np.int64),
+        "s": np.array(2.5, dtype=np.float32),
+    }
+    specs = [
+        (n, {"float32": "F32", "int64": "I64"}[str(t.dtype)], t.shape) for n, t in tensors.items()
+    ]
+    header_raw = build_header(specs)
+    expected = tmp_path / "expected.safetensors"
+    write_safetensors(expected, header_raw, (tensors[t.name].tobytes() for t in plan_layout(specs)))
+    writer = RowWriter(tmp_path / "out.tmp", header_raw)
+    writer.write("b", 2, tensors["b"][2:].tobytes())
+    writer.write("s", 0, tensors["s"].tobytes())
+    writer.write("a", 0, tensors["a"].tobytes())
+    writer.write("b", 0, tensors["b"][:2].tobytes())
+    assert writer.close().read_bytes() == expected.read_bytes()
+
+
+def test_row_writer_refuses_gaps_and_overruns(tmp_path):
+    from mvc.formats.safetensors import RowWriter
+
+    header_raw = build_header([("w", "F32", (4, 2))])
+    writer = RowWriter(tmp_path / "out.tmp", header_raw)
+    with pytest.raises(FormatError, match="past the end"):
+        writer.write("w", 3, bytes(16))
+    writer.write("w", 0, bytes(16))
+    with pytest.raises(FormatError, match="never written"):
+        writer.close()
+    assert not (tmp_path / "out.tmp").exists()

@@ -286,3 +286,57 @@ def test_merged_chunks_are_stored_as_deltas_on_the_base(branched):
     for ours, theirs in zip(merged.chunks, base.chunks, strict=True):
         info = repo.store.info(ours.oid)
         assert info.codec in ("xor", "sub") and info.base == theirs.oid
+
+
+def _checked_out_bytes(repo: Repo, rel: str, tmp_path) -> bytes:
+    """What a checkout of HEAD writes for `rel` (materialized from the store)."""
+    from mvc.repo.ingest import materialize
+
+    out = tmp_path / "materialized.safetensors"
+    materialize(repo.store, repo.model_files("HEAD")[rel], out)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_merged_file_in_the_work_tree_is_exactly_the_commit(branched, tmp_path, commit):
+    """The merge writes its file as it computes; it must equal a checkout byte for byte."""
+    repo, _ = branched
+    merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.5), commit=commit))
+    rel = "model/model.safetensors"
+    if commit:
+        assert (repo.root / rel).read_bytes() == _checked_out_bytes(repo, rel, tmp_path)
+    assert not repo.status().unstaged and not any(repo.scratch_dir().iterdir())
+
+
+def test_merged_file_with_a_changed_layout_matches_a_checkout(branched, tmp_path):
+    """A tensor added on one side and one deleted on the other: a new header is laid out."""
+    repo, base = branched
+    repo.switch("c", create=True, start="main")
+    grown = {**base, "extra.bias": np.linspace(0, 1, 7, dtype=np.float32)}
+    grown["layer.0.weight"] = base["layer.0.weight"] + np.float32(0.01)
+    write_model_folder(repo.root / "model", grown)
+    repo.commit("c", all=True)
+    repo.switch("d", create=True, start="main")
+    shrunk = {k: v for k, v in base.items() if k != "layer.1.bias"}
+    shrunk["layer.0.weight"] = base["layer.0.weight"] - np.float32(0.02)
+    write_model_folder(repo.root / "model", shrunk)
+    repo.commit("d", all=True)
+    merge(repo, ["c"])
+    rel = "model/model.safetensors"
+    names = repo.model_files("HEAD")[rel].by_name()
+    assert "extra.bias" in names and "layer.1.bias" not in names
+    assert (repo.root / rel).read_bytes() == _checked_out_bytes(repo, rel, tmp_path)
+    assert repo.status().clean
+
+
+def test_a_failed_merge_leaves_no_scratch_file(branched, monkeypatch):
+    repo, _ = branched
+    from mvc.repo.repository import Repo as RepoClass
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RepoClass, "commit_tree", fail)
+    with pytest.raises(OSError, match="disk full"):
+        merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.5)))
+    assert not any(repo.scratch_dir().iterdir())

@@ -332,7 +332,7 @@ def test_rank_query_equals_radix_and_sorting(values, frac, rows):
     q = int(frac * len(values))
     ops = NumpyOps()
     answers = []
-    for query in (RankQuery(q, 32), RadixQuery(q, 32)):
+    for query in (RankQuery(q, 32, len(keys)), RadixQuery(q, 32)):
         while not query.done:
             for s in range(0, len(keys), rows):
                 query.update(ops, keys[s : s + rows], rows >= len(keys))
@@ -346,7 +346,7 @@ def test_rank_query_equals_radix_and_sorting(values, frac, rows):
 def test_rank_query_brackets_a_large_tensor_in_two_passes():
     keys = np.abs(np.random.default_rng(3).standard_normal(200_000, dtype=np.float32))
     keys = keys.view(np.int32)
-    query, passes = RankQuery(40_000, 32), 0
+    query, passes = RankQuery(40_000, 32, len(keys)), 0
     while not query.done:
         passes += 1
         for s in range(0, len(keys), 30_000):
@@ -363,7 +363,7 @@ def test_rank_query_on_a_whole_tensor_matches_sorting(zeros):
     values[rng.random(50_000) < zeros] = 0.0
     keys = values.view(np.int32)
     for q in (0, 1, 9_999, 25_000, 49_999):
-        query = RankQuery(q, 32)
+        query = RankQuery(q, 32, len(keys))
         query.update(NumpyOps(), keys, True)
         value = int(np.sort(keys)[::-1][q])
         assert query.done

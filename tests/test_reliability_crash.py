@@ -109,9 +109,7 @@ def _prepare_commit(root: Path) -> None:
 
 
 def _preload_merge() -> None:
-    """Import torch once in pytest, so each forked merge does not spend seconds importing it."""
-    import torch  # noqa: F401
-
+    """Import the merge modules once in pytest, so each forked merge does not import them."""
     import mvc.merge.executor  # noqa: F401
 
 
@@ -152,6 +150,8 @@ def crash_and_recover(history: History, name: str, count: int, seed: int, tmp: P
             assert name == "commit" and rerun.exit_code == 1, (name, point, rerun)
         assert outcome_state(root) == expected, f"{name}: re-run after a kill at write {point}"
         assert_intact(root, history.commits)
+        scratch = root / ".git" / "mvc" / "scratch"
+        assert not scratch.exists() or not any(scratch.iterdir()), "scratch files left behind"
     return kills
 
 

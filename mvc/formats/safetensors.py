@@ -391,7 +391,8 @@ def _create_temp(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -435,4 +436,62 @@ def write_safetensors(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+
+
+class RowWriter:
+    """A safetensors file filled tensor by tensor, row block by row block, in any order.
+
+    A merge produces its output one chunk at a time and not in file order; this writes
+    each chunk straight to its offset (``pwrite``), so the file exists once the last chunk
+    is computed, without decoding anything back from the store. ``close`` refuses a file
+    with bytes left unwritten, fsyncs it and leaves it at ``path`` for the caller to move
+    into place; ``discard`` removes it.
+    """
+
+    def __init__(self, path: Path, header_raw: bytes) -> None:
+        self.path = path
+        self.header = parse_header(header_raw)
+        self._missing = self.header.data_size
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(path, flags, 0o666)
+        try:
+            os.pwrite(self._fd, struct.pack("<Q", len(header_raw)) + header_raw, 0)
+            os.ftruncate(self._fd, self.header.data_start + self.header.data_size)
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, name: str, first_row: int, data: bytes | memoryview) -> None:
+        """Write ``data`` as the rows of tensor ``name`` starting at ``first_row``."""
+        assert self._fd is not None, "write after close"
+        info = self.header.tensor(name)
+        view = memoryview(data).cast("B")
+        begin = info.begin + first_row * info.row_nbytes
+        if first_row < 0 or begin + view.nbytes > info.end:
+            raise FormatError(f"{self.path}: rows past the end of {name}")
+        offset = self.header.data_start + begin
+        while view.nbytes:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+            self._missing -= written
+
+    def close(self) -> Path:
+        assert self._fd is not None, "closed twice"
+        try:
+            if self._missing:
+                raise FormatError(f"{self.path}: {self._missing} data bytes never written")
+            os.fsync(self._fd)
+        except BaseException:
+            self.discard()
+            raise
+        os.close(self._fd)
+        self._fd = None
+        return self.path
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

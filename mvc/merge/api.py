@@ -9,6 +9,8 @@ from typing import Any
 
 from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.merge.arrays import ArrayOps, TorchOps
+from mvc.merge.device import resolve_device
+from mvc.merge.executor import Executor
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.merge.record import RECORD_KIND, RECORD_PATH, SCHEMA_VERSION, encode_record
@@ -105,20 +107,32 @@ def merge(
             base_files, branch_files, options.strategy, options.rules, options.all_tensors
         ).plan()
         raise_conflicts(plan.conflicts)
-        files, results, device = _execute(
-            repo, plan, base, [parents[i] for i in contributing], params, options, progress
-        )
-        record = build_record(
-            plan, results, base, parents, names, contributing, params, options, device
-        )
-        files[RECORD_PATH] = encode_record(record)
-        message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
-        if options.commit:
-            sha = repo.commit_tree(files, parents, message)
-        else:
-            sha = None
-            repo.stage_tree(files)
-            repo.set_merge_state(parents[1:], message)
+        branch_shas = [parents[i] for i in contributing]
+        executor = _executor(repo, base, branch_shas, params, options, progress)
+        try:
+            files = executor.run(plan)
+            record = build_record(
+                plan,
+                executor.results,
+                base,
+                parents,
+                names,
+                contributing,
+                params,
+                options,
+                executor.ops,
+            )
+            files[RECORD_PATH] = encode_record(record)
+            message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
+            if options.commit:
+                sha = repo.commit_tree(files, parents, message, prewritten=executor.written)
+            else:
+                sha = None
+                repo.stage_tree(files, prewritten=executor.written)
+                repo.set_merge_state(parents[1:], message)
+        finally:
+            for leftover in executor.written.values():  # those not moved into the work tree
+                leftover.unlink(missing_ok=True)
         return MergeResult(
             sha, base, parents, resolved=plan.resolve_count, taken=_taken(plan), record=record
         )
@@ -173,32 +187,27 @@ def _params_for(options: MergeOptions, names: list[str], contributing: list[int]
     )
 
 
-def _execute(
+def _executor(
     repo: Repo,
-    plan: MergePlan,
     base: str,
     branch_shas: list[str],
     params: MergeParams,
     options: MergeOptions,
     progress: Progress | None,
-):
-    from mvc.merge.device import resolve_device
-    from mvc.merge.executor import Executor
-
-    device = resolve_device(options.device)
-    base_models = repo.model_files(base)
+) -> Executor:
+    """The executor for this merge; it also writes the merged model files in the repository's
+    scratch folder as it goes, so the work tree gets them without a second pass."""
     branch_models: list[dict[str, Manifest]] = [repo.model_files(sha) for sha in branch_shas]
-    executor = Executor(
+    return Executor(
         repo.store,
-        base_models,
+        repo.model_files(base),
         branch_models,
         params,
-        device,
+        resolve_device(options.device),
         masks=options.masks,
         progress=progress,
+        scratch=repo.scratch_dir(),
     )
-    files = executor.run(plan)
-    return files, executor.results, device
 
 
 def _taken(plan: MergePlan) -> int:

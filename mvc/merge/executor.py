@@ -14,14 +14,16 @@ model. Tensors the plan takes whole are never read at all.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mvc.errors import MvcError
 from mvc.formats.dtypes import get_dtype
-from mvc.formats.safetensors import build_header, plan_layout
+from mvc.formats.safetensors import RowWriter, build_header, plan_layout
 from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.params import MergeParams
@@ -38,6 +40,7 @@ from mvc.store.chunking import DEFAULT_CHUNK_BYTES
 SLICE_BYTES = 4 * 1024 * 1024
 # A tensor whose decoded base + inputs fit here is read from the store once, not per pass.
 CACHE_BYTES = 12 * DEFAULT_CHUNK_BYTES
+SAMPLE_CHUNKS = 3  # chunk sets a sampling pass reads from a tensor too large to cache
 
 _Key = tuple[str, str]  # (model file path, tensor name)
 
@@ -92,6 +95,7 @@ class Executor:
         ops: ArrayOps,
         masks: bool = True,
         progress: Progress | None = None,
+        scratch: Path | None = None,
     ) -> None:
         self.store = store
         self.base = base_files
@@ -101,6 +105,10 @@ class Executor:
         self.masks = masks
         self.progress = progress or Progress()
         self.results: dict[tuple[str, str], TensorResult] = {}
+        # With a scratch folder, each merged model file is also written there as it is
+        # computed (``written``: path -> file), ready to be moved into the work tree.
+        self.scratch = scratch
+        self.written: dict[str, Path] = {}
 
     def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
         """The merged file set: manifests for model files, bytes for everything else."""
@@ -133,6 +141,24 @@ class Executor:
 
     # ------------------------------------------------------------------ files
     def _merge_file(self, file_plan: FilePlan) -> Manifest:
+        template = self.branches[file_plan.header_source][file_plan.path]
+        header_raw, order = self._output_layout(template, file_plan)
+        sink = None
+        if self.scratch is not None:
+            sink = RowWriter(self.scratch / f"{secrets.token_hex(8)}.safetensors", header_raw)
+        try:
+            entries = self._merge_tensors(file_plan, sink)
+            if sink is not None:
+                self._writer.drain()
+                self.written[file_plan.path] = sink.close()
+        except BaseException:
+            if sink is not None:
+                self._writer.drain(raise_errors=False)
+                sink.discard()
+            raise
+        return Manifest(header_raw, tuple(entries[name] for name in order))
+
+    def _merge_tensors(self, file_plan: FilePlan, sink: RowWriter | None) -> dict[str, TensorEntry]:
         # Resolved tensors finish (their chunk ids arrive) once their writes are done.
         finishers: dict[str, Callable[[], TensorEntry]] = {}
         resolving = [d for d in file_plan.tensors if d.action == "resolve"]
@@ -143,12 +169,43 @@ class Executor:
             if decision.action == "resolve":
                 if decision.name in following:
                     self._prefetch(file_plan.path, following[decision.name])
-                finishers[decision.name] = self._resolve(file_plan.path, decision)
+                finishers[decision.name] = self._resolve(file_plan.path, decision, sink)
             elif decision.entry is not None and decision.action != "deleted":
+                if sink is not None:
+                    self._writer.submit(self._copy_entry, sink, decision.entry)
                 finishers[decision.name] = lambda entry=decision.entry: entry
-        entries = {name: finish() for name, finish in finishers.items()}
-        template = self.branches[file_plan.header_source][file_plan.path]
-        return _assemble(template, entries)
+        return {name: finish() for name, finish in finishers.items()}
+
+    def _output_layout(self, template: Manifest, file_plan: FilePlan) -> tuple[bytes, list[str]]:
+        """The output header and its tensor order, known before anything is computed.
+
+        The template's header when the tensor layout is unchanged (so an unchanged layout
+        stays byte-identical), otherwise one laid out as the safetensors library would.
+        """
+        specs = {
+            d.name: (d.name, entry.dtype, entry.shape)
+            for d in file_plan.tensors
+            if d.action != "deleted"
+            and (
+                entry := self.base[file_plan.path].tensor(d.name)
+                if d.action == "resolve"
+                else d.entry
+            )
+            is not None
+        }
+        template_entries = template.by_name()
+        same = set(specs) == set(template_entries) and all(
+            (template_entries[n].dtype, template_entries[n].shape) == specs[n][1:] for n in specs
+        )
+        if same:
+            return template.header_raw, [t.name for t in template.tensors]
+        header_raw = build_header(list(specs.values()), template.header.metadata)
+        return header_raw, [info.name for info in plan_layout(list(specs.values()))]
+
+    def _copy_entry(self, sink: RowWriter, entry: TensorEntry) -> None:
+        """Write a tensor taken as it is into the output file (decoded from the store)."""
+        for chunk in entry.chunks:
+            sink.write(entry.name, chunk.start, self.store.get_view(chunk.oid))
 
     # ------------------------------------------------------------------ tensors
     def _model_context(self, plan: MergePlan) -> Any:
@@ -191,7 +248,9 @@ class Executor:
         entry = self.base[path].tensor(decision.name)
         return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
 
-    def _resolve(self, path: str, decision: TensorDecision) -> Callable[[], TensorEntry]:
+    def _resolve(
+        self, path: str, decision: TensorDecision, sink: RowWriter | None = None
+    ) -> Callable[[], TensorEntry]:
         """Compute a tensor and queue its writes; the returned call waits for them."""
         strategy = get_strategy(decision.strategy or "ties")
         n_total = len(self.branches)
@@ -205,11 +264,11 @@ class Executor:
         job = strategy.tensor_job(params, spec, context, masks=self.masks)
         source = self._source(spec, base_entry, inputs, (path, decision.name))
         while (current_pass := job.next_pass()) is not None:
-            for _, slices in source():
+            for _, slices in source(current_pass.sample):
                 for chunk in slices:
                     current_pass.update(chunk)
         writes = []
-        for loaded, slices in source():
+        for loaded, slices in source(False):
             parts = [self.ops.to_bytes(job.combine(chunk)) for chunk in slices]
             merged = parts[0] if len(parts) == 1 else b"".join(parts)
             layout = base_entry.chunks[loaded.index]
@@ -222,6 +281,8 @@ class Executor:
                 base_data=loaded.base_raw,
             )
             writes.append((layout, oid))
+            if sink is not None:
+                self._writer.submit(sink.write, decision.name, layout.start, merged)
         stats = job.stats()
         mask_writes = None
         if stats.masks is not None:
@@ -244,23 +305,32 @@ class Executor:
 
     def _source(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry], key: _Key
-    ) -> Callable[[], Iterable[tuple[_Loaded, list[Chunk]]]]:
+    ) -> Callable[[bool], Iterable[tuple[_Loaded, list[Chunk]]]]:
         """How to iterate the tensor once per pass and once more for combine.
 
         A tensor whose decoded inputs fit in ``CACHE_BYTES`` (a fixed multiple of the chunk
         size, so the bound does not grow with the model) is decoded once and every pass
         reuses it; when it is also a single compute slice (most tensors) the same
         :class:`Chunk` is reused, with its task vectors. Larger tensors are streamed from
-        the store again on each pass.
+        the store again on each pass, except that a sampling pass (the argument) reads only
+        ``SAMPLE_CHUNKS`` chunks spread over the tensor.
         """
         if base.nbytes * (1 + len(inputs)) > CACHE_BYTES:
-            return lambda: (
-                (item, self._slices(spec, item)) for item in self._loaded(base, inputs, key)
+            count = len(base.chunks)
+            spread = sorted(
+                {i * (count - 1) // max(1, SAMPLE_CHUNKS - 1) for i in range(SAMPLE_CHUNKS)}
             )
+
+            def stream(sample: bool) -> Iterator[tuple[_Loaded, list[Chunk]]]:
+                indices = spread if sample else range(count)
+                for item in self._loaded(base, inputs, key, indices):
+                    yield item, self._slices(spec, item)
+
+            return stream
         loaded = list(self._loaded(base, inputs, key))
         if len(loaded) == 1 and len(first := self._slices(spec, loaded[0])) == 1:
-            return lambda: [(loaded[0], first)]
-        return lambda: ((item, self._slices(spec, item)) for item in loaded)
+            return lambda sample: [(loaded[0], first)]
+        return lambda sample: ((item, self._slices(spec, item)) for item in loaded)
 
     def _chunks(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
@@ -292,22 +362,27 @@ class Executor:
         ]
 
     def _loaded(
-        self, base: TensorEntry, inputs: Sequence[TensorEntry], key: _Key | None = None
+        self,
+        base: TensorEntry,
+        inputs: Sequence[TensorEntry],
+        key: _Key | None = None,
+        indices: Sequence[int] | None = None,
     ) -> Iterator[_Loaded]:
-        """The stored chunks of base and inputs, decoded; the next set while this one is used.
+        """Stored chunk sets of base and inputs (all, or ``indices``), decoded; the next set
+        while this one is used.
 
         ``key`` names the tensor whose first set :meth:`_prefetch` may have started.
         """
-        count = len(base.chunks)
-        if count == 0:
+        order = list(range(len(base.chunks)) if indices is None else indices)
+        if not order:
             return
         upcoming = self._prefetched.pop(key, None) if key is not None else None
-        if upcoming is None:  # not prefetched, or a later pass over a streamed tensor
-            upcoming = self._reader.submit(self._load, base, inputs, 0)
-        for index in range(count):
+        if upcoming is None or order[0] != 0:  # not prefetched, or a later pass
+            upcoming = self._reader.submit(self._load, base, inputs, order[0])
+        for following in [*order[1:], None]:
             item = upcoming.result()
-            if index + 1 < count:
-                upcoming = self._reader.submit(self._load, base, inputs, index + 1)
+            if following is not None:
+                upcoming = self._reader.submit(self._load, base, inputs, following)
             yield item
 
     def _prefetch(self, path: str, decision: TensorDecision) -> None:
@@ -343,18 +418,3 @@ class _Loaded:
     base: Array
     thetas: tuple[Array, ...]
     base_raw: memoryview  # the base's bytes: the merged chunk's delta base
-
-
-def _assemble(template: Manifest, entries: Mapping[str, TensorEntry]) -> Manifest:
-    """The output file: the template's header when the tensor layout is unchanged."""
-    template_entries = template.by_name()
-    same = set(entries) == set(template_entries) and all(
-        entries[n].dtype == template_entries[n].dtype
-        and entries[n].shape == template_entries[n].shape
-        for n in entries
-    )
-    if same:
-        return Manifest(template.header_raw, tuple(entries[t.name] for t in template.tensors))
-    specs = [(e.name, e.dtype, e.shape) for e in entries.values()]
-    header_raw = build_header(specs, template.header.metadata)
-    return Manifest(header_raw, tuple(entries[info.name] for info in plan_layout(specs)))

@@ -107,15 +107,15 @@ class RankQuery:
     never depends on where the chunks are cut.
     """
 
-    def __init__(self, q: int, bits: int) -> None:
+    def __init__(self, q: int, bits: int, numel: int) -> None:
         self.q = q
         self.bits = bits
+        self.numel = numel  # keys in the whole tensor (a sample may come from a subset)
         self.done = False
         self.value = 0
         self.n_greater = 0
         self.n_equal = 0
         self._phase = "sample"
-        self._seen = 0
         self._sample: list[np.ndarray] = []
         self._low = self._high = 0
         self._gather_limit = 0
@@ -124,6 +124,11 @@ class RankQuery:
         self._inside_count = 0
         self._radix: RadixQuery | None = None
 
+    @property
+    def sampling(self) -> bool:
+        """Whether the next pass only samples (any subset of the chunks will do)."""
+        return self._phase == "sample"
+
     def update(self, ops: ArrayOps, keys: Array, whole: bool) -> None:
         if self.done:
             return
@@ -131,7 +136,6 @@ class RankQuery:
             if whole:  # one chunk holds everything: both passes over the same keys
                 self._select_whole(ops, keys)
                 return
-            self._seen += keys.shape[0]
             self._sample.append(ops.to_numpy(keys[::SAMPLE_STRIDE]))
         elif self._phase == "bracket":
             self._above += ops.count_nonzero(keys > self._high)
@@ -148,7 +152,6 @@ class RankQuery:
 
     def _select_whole(self, ops: ArrayOps, keys: Array) -> None:
         if keys.shape[0] >= MIN_SAMPLED:
-            self._seen = keys.shape[0]
             self._sample.append(ops.to_numpy(keys[::SAMPLE_STRIDE]))
             self._plan_bracket()
             if self._phase == "bracket":
@@ -179,15 +182,15 @@ class RankQuery:
         sample = np.sort(np.concatenate(self._sample))[::-1] if self._sample else np.zeros(0)
         self._sample = []
         n = len(sample)
-        if n == 0 or self._seen == 0:
+        if n == 0:
             self._start_radix()
             return
         # The wanted key's rank within the sample, and a margin of ~8 standard deviations.
-        rank = self.q * n / self._seen
+        rank = self.q * n / self.numel
         margin = 8 * math.sqrt(max(rank * (1 - rank / n), 1.0)) + 2
         self._high = int(sample[max(0, math.floor(rank - margin))])
         self._low = int(sample[min(n - 1, math.ceil(rank + margin))])
-        self._gather_limit = int(4 * (2 * margin + 2) * self._seen / n) + 1024
+        self._gather_limit = int(4 * (2 * margin + 2) * self.numel / n) + 1024
         self._phase = "bracket"
 
     def _resolve_bracket(self) -> None:
@@ -272,8 +275,9 @@ class Request:
 class KeyPass:
     """One pass over the chunks feeding every branch's magnitude keys to a callback."""
 
-    def __init__(self, consume) -> None:
+    def __init__(self, consume, sample: bool = False) -> None:
         self._consume = consume
+        self.sample = sample
 
     def update(self, chunk) -> None:
         keys = [magnitude_keys(chunk.ops, tau) for tau in chunk.taus()]
@@ -299,14 +303,14 @@ class Selection:
         for i, req in enumerate(self.requests):
             if 0 < req.count < n:
                 q = req.count - 1 if req.top else n - req.count
-                queries[i] = RankQuery(q, self.bits)
+                queries[i] = RankQuery(q, self.bits, n)
 
         def feed(keys, chunk):
             for i, query in queries.items():
                 query.update(chunk.ops, keys[self.requests[i].branch], chunk.whole)
 
         while not all(query.done for query in queries.values()):
-            yield KeyPass(feed)
+            yield KeyPass(feed, sample=all(q.sampling for q in queries.values() if not q.done))
             for query in queries.values():
                 query.end_pass()
 

@@ -1,16 +1,20 @@
 """Storing merged chunks on a background thread, so encoding overlaps the next computation.
 
 Compressing a merged chunk (zstd, delta against the base's chunk) costs about as much as
-computing it. Handing each put to one writer thread lets the main thread go on to the next
-chunk while the previous one is encoded and written. At most ``depth`` puts wait at a time,
-each holding its chunk's bytes, so this adds a fixed number of chunks to peak memory.
+computing it. Handing each put (and each write of the chunk into the output file) to one
+writer thread lets the main thread go on to the next chunk meanwhile. At most ``depth``
+tasks wait at a time, each holding its chunk's bytes, so this adds a fixed number of chunks
+to peak memory. Tasks run in the order they were queued.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Putter(Protocol):
@@ -42,16 +46,28 @@ class WriteBehind:
         base_data: bytes | None = None,
     ) -> Future[str]:
         """Queue ``store.put`` (``base_data``: the base's bytes, when the caller has them)."""
+        return self.submit(self._store.put, data, dtype, shape, base, base_data)
+
+    def submit(self, task: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue any write; waits first while ``depth`` tasks are pending."""
         while len(self._pending) >= self._depth:
             self._pending.popleft().result()
-        future = self._pool.submit(self._store.put, data, dtype, shape, base, base_data)
+        future = self._pool.submit(task, *args)
         self._pending.append(future)
         return future
 
+    def drain(self, *, raise_errors: bool = True) -> None:
+        """Wait for every queued task (re-raising the first failure unless told not to)."""
+        while self._pending:
+            future = self._pending.popleft()
+            if raise_errors:
+                future.result()
+            else:
+                future.exception()
+
     def close(self) -> None:
         try:
-            while self._pending:
-                self._pending.popleft().result()
+            self.drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -25,6 +25,7 @@ from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import ConflictError, FormatError, MvcError, NotFoundError
+from mvc.formats.safetensors import fsync_dir
 from mvc.repo.ingest import ingest_file, iter_entry_bytes, manifest_ids_only, materialize
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.mutex import repo_lock
@@ -36,6 +37,7 @@ from mvc.store import ObjectStore
 
 DEFAULT_BRANCH = "main"
 MVC_DIR = "mvc"
+SCRATCH_DIR = "scratch"  # inside MVC_DIR: files built under the lock (see scratch_dir)
 RECORD_DIR = ".mvc"
 
 
@@ -162,6 +164,7 @@ class Repo:
                 if recovered:
                     clear_stale_git_locks(self.root / ".git")
                     clear_stale_worktree_temps(self.root, set(Staging(self.git).paths()))
+                    shutil.rmtree(self.mvc_dir / SCRATCH_DIR, ignore_errors=True)
                     self._finish_pending_commit()
                 try:
                     yield
@@ -492,12 +495,15 @@ class Repo:
         message: str,
         update_ref: bool = True,
         update_worktree: bool = True,
+        prewritten: Mapping[str, Path] | None = None,
     ) -> str:
         """Commit a complete file set built in the library (merge, unmerge, lock results).
 
         Model files are given as manifests, anything else as bytes. With `update_ref` the
         current branch moves to the new commit (CAS against its parent); with
-        `update_worktree` the work tree and index follow it.
+        `update_worktree` the work tree and index follow it. `prewritten` maps paths to
+        files already holding their exact content (in `scratch_dir()`), which are moved
+        into the work tree instead of being written again from the store.
         """
         from dulwich.index import commit_tree as write_tree
 
@@ -517,7 +523,9 @@ class Repo:
                     # Journal the intent first: if we die while the work tree is half
                     # written, the next command rolls the commit forward (see locked()).
                     _atomic_write(self._pending_path, f"{old_head or '-'} {sha}\n".encode())
-                    self._apply_commit(old_head, sha, force=False)
+                    self._apply_files(
+                        self.tree_files(old_head), self.tree_files(sha), False, prewritten
+                    )
                 self.move_branch(old_head, sha, f"commit: {message.splitlines()[0]}")
                 self._pending_path.unlink(missing_ok=True)
         return sha
@@ -664,7 +672,9 @@ class Repo:
         """Turn the work tree and index from commit `old` into commit `new`."""
         self._apply_files(self.tree_files(old), self.tree_files(new), force)
 
-    def stage_tree(self, files: Mapping[str, Manifest | bytes]) -> None:
+    def stage_tree(
+        self, files: Mapping[str, Manifest | bytes], prewritten: Mapping[str, Path] | None = None
+    ) -> None:
         """Write a library-built file set into the work tree and index, without committing."""
         for path in files:
             checked_path(path)
@@ -674,9 +684,26 @@ class Repo:
                 content = files[path]
                 data = content.to_bytes() if isinstance(content, Manifest) else content
                 new_files[path] = (store_blob(self.git, data), 0o100644)
-            self._apply_files(self.tree_files(self.head()), new_files, force=False)
+            self._apply_files(self.tree_files(self.head()), new_files, False, prewritten)
 
-    def _apply_files(self, old_files: TreeFiles, new_files: TreeFiles, force: bool) -> None:
+    def scratch_dir(self) -> Path:
+        """A folder inside the repository for files built before they go in the work tree.
+
+        On the work tree's filesystem (so moving a file from it is an atomic rename) but
+        outside the work tree, so a file left half-built by a crash is never seen as a
+        change; `gc` clears what is left there.
+        """
+        folder = self.mvc_dir / SCRATCH_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _apply_files(
+        self,
+        old_files: TreeFiles,
+        new_files: TreeFiles,
+        force: bool,
+        prewritten: Mapping[str, Path] | None = None,
+    ) -> None:
         staging = Staging(self.git)
         if not force:
             self._refuse_if_dirty(staging, old_files, new_files)
@@ -689,7 +716,9 @@ class Repo:
                 and staging.stat_matches(path, self.root / path)
             )
             if not unchanged:
-                self._write_worktree_file(path, blob_id, mode)
+                ready = (prewritten or {}).get(path)
+                if ready is None or not self._move_into_worktree(path, ready):
+                    self._write_worktree_file(path, blob_id, mode)
                 staging.set(path, blob_id, self.root / path)
         for path in set(staging.paths()) | set(old_files):
             if path not in new_files:
@@ -743,13 +772,32 @@ class Repo:
             return False
         return self._content_blob_id(rel, file_path) == new[rel][0]
 
-    def _write_worktree_file(self, rel: str, blob_id: bytes, mode: int) -> None:
+    def _worktree_target(self, rel: str) -> Path:
+        """The work-tree path of `rel`, cleared for writing (no folder in the way, and no
+        symlinked folder on the way that could lead outside the work tree)."""
         path = self.root / checked_path(rel)
-        data = self.read_blob(blob_id)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         _unlink_leading_symlinks(self.root, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _move_into_worktree(self, rel: str, ready: Path) -> bool:
+        """Rename a prewritten file into place; False when it cannot be (another filesystem)."""
+        path = self._worktree_target(rel)
+        try:
+            os.replace(ready, path)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            return False
+        os.chmod(path, 0o644)
+        fsync_dir(path.parent)
+        return True
+
+    def _write_worktree_file(self, rel: str, blob_id: bytes, mode: int) -> None:
+        path = self._worktree_target(rel)
+        data = self.read_blob(blob_id)
         if mode == 0o120000:
             path.unlink(missing_ok=True)
             os.symlink(data.decode(), path)

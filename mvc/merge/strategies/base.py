@@ -153,6 +153,11 @@ class TensorStats:
 
 
 class Pass(ABC):
+    # A sampling pass gets correct results from any subset of the chunks (it only steers
+    # how later passes work), so a streaming executor may feed it a few chunks instead of
+    # decoding the whole tensor once more.
+    sample: bool = False
+
     @abstractmethod
     def update(self, chunk: Chunk) -> None: ...
 

@@ -190,7 +190,7 @@ class PaperModelJob(ModelJob):
         total = sum(spec.numel for spec in self.specs)
         # As the paper's code: keep |τ| >= the (int(d·N) + 1)-th largest over the model.
         queries = {
-            i: RankQuery(int(d * total), 32)
+            i: RankQuery(int(d * total), 32, total)
             for i, d in enumerate(self.densities)
             if d < 1 and total
         }
