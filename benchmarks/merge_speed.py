@@ -55,7 +55,11 @@ def bench_inputs(label: str, base: Path, a: Path, b: Path, work: Path) -> list[l
         ]
     ]
     for i, mode in enumerate(MODES):
-        ours = mvc_merge(setup.root, mode, DENSITY, f"speed-{i}")
+        # A fresh copy each: a second merge into the same store would find objects written.
+        fresh = work / f"mvc-repo-{i}"
+        shutil.copytree(setup.root, fresh, symlinks=True)
+        ours = mvc_merge(fresh, mode, DENSITY, f"speed-{i}")
+        shutil.rmtree(fresh)
         rows.append(
             [
                 label,
