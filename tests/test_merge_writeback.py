@@ -17,7 +17,7 @@ def test_queued_puts_store_what_direct_puts_store(tmp_path):
     base = rng.standard_normal(4096).astype(np.float32)
     chunks = [base + np.float32(i) * 1e-3 for i in range(5)]
     base_id = store.put(base.tobytes(), "F32", (4096,))
-    with WriteBehind(store) as writer:
+    with WriteBehind(store, max_bytes=2 * 4096 * 4) as writer:
         futures = [
             writer.put(c.tobytes(), "F32", (4096,), base=base_id, base_data=base.tobytes())
             for c in chunks
@@ -40,15 +40,15 @@ class _SlowStore:
         return f"id-{data}"
 
 
-def test_at_most_depth_puts_wait_at_a_time():
+def test_queued_bytes_are_bounded():
     store = _SlowStore()
-    writer = WriteBehind(store, depth=2)
-    writer.put("a", "U8", (1,))
-    writer.put("b", "U8", (1,))
-    blocked = threading.Thread(target=writer.put, args=("c", "U8", (1,)))
+    writer = WriteBehind(store, max_bytes=8)
+    writer.put(b"abcd", "U8", (4,))
+    writer.put(b"efgh", "U8", (4,))
+    blocked = threading.Thread(target=writer.put, args=(b"ijkl", "U8", (4,)))
     blocked.start()
     blocked.join(0.2)
-    assert blocked.is_alive()  # a third put waits for the oldest to finish
+    assert blocked.is_alive()  # 12 bytes would be queued: the put waits for the oldest
     store.release.set()
     blocked.join(5)
     writer.close()
@@ -62,7 +62,7 @@ class _FailingStore:
 
 def test_a_failed_write_is_raised_not_lost():
     with pytest.raises(OSError, match="disk full"):
-        with WriteBehind(_FailingStore()) as writer:
+        with WriteBehind(_FailingStore(), max_bytes=1024) as writer:
             future = writer.put(b"x", "U8", (1,))
     with pytest.raises(OSError, match="disk full"):
         future.result()

@@ -40,6 +40,7 @@ from mvc.store.chunking import DEFAULT_CHUNK_BYTES
 SLICE_BYTES = 4 * 1024 * 1024
 # A tensor whose decoded base + inputs fit here is read from the store once, not per pass.
 CACHE_BYTES = 12 * DEFAULT_CHUNK_BYTES
+WRITE_BEHIND_BYTES = 4 * DEFAULT_CHUNK_BYTES  # merged data queued (each chunk: a put and a write)
 SAMPLE_CHUNKS = 3  # chunk sets a sampling pass reads from a tensor too large to cache
 
 _Key = tuple[str, str]  # (model file path, tensor name)
@@ -120,7 +121,10 @@ class Executor:
             if t.action == "resolve"
         )
         reuse_large_buffers(2 * DEFAULT_CHUNK_BYTES)
-        with ThreadPoolExecutor(max_workers=1) as reader, WriteBehind(self.store) as writer:
+        with (
+            ThreadPoolExecutor(max_workers=1) as reader,
+            WriteBehind(self.store, WRITE_BEHIND_BYTES) as writer,
+        ):
             self._reader = reader
             self._writer = writer
             self._prefetched: dict[_Key, Future[_Loaded]] = {}
@@ -282,7 +286,8 @@ class Executor:
             )
             writes.append((layout, oid))
             if sink is not None:
-                self._writer.submit(sink.write, decision.name, layout.start, merged)
+                size = memoryview(merged).nbytes
+                self._writer.submit(sink.write, decision.name, layout.start, merged, nbytes=size)
         stats = job.stats()
         mask_writes = None
         if stats.masks is not None:
