@@ -258,3 +258,38 @@ def test_errors(three):
     three.switch("a")
     with pytest.raises(MvcError, match="HEAD is not"):
         unmerge(three, sha, "b")
+
+
+def _with_unpacked_masks(repo: Repo, sha: str) -> str:
+    """The same merge as an older mvc recorded it: one mask object per branch."""
+    record = read_record(repo, sha)
+    for item in record["files"][MODEL]["tensors"].values():
+        packed = item.get("masks")
+        if packed is None:
+            continue
+        data = repo.store.get(packed)
+        rows = len(item["branches"])
+        width = len(data) // rows
+        item["masks"] = [
+            repo.store.put(data[i * width : (i + 1) * width], "U8", (width,)) for i in range(rows)
+        ]
+    record["store_objects"] = sorted(
+        oid for item in record["files"][MODEL]["tensors"].values() for oid in item.get("masks", [])
+    )
+    files = dict(repo.files(sha))
+    files[RECORD_PATH] = encode_record(record)
+    parents = list(repo.commit_info(sha).parents)
+    return repo.commit_tree(files, parents, "old", update_ref=False, update_worktree=False)
+
+
+def test_records_with_a_mask_object_per_branch_still_verify_and_extract(three):
+    sha = octopus(three, density=0.5)
+    old = _with_unpacked_masks(three, sha)
+    assert isinstance(
+        read_record(three, sha)["files"][MODEL]["tensors"]["layer.0.weight"]["masks"], str
+    )
+    assert verify(three, old, device="cpu").ok
+    new_out, old_out = three.root.parent / "new-out", three.root.parent / "old-out"
+    extract(three, sha, "b", new_out)
+    extract(three, old, "b", old_out)
+    assert (new_out / MODEL).read_bytes() == (old_out / MODEL).read_bytes()

@@ -78,6 +78,7 @@ class _Plan:
     entry: TensorEntry  # what to copy, or the merged entry to reconstruct from
     base: TensorEntry | None = None
     mask_id: str | None = None
+    mask_row: int = 0  # the parent's row in a mask object holding every branch's mask
 
 
 class _Errors:
@@ -219,7 +220,11 @@ def _plan_tensors(
                     f"the merge kept no TALL mask for {path}::{tensor.name}",
                     hint="it was merged with --no-masks; extract needs the masks",
                 )
-            plans.append(_Plan(tensor, base[tensor.name], masks[branches.index(index)]))
+            position = branches.index(index)
+            if isinstance(masks, str):  # one object, a row per entering branch
+                plans.append(_Plan(tensor, base[tensor.name], masks, position))
+            else:  # records written before masks were packed: an object per branch
+                plans.append(_Plan(tensor, base[tensor.name], masks[position]))
         elif action in TAKEN_FROM_PARENT and item.get("source") != index:
             if tensor.name in base:
                 plans.append(_Plan(base[tensor.name]))
@@ -268,7 +273,9 @@ def _file_chunks(
         else:
             result.reconstructed += 1
             assert plan.base is not None
+            row_bytes = (math.prod(plan.entry.shape) + 7) // 8
             mask = repo.store.get(plan.mask_id)
+            mask = mask[plan.mask_row * row_bytes : (plan.mask_row + 1) * row_bytes]
             width = row_numel(plan.entry)
             pairs = zip(
                 iter_rows(repo.store, plan.entry), iter_rows(repo.store, plan.base), strict=True

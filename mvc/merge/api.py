@@ -245,7 +245,7 @@ def build_record(
 ) -> dict[str, Any]:
 
     files: dict[str, Any] = {}
-    mask_ids: list[str] = []
+    mask_ids: set[str] = set()
     for path, file_plan in plan.files.items():
         entry: dict[str, Any] = {"action": file_plan.action, "kind": file_plan.kind}
         if file_plan.action != "merged":
@@ -266,9 +266,9 @@ def build_record(
                     item["params"] = dict(decision.params)
                 item["stats"] = result.stats.to_record()
                 item["output"] = list(result.entry.chunk_ids)
-                if result.mask_ids:
-                    item["masks"] = list(result.mask_ids)
-                    mask_ids.extend(result.mask_ids)
+                if result.mask_id:
+                    item["masks"] = result.mask_id
+                    mask_ids.add(result.mask_id)
             tensors[decision.name] = item
         entry["tensors"] = tensors
         files[path] = entry
@@ -291,5 +291,5 @@ def build_record(
         "device": str(device),
         "versions": _versions(device),
         "files": files,
-        "store_objects": sorted(set(mask_ids)),
+        "store_objects": sorted(mask_ids),
     }

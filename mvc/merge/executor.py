@@ -51,11 +51,11 @@ PARAM_ALIASES = {"lambda": "lambda_", "weight": "weights", "tall_lambda": "tall_
 
 @dataclass
 class TensorResult:
-    """A resolved tensor: its stored entry, statistics, and (optionally) stored TALL masks."""
+    """A resolved tensor: its stored entry, statistics, and (optionally) its TALL masks' object."""
 
     entry: TensorEntry
     stats: TensorStats
-    mask_ids: tuple[str, ...] | None
+    mask_id: str | None  # one U8 object, row i = branch i's packed mask
     branches: tuple[int, ...]
     strategy: str
     params: MergeParams
@@ -289,9 +289,12 @@ class Executor:
                 size = memoryview(merged).nbytes
                 self._writer.submit(sink.write, decision.name, layout.start, merged, nbytes=size)
         stats = job.stats()
-        mask_writes = None
+        mask_write = None
         if stats.masks is not None:
-            mask_writes = [self._writer.put(m, "U8", (len(m),)) for m in stats.masks]
+            # One object per tensor, not per branch: a merge of small tensors would
+            # otherwise spend a third of its writes on tiny mask files.
+            rows = (len(stats.masks), len(stats.masks[0]))
+            mask_write = self._writer.put(b"".join(stats.masks), "U8", rows)
             stats.masks = None
         self.progress.advance(base_entry.nbytes, decision.name)
 
@@ -300,9 +303,9 @@ class Executor:
             entry = TensorEntry(
                 decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, stored
             )
-            mask_ids = None if mask_writes is None else tuple(m.result() for m in mask_writes)
+            mask_id = None if mask_write is None else mask_write.result()
             self.results[(path, decision.name)] = TensorResult(
-                entry, stats, mask_ids, decision.branches, strategy.name, params
+                entry, stats, mask_id, decision.branches, strategy.name, params
             )
             return entry
 
