@@ -13,12 +13,12 @@ import numpy as np
 from mvc.merge.arrays import Array
 
 
-def tall_mask(tau: Array, mtl: Array, lam: float) -> Array:
-    """m = |τ| > λ·|τ_MTL − τ| on either backend (numpy arrays or torch tensors)."""
+def tall_mask(tau: Array, magnitude: Array, mtl: Array, lam: float) -> Array:
+    """m = |τ| > λ·|τ_MTL − τ| on either backend; ``magnitude`` is |τ|, already at hand."""
     gap = abs(mtl - tau)
     if lam != 1:
         gap = gap * lam
-    return abs(tau) > gap
+    return magnitude > gap
 
 
 class MaskPacker:

@@ -31,10 +31,10 @@ BINS = 1 << DIGIT
 _NONE_VALUE = (1 << 63) - 1  # no key exceeds it: a cut that keeps nothing
 
 
-def magnitude_keys(ops: ArrayOps, x: Array, *, as_fp32: bool = False) -> Array:
-    """|x| as integer keys ordered like the magnitudes: fp32 bits as int32 (a free view of an
-    fp32 |x|, half the bytes of int64), or fp64 bits as int64 for fp64."""
-    a = abs(x)
+def magnitude_keys(ops: ArrayOps, magnitude: Array, *, as_fp32: bool = False) -> Array:
+    """Magnitudes |x| as integer keys ordered like them: fp32 bits as int32 (a free view of
+    an fp32 |x|, half the bytes of int64), or fp64 bits as int64 for fp64."""
+    a = magnitude
     if a.dtype == ops.float64 and not as_fp32:
         return a.view(ops.int64)
     return ops.astype(a, ops.float32).view(ops.int32)
@@ -280,7 +280,7 @@ class KeyPass:
         self.sample = sample
 
     def update(self, chunk) -> None:
-        keys = [magnitude_keys(chunk.ops, tau) for tau in chunk.taus()]
+        keys = [magnitude_keys(chunk.ops, m) for m in chunk.magnitudes()]
         self._consume(keys, chunk)
 
 

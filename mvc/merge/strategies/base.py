@@ -102,6 +102,14 @@ class Chunk:
     def _taus(self) -> tuple[Array, ...]:
         return tuple(t - self.base_c for t in self.thetas_c)
 
+    def magnitudes(self) -> tuple[Array, ...]:
+        """|τ_i| (cached per chunk: trims, rank passes and TALL masks all need them)."""
+        return self._magnitudes
+
+    @cached_property
+    def _magnitudes(self) -> tuple[Array, ...]:
+        return tuple(abs(t) for t in self.taus())
+
 
 @dataclass
 class Step:
@@ -252,8 +260,11 @@ class TensorJob(ABC):
             mtl = result.mtl
             if mtl is None:
                 mtl = ops.compute(out, self.spec.dtype) - chunk.base_c
-            for packer, tau, lam in zip(self._packers, taus, self._lambdas, strict=True):
-                packer.feed(ops.to_numpy(tall_mask(tau, mtl, lam)))
+            magnitudes = chunk.magnitudes()
+            for packer, tau, mag, lam in zip(
+                self._packers, taus, magnitudes, self._lambdas, strict=True
+            ):
+                packer.feed(ops.to_numpy(tall_mask(tau, mag, mtl, lam)))
 
     def stats(self) -> TensorStats:
         if self._packers is not None and self.spec.n_branches:

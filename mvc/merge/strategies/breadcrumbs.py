@@ -46,8 +46,8 @@ class BreadcrumbsJob(TensorJob):
     def step(self, chunk: Chunk) -> Step:
         ops, cuts = chunk.ops, self.selection.cuts
         hats = []
-        for i, tau in enumerate(chunk.taus()):
-            keys = magnitude_keys(ops, tau)
+        for i, (tau, mag) in enumerate(zip(chunk.taus(), chunk.magnitudes(), strict=True)):
+            keys = magnitude_keys(ops, mag)
             below_low = cuts[2 * i].apply(ops, keys, chunk.flat_start)
             below_high = cuts[2 * i + 1].apply(ops, keys, chunk.flat_start)
             hats.append(tau * (below_high & ~below_low))

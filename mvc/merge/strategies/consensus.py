@@ -54,8 +54,8 @@ class ConsensusJob(TensorJob):
             sole = sole_changes(ops, taus, self.weights)
         else:
             hats = tuple(
-                tau * cut.apply(ops, magnitude_keys(ops, tau), chunk.flat_start)
-                for tau, cut in zip(taus, self.selection.cuts, strict=True)
+                tau * cut.apply(ops, magnitude_keys(ops, mag), chunk.flat_start)
+                for tau, mag, cut in zip(taus, chunk.magnitudes(), self.selection.cuts, strict=True)
             )
             election = elect_and_merge(
                 ops,
@@ -65,7 +65,10 @@ class ConsensusJob(TensorJob):
                 normalize=resolved_normalize(self.params, True),
             )
             mtl, sole = election.delta, election.sole
-        owned = [tall_mask(tau, mtl, lam) for tau, lam in zip(taus, self._lambdas, strict=True)]
+        owned = [
+            tall_mask(tau, mag, mtl, lam)
+            for tau, mag, lam in zip(taus, chunk.magnitudes(), self._lambdas, strict=True)
+        ]
         votes = ops.zeros_like(mtl, ops.int32)
         for m in owned:
             votes += m

@@ -131,8 +131,8 @@ class TiesJob(TensorJob):
         as_fp32 = self.context is not None
         cuts = self.context.cuts if self.context is not None else self.selection.cuts
         return tuple(
-            tau * cut.apply(ops, magnitude_keys(ops, tau, as_fp32=as_fp32), chunk.flat_start)
-            for tau, cut in zip(taus, cuts, strict=True)
+            tau * cut.apply(ops, magnitude_keys(ops, mag, as_fp32=as_fp32), chunk.flat_start)
+            for tau, mag, cut in zip(taus, chunk.magnitudes(), cuts, strict=True)
         )
 
     def elect(self, ops: ArrayOps, hats: tuple[Array, ...]) -> Election:
@@ -196,9 +196,9 @@ class PaperModelJob(ModelJob):
         }
 
         def feed(spec: TensorSpec, chunk: Chunk) -> None:
-            for i, tau in enumerate(chunk.taus()):
+            for i, mag in enumerate(chunk.magnitudes()):
                 if i in queries:
-                    keys = magnitude_keys(chunk.ops, tau, as_fp32=True)
+                    keys = magnitude_keys(chunk.ops, mag, as_fp32=True)
                     queries[i].update(chunk.ops, keys, False)
 
         while not all(q.done for q in queries.values()):
@@ -216,8 +216,8 @@ class PaperModelJob(ModelJob):
         def vote(spec: TensorSpec, chunk: Chunk) -> None:
             ops = chunk.ops
             hats = [
-                tau * cut.apply(ops, magnitude_keys(ops, tau, as_fp32=True), chunk.flat_start)
-                for tau, cut in zip(chunk.taus(), cuts, strict=True)
+                tau * cut.apply(ops, magnitude_keys(ops, mag, as_fp32=True), chunk.flat_start)
+                for tau, mag, cut in zip(chunk.taus(), chunk.magnitudes(), cuts, strict=True)
             ]
             s = sum(hats[1:], hats[0])
             balance[0] += ops.count_nonzero(s > 0) - ops.count_nonzero(s < 0)
