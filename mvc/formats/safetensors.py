@@ -312,6 +312,22 @@ class SafetensorsFile:
         base = self.header.data_start + info.begin
         return self._data()[base + start * info.row_nbytes : base + stop * info.row_nbytes]
 
+    def done_with_rows(self, name: str, start: int, stop: int) -> None:
+        """Say rows ``start:stop`` of ``name`` will not be read again by this process.
+
+        Their pages leave the process (they stay in the page cache, and a later read maps
+        them back), so reading a model chunk by chunk does not grow the resident set to
+        the size of the file. Pages shared with neighbouring rows are kept.
+        """
+        if self._mmap is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.header.tensor(name)
+        begin = self.header.data_start + info.begin
+        first = -(-(begin + start * info.row_nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = (begin + stop * info.row_nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self.header.tensors)
 

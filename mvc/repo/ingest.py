@@ -41,10 +41,12 @@ def ingest_file(
     with SafetensorsFile(path) as sf:
         layout = []
         requests = []
+        rows: list[tuple[str, int, int]] = []  # per request: the rows it reads
         for info in sf.header.tensors:
             ranges = _chunks_of(info, chunk_bytes)
             layout.append((info, ranges))
             for index, (start, stop) in enumerate(ranges):
+                rows.append((info.name, start, stop))
                 requests.append(
                     PutRequest(
                         _chunk_view(sf, info, start, stop),
@@ -53,7 +55,7 @@ def ingest_file(
                         _delta_base(previous.get(info.name), info, index, start, stop),
                     )
                 )
-        ids = iter(store.put_many(requests))
+        ids = iter(store.put_many(requests, done_reading=lambda i: sf.done_with_rows(*rows[i])))
         tensors = tuple(
             TensorEntry(
                 name=info.name,
@@ -76,6 +78,7 @@ def manifest_ids_only(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Man
             for start, stop in _chunks_of(info, chunk_bytes):
                 data = _chunk_view(sf, info, start, stop)
                 oid = object_id(info.dtype, _chunk_shape(info, start, stop), data)
+                sf.done_with_rows(info.name, start, stop)
                 chunks.append(Chunk(start, stop, oid))
             tensors.append(
                 TensorEntry(info.name, info.dtype, tuple(info.shape), info.nbytes, tuple(chunks))

@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +341,12 @@ class ObjectStore:
         self,
         requests: Iterable[PutRequest | tuple],
         workers: int | None = None,
+        done_reading: Callable[[int], None] | None = None,
     ) -> list[str]:
         """``put`` each request; ids in request order.
+
+        ``done_reading(i)`` is called once request ``i``'s data has been read (encoded or
+        found stored), so a caller serving the data from a file mapping can let it go.
 
         ``workers`` threads (default 2, one per core) compress whole objects, so pieces of
         one object are not parallelised here (no nested pools), except for a single request. Writes go to a separate
@@ -365,18 +369,21 @@ class ObjectStore:
             ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mvc-io") as io,
         ):
 
-            def one(r: PutRequest) -> tuple[str, Future | None]:
+            def one(item: tuple[int, PutRequest]) -> tuple[str, Future | None]:
+                index, r = item
                 self._local.serial = serial
                 try:
                     oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base, r.base_data)
                 finally:
                     self._local.serial = False
+                if done_reading is not None:
+                    done_reading(index)
                 if chunks is None:
                     return oid, None
                 pending.acquire()
                 return oid, io.submit(write, path, chunks)
 
-            results = list(cpu.map(one, reqs))
+            results = list(cpu.map(one, enumerate(reqs)))
             for _, fut in results:
                 if fut is not None:
                     fut.result()
