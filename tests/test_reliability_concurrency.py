@@ -7,7 +7,11 @@ run the real CLI entry point; one real subprocess checks the user-visible lock m
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +179,37 @@ def test_gc_during_commits_keeps_every_commit(repo_root):
             repo.checkout(info.id, force=True)  # every object of every commit survived gc
         repo.switch("main", force=True)
         assert snapshot(repo_root) == last
+
+
+def test_two_lockers_finding_one_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
+    """Widen the check-and-remove window: still only one holder at a time."""
+    from mvc.repo import mutex
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / "lock"
+    lock.write_text(f"{dead.pid} {socket.gethostname()}\n")
+    read_owner = mutex._owner
+
+    def slow_owner(path):
+        owner = read_owner(path)
+        time.sleep(0.2)  # both threads see the dead owner before either removes it
+        return owner
+
+    monkeypatch.setattr(mutex, "_owner", slow_owner)
+    holders, overlaps = [], []
+
+    def take() -> None:
+        with mutex.repo_lock(lock, wait_seconds=10):
+            holders.append(threading.get_ident())
+            if len(holders) > 1:
+                overlaps.append(tuple(holders))
+            time.sleep(0.3)
+            holders.remove(threading.get_ident())
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not overlaps and not lock.exists()

@@ -5,6 +5,11 @@ hold `.git/mvc/lock`, created with O_EXCL and holding the owner's pid and host. 
 process is gone (kill -9) is stale: the next command removes it and says so, so nobody
 ever has to clean up by hand. A live owner makes us wait a little, then give up with a
 clear message.
+
+Deciding a lock is stale and removing it happen under an ``flock`` on a guard file beside
+it (``lock.guard``, never removed). Without it, two processes that read the same stale
+lock could both remove it, the second removing the lock the first had just taken, and
+both go on. Where ``fcntl`` does not exist (Windows) the check runs unguarded.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from mvc.errors import LockedError
 
@@ -41,8 +51,27 @@ def _owner(path: Path) -> tuple[int, str] | None:
         return None
 
 
+@contextmanager
+def _guard(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<lock>.guard`` for the duration of a staleness check."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path.with_name(path.name + ".guard"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def _clear_if_stale(path: Path) -> bool | None:
     """None while the lock is held; True when we removed a stale lock; False if it was gone."""
+    with _guard(path):
+        return _clear_if_stale_guarded(path)
+
+
+def _clear_if_stale_guarded(path: Path) -> bool | None:
     owner = _owner(path)
     if owner is None:
         # Being written right now, or garbage: only garbage old enough is stale.
