@@ -13,26 +13,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
+
+from mvc.store import ObjectStore
 
 T = TypeVar("T")
-
-
-class Putter(Protocol):
-    def put(
-        self,
-        data: Any,
-        dtype: str,
-        shape: Any,
-        base: str | None = None,
-        base_data: bytes | None = None,
-    ) -> str: ...
 
 
 class WriteBehind:
     """``put`` returns a future of the object id; ``close`` waits for every write."""
 
-    def __init__(self, store: Putter, max_bytes: int, workers: int = 1) -> None:
+    def __init__(self, store: ObjectStore, max_bytes: int, workers: int = 1) -> None:
         self._store = store
         self._max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-put")
