@@ -293,3 +293,59 @@ def test_records_with_a_mask_object_per_branch_still_verify_and_extract(three):
     extract(three, sha, "b", new_out)
     extract(three, old, "b", old_out)
     assert (new_out / MODEL).read_bytes() == (old_out / MODEL).read_bytes()
+
+
+def test_extract_of_a_bf16_merge_follows_the_masks_bit_for_bit(tmp_path):
+    """bf16 is kept as bit patterns (numpy has none): the rebuild picks merged or base bits."""
+    import torch
+
+    repo = Repo.init(tmp_path / "work")
+    base = random_weights(0)
+    write_model_folder(repo.root / "model", base, bf16=True)
+    repo.add([repo.root / "model"])
+    repo.commit("base")
+    for seed, name in enumerate(("a", "b"), start=1):
+        repo.switch(name, create=True, start="main")
+        tuned = fine_tuned(base, seed=seed, scale=1e-2, only=("layer.0.weight",))
+        write_model_folder(repo.root / "model", tuned, bf16=True)
+        repo.commit(name, all=True)
+    repo.switch("main")
+    sha = merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.5))).commit
+    out = tmp_path / "a-out"
+    result = extract(repo, sha, "a", out)
+    assert result.reconstructed == 1 and result.relative_l2 is not None
+    item = read_record(repo, sha)["files"][MODEL]["tensors"]["layer.0.weight"]
+    masks = np.frombuffer(repo.store.get(item["masks"]), dtype=np.uint8).reshape(2, -1)
+    keep = np.unpackbits(masks[item["branches"].index(1)], bitorder="little")[: 32 * 32]
+
+    def bits(rev: str) -> np.ndarray:
+        t = repo.load_state_dict(rev, MODEL)["layer.0.weight"]
+        return t.view(torch.int16).numpy().reshape(-1)
+
+    from safetensors.torch import load_file
+
+    rebuilt = load_file(str(out / MODEL))["layer.0.weight"].view(torch.int16).numpy().reshape(-1)
+    expected = np.where(keep.astype(bool), bits(sha), bits(repo.commit_info(sha).parents[0]))
+    assert np.array_equal(rebuilt, expected)
+
+
+def test_verify_and_extract_never_import_torch(three):
+    """Like a CPU merge, they compute on numpy: no torch import for the CLI to pay."""
+    import subprocess
+    import sys
+
+    sha = octopus(three, density=0.5)
+    code = (
+        "import sys\n"
+        "from mvc.lineage.extract import extract\n"
+        "from mvc.lineage.verify import verify\n"
+        "from mvc.repo import Repo\n"
+        "repo = Repo.open('.')\n"
+        f"assert verify(repo, '{sha}', device='cpu').ok\n"
+        f"extract(repo, '{sha}', 'b', '../b-out')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=three.root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr

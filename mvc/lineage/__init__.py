@@ -17,8 +17,9 @@
 Import the functions from their modules: a module and its function share a name, so a
 package-level alias would be replaced by the module as soon as the module is imported.
 
-Names load lazily: `mvc log` imports this package for `recipe_line`, which must stay free
-of torch; only verify, unmerge and extract import it, when they compute.
+Names load lazily: `mvc log` imports this package for `recipe_line`, which must stay cheap.
+verify, unmerge and extract compute on numpy, as a CPU merge does (torch only for a GPU
+backend, or to read fp8 values).
 """
 
 from __future__ import annotations

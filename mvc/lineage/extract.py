@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
 from mvc.lineage.records import (
@@ -30,7 +32,7 @@ from mvc.lineage.records import (
     parent_index,
     parent_label,
 )
-from mvc.lineage.tensors import chunk_shape, iter_rows, mask_slice, row_numel
+from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
 from mvc.merge.planner import RECORD_PREFIX
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.repo.worktree import checked_path, is_model_path
@@ -90,10 +92,8 @@ class _Errors:
         self.tensor_num = 0.0
         self.tensor_den = 0.0
 
-    def add(self, rebuilt: Any, parent: Any) -> None:
-        import torch
-
-        a, b = rebuilt.to(torch.float64), parent.to(torch.float64)
+    def add(self, rebuilt: np.ndarray, parent: np.ndarray, dtype: str) -> None:
+        a, b = as_float64(rebuilt, dtype), as_float64(parent, dtype)
         self.tensor_num += float(((a - b) ** 2).sum())
         self.tensor_den += float((b**2).sum())
 
@@ -248,10 +248,6 @@ def _file_chunks(
     store: bool,
 ) -> Iterator[bytes]:
     """The file's data bytes chunk by chunk; fills `entries` (storing chunks when `store`)."""
-    import torch
-
-    from mvc.formats.torch_io import tensor_bytes
-
     theirs = parent.by_name() if parent is not None else {}
     for plan in plans:
         name = plan.entry.name
@@ -267,8 +263,9 @@ def _file_chunks(
             for chunk in plan.entry.chunks:
                 data = repo.store.get(chunk.oid)
                 if ref_rows is not None and floats:
-                    _, _, ours = next(_rows_of(plan.entry, chunk, data))
-                    _compare_rows(errors, ours, ref_rows)
+                    shape = chunk_shape(plan.entry, chunk.start, chunk.stop)
+                    ours = load(data, plan.entry.dtype, shape)
+                    _compare_rows(errors, ours, ref_rows, plan.entry.dtype)
                 yield data
         else:
             result.reconstructed += 1
@@ -282,15 +279,15 @@ def _file_chunks(
             )
             for (start, stop, merged), (_, _, base) in pairs:
                 keep = mask_slice(mask, start * width, (stop - start) * width)
-                rebuilt = torch.where(keep.reshape(merged.shape), merged, base)
-                data = tensor_bytes(rebuilt)
+                rebuilt = np.where(keep.reshape(merged.shape), merged, base)
+                data = rebuilt.tobytes()
                 if store:
                     oid = repo.store.put(
                         data, plan.entry.dtype, chunk_shape(plan.entry, start, stop)
                     )
                     chunks.append(Chunk(start, stop, oid))
                 if ref_rows is not None:
-                    _compare_rows(errors, rebuilt, ref_rows)
+                    _compare_rows(errors, rebuilt, ref_rows, plan.entry.dtype)
                 yield data
         error = errors.close_tensor()
         if plan.mask_id is not None and reference is not None:
@@ -301,18 +298,16 @@ def _file_chunks(
         )
 
 
-def _rows_of(entry: TensorEntry, chunk: Chunk, data: bytes) -> Iterator[tuple[int, int, Any]]:
-    from mvc.formats.torch_io import to_torch
-
-    shape = chunk_shape(entry, chunk.start, chunk.stop)
-    yield chunk.start, chunk.stop, to_torch(bytearray(data), entry.dtype, shape)
-
-
-def _compare_rows(errors: _Errors, ours: Any, ref_rows: Iterator[tuple[int, int, Any]]) -> None:
+def _compare_rows(
+    errors: _Errors,
+    ours: np.ndarray,
+    ref_rows: Iterator[tuple[int, int, np.ndarray]],
+    dtype: str,
+) -> None:
     """Compare `ours` with the parent's next rows (layouts of one shape chunk the same way)."""
     _, _, theirs = next(ref_rows)
     if theirs.shape == ours.shape:
-        errors.add(ours, theirs)
+        errors.add(ours, theirs, dtype)
 
 
 def _commit(
