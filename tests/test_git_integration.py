@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
@@ -18,9 +20,10 @@ from mvc.cli.main import cli
 from mvc.errors import ConflictError
 from mvc.merge import MergeOptions, merge
 from mvc.remote import add_remote, clone, pktline, pull, push
-from mvc.remote.gitfilter import GitContext, serve, smudge, textconv
+from mvc.remote.gitfilter import GitContext, clean, serve, smudge, textconv
 from mvc.remote.gitint import ATTRIBUTES_LINE, install_git
 from mvc.repo import Manifest, Repo
+from mvc.repo.ingest import manifest_ids_only
 
 MODEL = "model/model.safetensors"
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")
@@ -215,6 +218,7 @@ def test_filter_process_protocol_round_trip(repo):
     assert "broken.safetensors: malformed manifest" in errors.getvalue()
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=200), max_size=5))
 def test_pktline_round_trip(payloads):
     stream = io.BytesIO()
@@ -318,3 +322,33 @@ def test_pull_cli_options_and_ff_only(team, monkeypatch):
     assert head.commit_info("HEAD").message.strip() == "sync"
     assert head.git[head.head().encode()].parents[0] == ours.encode()
     assert os.path.exists(bob.root / MODEL)
+
+
+def _safetensors_starting_with_brace(path: Path) -> None:
+    """A valid file whose header length (its first 8 bytes) begins with the byte "{"."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    header = header.ljust(0x17B)  # 0x17b: low byte 0x7b is "{"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(8))
+
+
+def test_a_model_file_starting_with_a_brace_is_not_taken_for_a_manifest(repo, tmp_path):
+    ctx = GitContext.discover(repo.root)
+    model = tmp_path / "odd.safetensors"
+    _safetensors_starting_with_brace(model)
+    assert model.read_bytes()[:1] == b"{"
+    assert textconv(model) == f"w\tF32[2]\t{manifest_ids_only(model).tensors[0].chunk_ids[0]}\n"
+    with ctx.spool() as spool:
+        spool.write(model.read_bytes())
+        spool.flush()
+        blob = clean(ctx, "odd.safetensors", spool)
+    assert Manifest.from_bytes(blob, "odd.safetensors").tensors[0].name == "w"
+
+
+def test_a_deeply_nested_blob_passes_through_the_filter(repo):
+    """A blob that is JSON but no manifest (here nested past Python's recursion limit)."""
+    ctx = GitContext.discover(repo.root)
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with ctx.spool() as spool:
+        spool.write(deep)
+        spool.flush()
+        assert b"".join(smudge(ctx, "deep.safetensors", spool)) == deep

@@ -28,6 +28,7 @@ from dulwich.index import IndexEntry
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import FormatError, MvcError, NotFoundError
+from mvc.formats.jsonutil import strict_loads
 from mvc.remote.pktline import (
     FLUSH,
     ProtocolError,
@@ -37,11 +38,22 @@ from mvc.remote.pktline import (
     write_content,
     write_text_list,
 )
-from mvc.repo.ingest import ingest_file, manifest_ids_only
+from mvc.repo.ingest import ingest_file, iter_file_chunks, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry, is_manifest_doc
+from mvc.repo.repository import MVC_DIR
 from mvc.store import ObjectStore
 
 COPY_BYTES = 1 << 20
+# A manifest lists a few dozen bytes per 16 MiB chunk: even a huge model's is far below this.
+MAX_MANIFEST_BYTES = 64 << 20
+SPOOL_DIR = "tmp"  # inside the mvc folder: the filter's temp copies of files in transit
+
+
+def store_dir(common_git_dir: Path) -> Path:
+    """The mvc folder (tensor store) of a git repository, created on first use."""
+    folder = common_git_dir / MVC_DIR
+    (folder / "objects").mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclass
@@ -63,9 +75,8 @@ class GitContext:
             git = GitRepo.discover(str(start))
         except NotGitRepository:
             raise NotFoundError(f"not a git repository: {Path(start).resolve()}") from None
-        mvc_dir = Path(git.commondir()) / "mvc"
-        (mvc_dir / "objects").mkdir(parents=True, exist_ok=True)
-        tmp = mvc_dir / "tmp"
+        mvc_dir = store_dir(Path(git.commondir()))
+        tmp = mvc_dir / SPOOL_DIR
         tmp.mkdir(exist_ok=True)
         return cls(git, ObjectStore(mvc_dir), tmp)
 
@@ -85,30 +96,40 @@ class GitContext:
             return {}
 
 
-def parse_manifest(data: bytes, path: str) -> Manifest | None:
-    """The manifest in `data`, or None when `data` is not one (a file to pass through)."""
-    if not data.lstrip().startswith(b"{"):
+def read_manifest(handle: IO[bytes], path: str) -> tuple[Manifest, bytes] | None:
+    """The manifest held by an open file (and its bytes), or None for anything else.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then
+    the header; when those bytes announce a header that fits in the file it is a model, and
+    is not read further, whatever its first byte (one file in 256 starts with "{"). Only a
+    small blob that parses as an mvc manifest document is one; a document that claims to be
+    a manifest but is malformed is an error, not something to pass through.
+    """
+    size = handle.seek(0, 2)
+    handle.seek(0)
+    prefix = handle.read(8)
+    handle.seek(0)
+    if len(prefix) == 8 and 8 + struct.unpack("<Q", prefix)[0] <= size:
         return None
+    if size > MAX_MANIFEST_BYTES or not prefix.lstrip().startswith(b"{"):
+        return None
+    data = handle.read()
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        doc = strict_loads(data, f"{path}: manifest")
+    except FormatError:
         return None
     if not is_manifest_doc(doc):
         return None
-    return Manifest.from_bytes(data, path)
+    return Manifest.from_bytes(data, path), data
 
 
 def clean(ctx: GitContext, path: str, spool: IO[bytes]) -> bytes:
     """The blob git stores for the file whose bytes are in `spool` (a named temp file)."""
-    size = spool.seek(0, 2)
-    if size == 0:
+    if spool.seek(0, 2) == 0:
         return b""
-    spool.seek(0)
-    if spool.read(1) == b"{":
-        spool.seek(0)
-        data = spool.read()
-        if parse_manifest(data, path) is not None:
-            return data  # already clean (e.g. `git add --renormalize`)
+    found = read_manifest(spool, path)
+    if found is not None:
+        return found[1]  # already clean (e.g. `git add --renormalize`)
     try:
         manifest = ingest_file(ctx.store, Path(spool.name), ctx.previous_tensors(path))
     except FormatError as err:
@@ -122,15 +143,11 @@ def smudge(ctx: GitContext, path: str, spool: IO[bytes]) -> Iterator[bytes]:
     Every object must be present before streaming starts, so a missing one is reported
     cleanly instead of leaving git with half a file.
     """
-    spool.seek(0)
-    first = spool.read(1)
-    manifest = None
-    if first == b"{":
-        spool.seek(0)
-        manifest = parse_manifest(spool.read(), path)
-    if manifest is None:
+    found = read_manifest(spool, path)
+    if found is None:
         spool.seek(0)
         return iter(lambda: spool.read(COPY_BYTES), b"")
+    manifest = found[0]
     missing = [oid for oid in manifest.object_ids() if not ctx.store.has(oid)]
     if missing:
         raise NotFoundError(
@@ -141,10 +158,9 @@ def smudge(ctx: GitContext, path: str, spool: IO[bytes]) -> Iterator[bytes]:
     return _file_bytes(ctx.store, manifest)
 
 
-def _file_bytes(store: ObjectStore, manifest: Manifest) -> Iterator[bytes]:
+def _file_bytes(store: ObjectStore, manifest: Manifest) -> Iterator[bytes | memoryview]:
     yield struct.pack("<Q", len(manifest.header_raw)) + manifest.header_raw
-    for oid in manifest.object_ids():
-        yield store.get(oid)
+    yield from iter_file_chunks(store, manifest)
 
 
 def textconv(data_path: Path) -> str:
@@ -154,11 +170,9 @@ def textconv(data_path: Path) -> str:
     so both are accepted; the ids of a work-tree file are computed without storing it.
     """
     with open(data_path, "rb") as handle:
-        head = handle.read(1)
-    if head == b"{":
-        manifest = parse_manifest(data_path.read_bytes(), str(data_path))
-        if manifest is None:
-            return data_path.read_text(errors="replace")
+        found = read_manifest(handle, str(data_path))
+    if found is not None:
+        manifest = found[0]
     else:
         try:
             manifest = manifest_ids_only(data_path)

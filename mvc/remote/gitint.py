@@ -20,6 +20,7 @@ from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import MvcError, NotFoundError
+from mvc.remote.gitfilter import store_dir
 
 ATTRIBUTES_LINE = "*.safetensors filter=mvc diff=mvc merge=mvc -text"
 
@@ -62,7 +63,8 @@ def install_git(start: str | Path = ".", global_: bool = False) -> InstallReport
     git_binary = shutil.which("git")
     if git_binary is None:
         raise MvcError("git is not installed", hint="install git, then run this again")
-    common = _common_dir(start)
+    found = _discover(start)
+    common, work_tree = found if found is not None else (None, None)
     if common is None and not global_:
         raise NotFoundError(
             f"not a git repository: {Path(start).resolve()}",
@@ -76,29 +78,22 @@ def install_git(start: str | Path = ".", global_: bool = False) -> InstallReport
         scope, where = ["--file", str(config_file)], str(config_file)
     for key, value in git_settings().items():
         _git_config(git_binary, scope, key, value)
-    if common is None:
+    if common is None or work_tree is None:
         return InstallReport(where, None, False)
-    (common / "mvc" / "objects").mkdir(parents=True, exist_ok=True)
-    attributes = _work_tree(start) / ".gitattributes"
+    store_dir(common)
+    attributes = work_tree / ".gitattributes"
     return InstallReport(where, attributes, _ensure_line(attributes, ATTRIBUTES_LINE))
 
 
-def _common_dir(start: str | Path) -> Path | None:
-    """The git dir shared by all work trees of the repository containing `start`."""
+def _discover(start: str | Path) -> tuple[Path, Path] | None:
+    """The repository containing `start`: its common git dir (shared by all its work
+    trees) and its work tree; None outside any repository."""
     try:
         git = GitRepo.discover(str(start))
     except NotGitRepository:
         return None
     try:
-        return Path(git.commondir()).resolve()
-    finally:
-        git.close()
-
-
-def _work_tree(start: str | Path) -> Path:
-    git = GitRepo.discover(str(start))
-    try:
-        return Path(git.path).resolve()
+        return Path(git.commondir()).resolve(), Path(git.path).resolve()
     finally:
         git.close()
 

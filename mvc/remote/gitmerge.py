@@ -17,7 +17,7 @@ from pathlib import Path
 from mvc.errors import FormatError, MvcError
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import Planner
-from mvc.remote.gitfilter import GitContext, parse_manifest
+from mvc.remote.gitfilter import GitContext, read_manifest
 from mvc.repo.ingest import ingest_file
 from mvc.repo.manifest import Manifest
 
@@ -54,11 +54,12 @@ class DriverRecipe:
 def _load(ctx: GitContext, file: Path, path: str) -> bytes | None:
     """The manifest blob of one side; a raw safetensors blob (committed before the filter
     was installed) is ingested first, an empty file means the side has no such file."""
-    data = file.read_bytes()
-    if not data:
-        return None
-    if parse_manifest(data, path) is not None:
-        return data
+    with open(file, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return None
+        found = read_manifest(handle, path)
+    if found is not None:
+        return found[1]
     try:
         return ingest_file(ctx.store, file).to_bytes()
     except FormatError as err:
@@ -71,13 +72,12 @@ def merge_file(
     ours: Path,
     theirs: Path,
     path: str,
-    recipe: DriverRecipe | None = None,
 ) -> list[str]:
     """Merge `theirs` into `ours` (rewritten in place); the conflicts, empty on success.
 
     With conflicts nothing is written: `ours` keeps our version, as git expects.
     """
-    recipe = recipe or DriverRecipe.from_config(ctx)
+    recipe = DriverRecipe.from_config(ctx)
     base_blob, ours_blob, theirs_blob = (_load(ctx, f, path) for f in (ancestor, ours, theirs))
     base = {path: base_blob} if base_blob is not None else {}
     sides = [{path: b} if b is not None else {} for b in (ours_blob, theirs_blob)]
@@ -86,7 +86,7 @@ def merge_file(
         return plan.conflicts
     if path not in plan.files:
         return [f"{path}: deleted on one side"]
-    # Only now is torch needed: a conflict is reported without paying for its import.
+    # Only now is arithmetic needed: a conflict is reported before importing the executor.
     from mvc.merge.device import resolve_device
     from mvc.merge.executor import Executor
     from mvc.merge.strategies import get_strategy

@@ -95,11 +95,11 @@ def iter_entry_bytes(store: ObjectStore, entry: TensorEntry) -> Iterator[bytes]:
 def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
     """Write the byte-identical safetensors file for `manifest` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path, manifest.header_raw, _prefetched(store, manifest))
+    write_safetensors(path, manifest.header_raw, iter_file_chunks(store, manifest))
 
 
-def _prefetched(store: ObjectStore, manifest: Manifest) -> Iterator[memoryview]:
-    """Decode the next chunk on a thread while the current one is written."""
+def iter_file_chunks(store: ObjectStore, manifest: Manifest) -> Iterator[memoryview]:
+    """The file's data, chunk by chunk; the next chunk decodes on a thread meanwhile."""
     oids = list(manifest.object_ids())
     if not oids:
         return
