@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.errors import FormatError
 from mvc.formats.jsonutil import strict_loads
+from mvc.repo.references import LOCK_RECORD_PATH
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
-
-from mvc.repo.references import LOCK_RECORD_PATH
 
 RECORD_VERSION = 1
 

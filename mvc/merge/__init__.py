@@ -1,7 +1,7 @@
 """mvc.merge: three-way planner, strategies, streaming executor, merge records.
 
-Names are imported lazily: the planner and records need no torch, and commands such as
-`mvc log` read merge records without paying torch's import time.
+Names are imported lazily, so commands such as `mvc log` read merge records without
+importing the executor and strategies.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
 from mvc.repo import Repo
 
-if TYPE_CHECKING:  # the merge layer imports torch; pull loads it only when it merges
+if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
     from mvc.merge.api import MergeOptions, MergeResult
 
 DEFAULT_WORKERS = 8
@@ -198,8 +198,8 @@ def _send_objects(
     report.skipped = (len(git_ids) - len(git_send)) + len(referenced & tensors_there)
 
     def send_tensor(oid: str) -> None:
-        repo.store.verify(oid)
         data = repo.store.read_raw(oid)
+        repo.store.verify(oid, data)
         transport.put(tensor_object_key(oid), data)
         progress.advance(len(data))
 

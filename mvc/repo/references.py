@@ -8,10 +8,9 @@ TALL masks, lock records). Such a record lists the objects it needs under the to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
-from mvc.errors import FormatError
+from mvc.formats.jsonutil import strict_loads
 from mvc.repo.manifest import Manifest
 from mvc.repo.worktree import is_model_path
 
@@ -26,9 +25,6 @@ def referenced_objects(path: str, blob: bytes) -> Iterator[str]:
     if is_model_path(path):
         yield from Manifest.from_bytes(blob, path).object_ids()
     elif path.startswith(RECORD_PREFIX) and path.endswith(".json"):
-        try:
-            doc = json.loads(blob)
-        except (ValueError, RecursionError):  # records may come from an untrusted remote
-            raise FormatError(f"{path}: record is not valid JSON") from None
+        doc = strict_loads(blob, f"{path}: record")  # it may come from an untrusted remote
         ids = doc.get(RECORD_OBJECTS_KEY, []) if isinstance(doc, dict) else []
         yield from (oid for oid in ids if isinstance(oid, str)) if isinstance(ids, list) else ()

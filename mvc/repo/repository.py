@@ -523,9 +523,7 @@ class Repo:
                     # Journal the intent first: if we die while the work tree is half
                     # written, the next command rolls the commit forward (see locked()).
                     _atomic_write(self._pending_path, f"{old_head or '-'} {sha}\n".encode())
-                    self._apply_files(
-                        self.tree_files(old_head), self.tree_files(sha), False, prewritten
-                    )
+                    self._apply_commit(old_head, sha, force=False, prewritten=prewritten)
                 self.move_branch(old_head, sha, f"commit: {message.splitlines()[0]}")
                 self._pending_path.unlink(missing_ok=True)
         return sha
@@ -668,9 +666,15 @@ class Repo:
         with self.locked():
             self._apply_commit(self.head(), self.resolve(rev), force)
 
-    def _apply_commit(self, old: str | None, new: str, force: bool) -> None:
+    def _apply_commit(
+        self,
+        old: str | None,
+        new: str,
+        force: bool,
+        prewritten: Mapping[str, Path] | None = None,
+    ) -> None:
         """Turn the work tree and index from commit `old` into commit `new`."""
-        self._apply_files(self.tree_files(old), self.tree_files(new), force)
+        self._apply_files(self.tree_files(old), self.tree_files(new), force, prewritten)
 
     def stage_tree(
         self, files: Mapping[str, Manifest | bytes], prewritten: Mapping[str, Path] | None = None
@@ -691,7 +695,7 @@ class Repo:
 
         On the work tree's filesystem (so moving a file from it is an atomic rename) but
         outside the work tree, so a file left half-built by a crash is never seen as a
-        change; `gc` clears what is left there.
+        change; the next command that recovers the crashed process's lock clears it.
         """
         folder = self.mvc_dir / SCRATCH_DIR
         folder.mkdir(parents=True, exist_ok=True)

@@ -193,9 +193,13 @@ class ObjectStore:
             return memoryview(known[oid]).cast("B")
         return self._decode(oid, self.read_raw(oid), known)
 
-    def verify(self, oid: str) -> None:
-        """Raise ``CorruptObjectError`` (or ``NotFoundError``) unless ``oid`` decodes to its id."""
-        self.get(oid)
+    def verify(self, oid: str, stored: bytes | None = None) -> None:
+        """Raise ``CorruptObjectError`` (or ``NotFoundError``) unless ``oid`` decodes to its id.
+
+        ``stored``: the object's encoded file when the caller has read it already (a push
+        sends those very bytes), so it is not read a second time.
+        """
+        self._decode(oid, self.read_raw(oid) if stored is None else stored)
 
     def _decode(
         self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
@@ -397,7 +401,7 @@ class ObjectStore:
         path = self.path(oid)
         if path.is_file():
             return
-        self._decode(oid, stored)
+        self.verify(oid, stored)
         self._write_atomic(path, [stored])
 
     def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
