@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from mvc.errors import MvcError
@@ -26,8 +24,7 @@ def demo(directory: str, quiet: bool) -> None:
     report = run_demo(directory, say=click.echo, progress=BarProgress(False if quiet else None))
     click.echo(f"demo finished in {report.seconds:.0f} s")
     if not report.ok:
-        click.echo("mvc: error: a demo check failed (see above)", err=True)
-        sys.exit(1)
+        raise MvcError("a demo check failed (see above)")
 
 
 def register(group: click.Group) -> None:

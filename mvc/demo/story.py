@@ -12,7 +12,6 @@ issue 7 promises (≥ 90% of each branch's own-task gain kept; the locked merge 
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,7 +171,6 @@ class _Story:
             ),
             progress=self.progress,
         )
-        self.merge_commit = result.commit
         self.say(
             f"   merge commit {result.commit[:12]}: {result.resolved} tensors resolved by "
             f"TIES, {result.taken} taken from a single branch"
@@ -434,14 +432,3 @@ def draw_lineage(graph, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def main(folder: str | None = None) -> int:
-    """Entry point for `python -m mvc.demo.story [DIR]`."""
-    report = run_demo(folder)
-    print(f"demo finished in {report.seconds:.0f} s")
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))
