@@ -15,6 +15,7 @@ def test_demo_keeps_gains_audits_and_locks(tmp_path):
     rows = report.rows
     assert report.ok, "\n".join(lines)
     # The merge keeps ≥ 90% of each branch's own-task gain over the base (issue 7).
+    assert len(report.retention) == len(report.tasks)
     assert all(kept >= 0.9 for kept in report.retention.values()), report.retention
     # verify recomputed the merge bit for bit (issue 4).
     assert report.checks["verify recomputes the merge bit for bit"]
@@ -28,6 +29,9 @@ def test_demo_keeps_gains_audits_and_locks(tmp_path):
     assert rows[locked_row] == rows[f"branch {locked_task}"]
     assert report.locked_retention < 0.5
     # Storage: each fine-tune commit adds at most 0.40 of the raw fp32 file (issue 2).
-    assert all(stored / raw <= 0.40 for label, stored, raw in report.storage if label != "base")
+    fine_tunes = [(stored, raw) for label, stored, raw in report.storage if label != "base"]
+    assert len(fine_tunes) == len(report.tasks)
+    assert all(stored / raw <= 0.40 for stored, raw in fine_tunes)
+    assert len(report.pictures) >= 2  # the accuracy chart and the lineage picture
     for picture in report.pictures:
         assert picture.stat().st_size > 1000

@@ -15,7 +15,7 @@ def test_queued_puts_store_what_direct_puts_store(tmp_path):
     store = ObjectStore(tmp_path / "objects")
     rng = np.random.default_rng(0)
     base = rng.standard_normal(4096).astype(np.float32)
-    chunks = [base + np.float32(i) * 1e-3 for i in range(5)]
+    chunks = [base + np.float32(i + 1) * 1e-3 for i in range(5)]
     base_id = store.put(base.tobytes(), "F32", (4096,))
     with WriteBehind(store, max_bytes=2 * 4096 * 4) as writer:
         futures = [
@@ -23,8 +23,14 @@ def test_queued_puts_store_what_direct_puts_store(tmp_path):
             for c in chunks
         ]
     ids = [f.result() for f in futures]
-    assert ids == [store.put(c.tobytes(), "F32", (4096,)) for c in chunks]
-    assert all(store.get(oid) == c.tobytes() for oid, c in zip(ids, chunks, strict=True))
+    direct = ObjectStore(tmp_path / "direct")
+    direct_base = direct.put(base.tobytes(), "F32", (4096,))
+    for oid, c in zip(ids, chunks, strict=True):
+        assert store.info(oid).base == base_id  # the base's bytes were used as a delta base
+        assert store.get(oid) == c.tobytes()
+        # byte-identical files to a plain put with the same base
+        assert direct.put(c.tobytes(), "F32", (4096,), base=direct_base) == oid
+        assert direct.read_raw(oid) == store.read_raw(oid)
 
 
 class _SlowStore:
@@ -45,12 +51,18 @@ def test_queued_bytes_are_bounded():
     writer = WriteBehind(store, max_bytes=8)
     writer.put(b"abcd", "U8", (4,))
     writer.put(b"efgh", "U8", (4,))
-    blocked = threading.Thread(target=writer.put, args=(b"ijkl", "U8", (4,)))
+    returned = threading.Event()
+
+    def third() -> None:
+        writer.put(b"ijkl", "U8", (4,))
+        returned.set()
+
+    blocked = threading.Thread(target=third)
     blocked.start()
-    blocked.join(0.2)
-    assert blocked.is_alive()  # 12 bytes would be queued: the put waits for the oldest
+    # 12 bytes would be queued: the third put waits for the oldest to be written.
+    assert not returned.wait(1.0)
     store.release.set()
-    blocked.join(5)
+    assert returned.wait(5)
     writer.close()
     assert store.started == 3
 

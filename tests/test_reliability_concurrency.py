@@ -197,19 +197,24 @@ def test_two_lockers_finding_one_stale_lock_never_both_hold_it(tmp_path, monkeyp
         return owner
 
     monkeypatch.setattr(mutex, "_owner", slow_owner)
-    holders, overlaps = [], []
+    holders, overlaps, acquired, errors = [], [], [], []
 
     def take() -> None:
-        with mutex.repo_lock(lock, wait_seconds=10):
-            holders.append(threading.get_ident())
-            if len(holders) > 1:
-                overlaps.append(tuple(holders))
-            time.sleep(0.3)
-            holders.remove(threading.get_ident())
+        try:
+            with mutex.repo_lock(lock, wait_seconds=10):
+                acquired.append(threading.get_ident())
+                holders.append(threading.get_ident())
+                if len(holders) > 1:
+                    overlaps.append(tuple(holders))
+                time.sleep(0.3)
+                holders.remove(threading.get_ident())
+        except BaseException as err:  # a thread's exception would otherwise only warn
+            errors.append(err)
 
     threads = [threading.Thread(target=take) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert not overlaps and not lock.exists()
+    assert not any(t.is_alive() for t in threads) and not errors
+    assert len(acquired) == 2 and not overlaps and not lock.exists()

@@ -85,7 +85,8 @@ def test_disk_full_then_read_only(tiny_fs):
 
 
 def test_enospc_at_every_write_of_a_commit(tmp_path, monkeypatch):
-    """Inject ENOSPC at the Nth low-level write of `commit -a`, for every N."""
+    """Inject ENOSPC at the Nth fsync of `commit -a` (where a full disk surfaces for
+    buffered writes), for every N."""
     repo = Repo.init(tmp_path / "repo")
     weights = random_weights(0, rows=64, cols=16)
     write_model_folder(repo.root / "model", weights)
