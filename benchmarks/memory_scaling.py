@@ -42,7 +42,7 @@ def _peaks(work: Path, target_mib: int) -> tuple[float, dict[str, Run]]:
         "mvc add (fine-tune a)": setup.adds["a"],
         "mvc commit (fine-tune a)": setup.commits["a"],
         "mvc switch (checkout)": max(setup.switches, key=lambda r: r.peak_rss_mib),
-        "mvc merge (TIES)": mvc_merge(setup.root, MODES[0], DENSITY, "scale"),
+        "mvc merge (TIES, three-way default)": mvc_merge(setup.root, MODES[0], DENSITY, "scale"),
         "mergekit-yaml (TIES)": mergekit_merge(work, *models, DENSITY, "scale"),
     }
     return shape.nbytes / MIB, runs
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(x{large / small:.2f}), {ROW_FRACTION:.0%} of rows perturbed per fine-tune"
     )
     print_scaling_table(small, large, [(op, small_runs[op], large_runs[op]) for op in small_runs])
-    merge, peer = large_runs["mvc merge (TIES)"], large_runs["mergekit-yaml (TIES)"]
+    merge = large_runs["mvc merge (TIES, three-way default)"]
+    peer = large_runs["mergekit-yaml (TIES)"]
     print(
         f"\nAt {large:.0f} MiB: mvc merge peak RSS / mergekit = "
         f"{merge.peak_rss_mib / peer.peak_rss_mib:.2f}, peak anonymous memory / mergekit = "

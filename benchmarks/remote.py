@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,11 @@ def _remote_parent() -> str | None:
     default = Path(tempfile.gettempdir())
     if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != default.stat().st_dev:
         return str(shm)
+    print(
+        "warning: no second filesystem for the remotes; git-lfs will hard-link objects, "
+        "so its push times are too low",
+        file=sys.stderr,
+    )
     return None
 
 

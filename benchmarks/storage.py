@@ -9,7 +9,8 @@ decay), in fp32 and with base and fine-tune cast to bf16:
 - throughput: ``mvc add`` + ``mvc commit`` and ``mvc switch`` between the two versions, each
   a fresh ``mvc`` process, against ``git add`` + ``git commit`` and ``git checkout`` of the
   same file tracked by ``git lfs`` in a temporary git repository, in the same run. Times
-  include process start-up (shown separately, with the throughput net of it).
+  include process start-up; a row shows it (``mvc status`` / ``git status`` in the same
+  repository, which load each tool's whole stack).
 
 Run: ``.venv/bin/python -m benchmarks.storage [--quick] [--zipnn-python PATH]``.
 """
@@ -72,7 +73,7 @@ def _tools() -> tuple[Tool, Tool]:
         Tool(
             name="mvc",
             setup=((mvc, "init"),),
-            startup=(mvc, "--version"),
+            startup=(mvc, "status"),
             add=(mvc, "add"),
             commit=(mvc, "commit", "-m"),
             branch=(mvc, "switch", "-c"),
@@ -87,7 +88,7 @@ def _tools() -> tuple[Tool, Tool]:
                 (git, "add", ".gitattributes"),
                 (git, "commit", "-q", "-m", "track"),
             ),
-            startup=(git, "lfs", "version"),
+            startup=(git, "status", "-s"),
             add=(git, "add"),
             commit=(git, "commit", "-q", "-m"),
             branch=(git, "switch", "-q", "-c"),
@@ -149,18 +150,18 @@ def _mbps(nbytes: int, seconds: float) -> str:
 
 
 def bench_pair(
-    label: str, base: Path, ft: Path, dtype: str, zipnn_python: str | None, repeats: int
-) -> tuple[list[list[object]], list[list[object]], float]:
-    """Storage rows, throughput rows and mvc's fine-tune ratio for one dtype."""
+    label: str, base: Path, ft: Path, zipnn_python: str | None, repeats: int
+) -> tuple[list[list[object]], list[list[object]]]:
+    """Storage rows and throughput rows for one dtype (``label``: fp32 or bf16)."""
     raw = (ft / MODEL_FILE).stat().st_size
     with tempfile.TemporaryDirectory(prefix="mvc-bench-storage-") as tmp:
         work = Path(tmp)
         mvc_tool, lfs_tool = _tools()
         mvc = _flow(mvc_tool, base, ft, work, repeats)
         lfs = _flow(lfs_tool, base, ft, work, repeats)
-    zipnn = _zipnn(base, ft, "float32" if dtype == "fp32" else "bfloat16", zipnn_python)
+    zipnn = _zipnn(base, ft, "float32" if label == "fp32" else "bfloat16", zipnn_python)
     mvc_ratio = mvc.ft_commit_bytes / raw
-    target = TARGETS[dtype]
+    target = TARGETS[label]
     storage = [
         [
             label,
@@ -204,28 +205,14 @@ def bench_pair(
         ("commit fine-tune (add+commit)", mvc.commit_ft_s, lfs.commit_ft_s),
         ("checkout (switch, median)", mvc.checkout_s, lfs.checkout_s),
     ):
-        # add+commit is two processes, a switch one.
-        starts = 2 if op.startswith("commit") else 1
-        m_net = max(m_s - starts * mvc.startup_s, 1e-9)
-        l_net = max(l_s - starts * lfs.startup_s, 1e-9)
         throughput.append(
-            [
-                label,
-                op,
-                f"{m_s:.2f}",
-                _mbps(raw, m_s),
-                _mbps(raw, m_net),
-                f"{l_s:.2f}",
-                _mbps(raw, l_s),
-                _mbps(raw, l_net),
-                ratio(l_s, m_s),
-            ]
+            [label, op, f"{m_s:.2f}", _mbps(raw, m_s), f"{l_s:.2f}", _mbps(raw, l_s)]
+            + [ratio(l_s, m_s)]
         )
     throughput.append(
-        [label, "process start-up", f"{mvc.startup_s:.2f}", "", "", f"{lfs.startup_s:.2f}"]
-        + ["", "", ""]
+        [label, "process start-up", f"{mvc.startup_s:.2f}", "", f"{lfs.startup_s:.2f}", "", ""]
     )
-    return storage, throughput, mvc_ratio
+    return storage, throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     storage_rows: list[list[object]] = []
     speed_rows: list[list[object]] = []
     for label, b, f in pairs:
-        s, t, _ = bench_pair(label, b, f, label, args.zipnn_python, repeats)
+        s, t = bench_pair(label, b, f, args.zipnn_python, repeats)
         storage_rows += s
         speed_rows += t
     print_table(
@@ -266,10 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             "operation",
             "mvc s",
             "mvc MB/s",
-            "mvc MB/s net of start-up",
             "lfs s",
             "lfs MB/s",
-            "lfs MB/s net",
             "speed mvc/lfs",
         ],
         speed_rows,

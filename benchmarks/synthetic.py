@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.finetune import base_model_dir
+from benchmarks.finetune import MODEL_FILE, base_model_dir
 
 BLOCK_BYTES = 4 * 1024 * 1024
-MODEL_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)

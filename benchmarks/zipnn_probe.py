@@ -2,7 +2,7 @@
 
 Run as a script (``python benchmarks/zipnn_probe.py BASE FT DTYPE [--emulate]``) by an
 interpreter that has the ``zipnn`` package, which is kept out of the project's .venv; it
-prints one JSON line ``{"full": bytes, "delta": bytes, "raw": bytes, "engine": ...}``.
+prints one JSON line ``{"full": bytes, "delta": bytes, "engine": ...}``.
 
 With ``--emulate`` (or when ``zipnn`` is missing) it does what ZipNN does, with numpy and
 zstandard: XOR with the base, split each float into byte planes, zstd level 3 per 256 KiB
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
         except ImportError:
             emulate = True
     header, ft = _data(ft_path)
-    base_header, base = _data(base_path)
+    _, base = _data(base_path)
     if len(base) != len(ft):
         raise SystemExit("base and fine-tune differ in size; XOR delta needs the same layout")
     delta = bytearray((np.frombuffer(ft, np.uint8) ^ np.frombuffer(base, np.uint8)).tobytes())
@@ -75,7 +75,6 @@ def main(argv: list[str]) -> None:
 
     result = {
         "engine": "emulated (byte planes + zstd-3 per 256 KiB)" if emulate else "zipnn",
-        "raw": header + len(ft),
         "full": header + size(ft),
         "delta": header + size(delta),
     }
