@@ -1,9 +1,11 @@
-"""History commands: tag and reset (and, through the merge layer, revert and cherry-pick)."""
+"""History commands: tag, reset, and revert and cherry-pick (merges with a chosen base)."""
 
 from __future__ import annotations
 
 import click
 
+from mvc.cli.cmd_merge import build_options, merge_options
+from mvc.cli.cmd_merge import report as report_merge
 from mvc.cli.output import emit_json, open_repo
 
 
@@ -54,6 +56,55 @@ def reset(rev: str, mode: str) -> None:
     click.echo(f"HEAD is now at {sha[:12]}")
 
 
+def _replay_command(operation: str, summary: str):
+    @click.command(operation, help=summary)
+    @click.argument("commit")
+    @click.option(
+        "-m",
+        "--mainline",
+        type=int,
+        default=None,
+        help="For a merge commit: the parent (1, 2, ...) its change is measured against.",
+    )
+    @click.option("--message", default=None, help="Commit message.")
+    @click.option("--no-commit", is_flag=True, help="Stage the result; commit it yourself.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @merge_options
+    @click.pass_context
+    def command(ctx, commit, mainline, message, no_commit, quiet, as_json, **kw):
+        from mvc.merge.replay import replay
+        from mvc.progress import BarProgress
+
+        if kw["base_rev"]:
+            raise click.UsageError(f"{operation} chooses the merge base itself; drop --base")
+        if ctx.get_parameter_source("strategy") == click.core.ParameterSource.DEFAULT:
+            kw["strategy"] = "task_arithmetic"  # the change itself, ±τ_C, unless told otherwise
+        result = replay(
+            open_repo(),
+            operation,
+            commit,
+            build_options(message, no_commit, False, **kw),
+            mainline,
+            progress=BarProgress(enabled=None if not quiet else False),
+        )
+        report_merge(result, as_json)
+
+    return command
+
+
+revert = _replay_command(
+    "revert",
+    "Undo COMMIT's change on top of HEAD: HEAD − τ_C, a merge with base COMMIT "
+    "(task_arithmetic by default; any merge strategy and option works).",
+)
+cherry_pick = _replay_command(
+    "cherry-pick",
+    "Add COMMIT's change onto HEAD: HEAD + τ_C, a merge with base COMMIT's parent "
+    "(task_arithmetic by default; any merge strategy and option works).",
+)
+
+
 def register(group: click.Group) -> None:
-    for command in (tag, reset):
+    for command in (tag, reset, revert, cherry_pick):
         group.add_command(command)

@@ -21,6 +21,7 @@ from dulwich.object_store import tree_lookup_path
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import strict_loads
 from mvc.merge.record import RECORD_PATH, decode_record
+from mvc.merge.record import commit_parents as recorded_commit_parents
 from mvc.repo.references import LOCK_RECORD_PATH
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
     if data is None:
         return None
     record = decode_record(data)
-    if record["parents"] != commit_parents(repo, sha):
+    if recorded_commit_parents(record) != commit_parents(repo, sha):
         return None
     return record
 
@@ -219,7 +220,9 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
     if info["rules"]:
         parts.append(f"{info['rules']} rule(s)")
     parts.append("of " + ", ".join(info["contributing"]))
-    return ", ".join(parts)
+    operation = record.get("operation")  # a revert or cherry-pick (mvc.merge.replay)
+    prefix = f"{operation['kind']} of {operation['commit'][:12]}: " if operation else ""
+    return prefix + ", ".join(parts)
 
 
 def provenance_text(doc: Mapping[str, Any]) -> str:

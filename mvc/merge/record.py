@@ -45,6 +45,12 @@ def decode_record(data: bytes, where: str = RECORD_PATH) -> dict[str, Any]:
     return doc
 
 
+def commit_parents(record: Mapping[str, Any]) -> list[str]:
+    """The parents of the commit a record describes: the merged commits, except for a
+    revert or cherry-pick, whose commit has HEAD alone as parent (see mvc.merge.replay)."""
+    return list(record.get("commit_parents", record["parents"]))
+
+
 def read_record(repo: Repo, rev: str) -> dict[str, Any] | None:
     """The merge record of commit `rev`, or None when it is not an mvc merge."""
     files = repo.tree_files(rev)
@@ -52,7 +58,7 @@ def read_record(repo: Repo, rev: str) -> dict[str, Any] | None:
         return None
     record = decode_record(repo.read_blob(files[RECORD_PATH][0]))
     commit = repo.commit_info(rev)
-    if list(commit.parents) != record["parents"]:
+    if list(commit.parents) != commit_parents(record):
         # Inherited from a parent by a later ordinary commit: not this commit's record.
         return None
     return record
