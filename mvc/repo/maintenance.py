@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dulwich.object_store import iter_tree_contents
 
 from mvc.errors import CorruptObjectError, FormatError
+from mvc.repo.promised import promised_objects, promisor_remote
 from mvc.repo.references import referenced_objects
 
 if TYPE_CHECKING:
     from mvc.repo.repository import Repo
 
 
+@dataclass
+class FsckReport:
+    problems: list[str] = field(default_factory=list)
+    promised: set[str] = field(default_factory=set)  # missing here, held by the promisor
+    promisor: str | None = None
+
+
 def check_repository(repo: Repo) -> list[str]:
-    """Verify git objects of every reachable commit, every manifest, and every store object."""
+    """Every problem `fsck_report` finds."""
+    return fsck_report(repo).problems
+
+
+def fsck_report(repo: Repo) -> FsckReport:
+    """Verify git objects of every reachable commit, every manifest, and every store object.
+
+    A missing tensor object that the promisor remote holds (a lazy clone's, see
+    `mvc.repo.promised`) is not a problem: it is listed as promised. One that no commit
+    from the promisor references is lost.
+    """
     problems: list[str] = []
     needed: set[str] = set()
     seen: set[bytes] = set()
@@ -40,11 +59,16 @@ def check_repository(repo: Repo) -> list[str]:
                 problems.append(f"{entry.path.decode()}: missing blob {entry.sha.decode()}")
             except FormatError as err:
                 problems.append(f"{entry.path.decode()}: {err.message}")
-    for oid in sorted(needed):
-        if not repo.store.has(oid):
+    missing = {oid for oid in needed if not repo.store.has(oid)}
+    promised = promised_objects(repo, missing)
+    remote = promisor_remote(repo)
+    for oid in sorted(missing - promised):
+        if remote is None:
             problems.append(f"object {oid}: missing (referenced by a committed model)")
+        else:
+            problems.append(f"object {oid}: lost (missing, and not promised by {remote})")
     problems.extend(_check_store(repo))
-    return problems
+    return FsckReport(problems, promised, remote)
 
 
 def _check_git_object(repo: Repo, sha: bytes) -> list[str]:
