@@ -39,7 +39,6 @@ _REGISTRY: dict[str, Strategy] = {
 }
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-DEFAULT_STRATEGY = "ties"
 
 
 def get_strategy(name: str) -> Strategy:
@@ -53,7 +52,6 @@ def get_strategy(name: str) -> Strategy:
 
 
 __all__ = [
-    "DEFAULT_STRATEGY",
     "STRATEGY_NAMES",
     "Chunk",
     "ModelJob",
