@@ -165,8 +165,6 @@ def _merge_base(repo: Repo, parents: list[str], explicit: str | None) -> str:
 
 def _params_for(options: MergeOptions, names: list[str], contributing: list[int]) -> MergeParams:
     """Per-branch weights in the order of the branches that enter the arithmetic."""
-    import dataclasses
-
     weights = options.weights
     if weights is None:
         return options.params
@@ -182,9 +180,7 @@ def _params_for(options: MergeOptions, names: list[str], contributing: list[int]
                 hint="give one --weight per branch, or NAME=W",
             )
         per_name = {"HEAD": 1.0, **{n: float(w) for n, w in zip(names[1:], weights, strict=True)}}
-    return dataclasses.replace(
-        options.params, weights=tuple(per_name[names[i]] for i in contributing)
-    )
+    return options.params.replace(weights=tuple(per_name[names[i]] for i in contributing))
 
 
 def _executor(
