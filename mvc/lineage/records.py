@@ -22,6 +22,7 @@ from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import strict_loads
 from mvc.merge.declare import TALL_LAMBDA, Param
 from mvc.merge.record import RECORD_PATH, decode_record
+from mvc.merge.record import commit_parents as recorded_commit_parents
 from mvc.merge.strategies import get_strategy
 from mvc.repo.references import LOCK_RECORD_PATH
 
@@ -53,7 +54,7 @@ def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
     if data is None:
         return None
     record = decode_record(data)
-    if record["parents"] != commit_parents(repo, sha):
+    if recorded_commit_parents(record) != commit_parents(repo, sha):
         return None
     return record
 
@@ -214,7 +215,9 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
     if info["rules"]:
         parts.append(f"{info['rules']} rule(s)")
     parts.append("of " + ", ".join(info["contributing"]))
-    return ", ".join(parts)
+    operation = record.get("operation")  # a revert or cherry-pick (mvc.merge.replay)
+    prefix = f"{operation['kind']} of {operation['commit'][:12]}: " if operation else ""
+    return prefix + ", ".join(parts)
 
 
 def provenance_text(doc: Mapping[str, Any]) -> str:

@@ -36,6 +36,9 @@ class MergeOptions:
     fast_forward: bool = True
     base: str | None = None
     allow_locked: bool = False
+    # Set by revert/cherry-pick (mvc.merge.replay): the operation recorded in the merge
+    # record; every named commit enters the merge and the commit's only parent is HEAD.
+    replay: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -71,7 +74,7 @@ def merge(
         pending = [
             (name, sha)
             for name, sha in zip(others, resolved, strict=True)
-            if not repo.is_ancestor(sha, head)
+            if options.replay or not repo.is_ancestor(sha, head)
         ]
         if not pending:
             return MergeResult(None, head, [head], up_to_date=True)
@@ -122,14 +125,17 @@ def merge(
                 options,
                 executor.ops,
             )
+            commit_parents = [head] if options.replay else parents
+            if options.replay:
+                record.update(operation=dict(options.replay), commit_parents=commit_parents)
             files[RECORD_PATH] = encode_record(record)
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
             if options.commit:
-                sha = repo.commit_tree(files, parents, message, prewritten=executor.written)
+                sha = repo.commit_tree(files, commit_parents, message, prewritten=executor.written)
             else:
                 sha = None
                 repo.stage_tree(files, prewritten=executor.written)
-                repo.set_merge_state(parents[1:], message)
+                repo.set_merge_state(commit_parents[1:], message)
         finally:
             for leftover in executor.written.values():  # those not moved into the work tree
                 leftover.unlink(missing_ok=True)
