@@ -28,6 +28,7 @@ from mvc.lineage.records import (
     parent_index,
     parent_label,
 )
+from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams, drop_branch
 from mvc.merge.planner import RECORD_PREFIX
 
@@ -92,6 +93,7 @@ def unmerge(
                 rules=rules,
                 all_tensors=bool(record.get("all_tensors")),
                 masks=bool(record.get("masks", True)),
+                layout=LayoutChoice.from_record(record),
             )
             result = recompute(repo, recipe, resolve_device(device), progress=progress)
             files: dict[str, Manifest | bytes] = dict(result.files)
@@ -112,6 +114,8 @@ def unmerge(
                 options,
                 result.device,
             )
+            if result.layout is not None:
+                nested["layout"] = result.layout
             resolved = result.plan.resolve_count
             outcome = "recomputed"
         else:
