@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mvc.errors import CorruptObjectError, MvcError, RemoteError
+from mvc.progress import BarProgress, Tally
 from mvc.remote.config import get_remote
-from mvc.remote.progress import Progress
 from mvc.remote.receive import receive_tensors
 from mvc.remote.transport import Transport
 from mvc.remote.url import open_transport
@@ -63,7 +63,8 @@ class RemotePromisor:
                 return
             if self.offline:
                 raise missing_error(self.repo, todo, f"--offline: not fetching from {self.remote}")
-            progress = Progress("fetching missing objects", len(todo), self.quiet)
+            bar = BarProgress(enabled=False if self.quiet else None)
+            progress = Tally(bar, "fetching missing objects", len(todo))
             try:
                 with (
                     ThreadPoolExecutor(WORKERS, thread_name_prefix=_THREAD_PREFIX) as pool,

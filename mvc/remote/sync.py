@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from dulwich.objects import Commit
 
 from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
-from mvc.progress import Progress as ProgressSink
+from mvc.progress import BarProgress, Progress, Tally
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
 from mvc.remote.layout import (
     BARE_CONFIG,
@@ -42,7 +42,6 @@ from mvc.remote.negotiate import (
     remote_tensor_ids,
     with_delta_bases,
 )
-from mvc.remote.progress import Progress
 from mvc.remote.promisor import attach as attach_promisor
 from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
 from mvc.remote.refs import ref_sha, remote_refs
@@ -56,6 +55,11 @@ if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
     from mvc.merge.api import MergeOptions, MergeResult
 
 DEFAULT_WORKERS = 8
+
+
+def _bar(quiet: bool) -> Progress:
+    """A transfer's bar on stderr: drawn only on a terminal, and never with -q."""
+    return BarProgress(enabled=False if quiet else None)
 
 
 @dataclass
@@ -192,7 +196,7 @@ def _send_objects(
         data = repo.store.read_raw(oid)
         repo.store.verify(oid, data)
         transport.put(tensor_object_key(oid), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     def send_git(sha: str) -> None:
         obj = repo.git.object_store[sha.encode()]
@@ -202,10 +206,11 @@ def _send_objects(
             )
         data = obj.as_legacy_object()
         transport.put(git_object_key(sha), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     is_commit = {sha for sha in git_send if sha in set(commits)}
-    with Progress("pushing objects", len(git_send) + len(tensor_send), quiet) as progress:
+    total = len(git_send) + len(tensor_send)
+    with Tally(_bar(quiet), "pushing objects", total) as progress:
         list(pool.map(send_tensor, tensor_send))
         list(pool.map(send_git, [sha for sha in git_send if sha not in is_commit]))
         list(pool.map(send_git, [sha for sha in git_send if sha in is_commit]))
@@ -254,7 +259,7 @@ def fetch(
             raise NotFoundError(f"remote '{target.name}' has no branch '{unknown[0]}'")
         tags = remote_tags(transport, pool)
         shallow: set[str] = set()
-        with Progress("receiving history", 0, quiet) as history:
+        with Tally(_bar(quiet), "receiving history", 0) as history:
             wants = [*heads.values(), *tags.values()]
             held = receive_git(repo, transport, wants, pool, history, depth, shallow)
         if lazy:
@@ -265,7 +270,7 @@ def fetch(
         else:
             ids = tensor_ids_of(repo, held)
         wanted = [oid for oid in ids if not repo.store.has(oid)]
-        with Progress("receiving objects", len(wanted), quiet) as objects:
+        with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
             receive_tensors(repo, transport, wanted, pool, objects)
         write_graph(repo, held)
         if shallow:
@@ -273,7 +278,7 @@ def fetch(
         _move_tracking_refs(repo, target.name, heads, tags, report)
         if all_objects:
             rest = missing_live_objects(repo)
-            with Progress("receiving objects", len(rest), quiet) as completing:
+            with Tally(_bar(quiet), "receiving objects", len(rest)) as completing:
                 receive_tensors(repo, transport, rest, pool, completing)
             objects.objects += completing.objects
             objects.bytes += completing.bytes
@@ -418,7 +423,7 @@ def pull(
     endpoint: str | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
-    progress: ProgressSink | None = None,
+    progress: Progress | None = None,
 ) -> PullResult:
     """Fetch, then bring the remote branch into the current one, as `git pull` does.
 

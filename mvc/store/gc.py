@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mvc.errors import CorruptObjectError, NotFoundError
+from mvc.files import TEMP_PREFIX
 
 if TYPE_CHECKING:
     from mvc.store.objects import ObjectStore
@@ -45,8 +46,6 @@ def collect_garbage(store: ObjectStore, live: Iterable[str]) -> GcReport:
     Also removes temp files left by crashed writers more than an hour ago. The caller
     must hold the repository lock: an object put during gc is not in ``live``.
     """
-    from mvc.store.objects import TEMP_PREFIX
-
     keep: set[str] = set()
     for oid in live:
         current: str | None = oid
