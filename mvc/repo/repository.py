@@ -29,6 +29,7 @@ from mvc.files import atomic_write, fsync_dir
 from mvc.repo.ingest import ingest_file, iter_entry_bytes, manifest_ids_only, materialize
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.mutex import repo_lock
+from mvc.repo.promised import prefetch_checkout
 from mvc.repo.recovery import clear_stale_git_locks, clear_stale_worktree_temps
 from mvc.repo.revisions import resolve_commit
 from mvc.repo.staging import Staging, store_blob
@@ -712,6 +713,7 @@ class Repo:
         staging = Staging(self.git)
         if not force:
             self._refuse_if_dirty(staging, old_files, new_files)
+        prefetch_checkout(self, old_files, new_files)  # a lazy clone's objects, before writing
         for path, (blob_id, mode) in sorted(new_files.items()):
             current = staging.get(path)
             unchanged = (
