@@ -124,6 +124,7 @@ def push(
     *,
     endpoint: str | None = None,
     set_upstream_branch: bool = False,
+    paranoid: bool = False,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> TransferReport:
@@ -131,6 +132,8 @@ def push(
 
     Without `force` the remote branch must be an ancestor of ours; with it, the ref is
     still replaced only if nobody moved it since we looked (a lease, never a blind write).
+    Tensor objects go as stored, each checked intact by its checksum (verified against its
+    id when it was written); `paranoid` decodes and verifies each one again first.
     """
     target = resolve_remote(repo, remote, endpoint)
     branch = branch or repo.current_branch()
@@ -154,7 +157,7 @@ def push(
             )
     with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
         if old != local:
-            _send_objects(repo, transport, local, pool, report, quiet)
+            _send_objects(repo, transport, local, pool, report, quiet, paranoid)
             if not transport.exists(CONFIG_KEY):
                 transport.put(CONFIG_KEY, BARE_CONFIG)
             transport.cas_ref(ref, f"{local}\n".encode(), token)
@@ -181,6 +184,7 @@ def _send_objects(
     pool: ThreadPoolExecutor,
     report: TransferReport,
     quiet: bool,
+    paranoid: bool,
 ) -> None:
     haves = set(remote_branches(transport, pool).values())
     git_ids = git_objects_missing(repo, [local], haves)
@@ -194,7 +198,10 @@ def _send_objects(
 
     def send_tensor(oid: str) -> None:
         data = repo.store.read_raw(oid)
-        repo.store.verify(oid, data)
+        if paranoid:
+            repo.store.verify(oid, data)
+        else:
+            repo.store.check_intact(oid, data)
         transport.put(tensor_object_key(oid), data)
         progress.add(len(data))
 
