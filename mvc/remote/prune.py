@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from mvc.errors import MvcError
 from mvc.remote.config import get_remote
-from mvc.remote.lazy import tensor_ids_at
 from mvc.remote.negotiate import remote_tensor_ids
+from mvc.remote.receive import tensor_ids_of
 from mvc.remote.url import open_transport
 from mvc.repo import Repo
 from mvc.repo.promised import promisor_remote
@@ -24,7 +24,7 @@ from mvc.store import GcReport
 def checkout_objects(repo: Repo) -> set[str]:
     """Tensor objects of HEAD's commit and of the index."""
     head = repo.head()
-    ids = tensor_ids_at(repo, {}, [head]) if head else set()
+    ids = tensor_ids_of(repo, {}, [head]) if head else set()
     staging = Staging(repo.git)
     for path in staging.paths():
         entry = staging.get(path)

@@ -131,16 +131,36 @@ def write_graph(repo: Repo, held: dict[str, ShaFile]) -> None:
             stack.extend((c, False) for c in children(held[sha]) if c in held)
 
 
-def tensor_ids_of(repo: Repo, held: dict[str, ShaFile]) -> set[str]:
-    """Tensor objects referenced by blobs under the received (not yet written) trees."""
+def tensor_ids_of(
+    repo: Repo, held: dict[str, ShaFile], commits: Iterable[str] | None = None
+) -> set[str]:
+    """Tensor objects referenced by blobs under the trees of `commits`.
+
+    Without `commits`: under every received (not yet written) commit, walking received
+    trees only, since a tree already present locally has its objects locally in a complete
+    repository. With `commits` (a lazy fetch's branch tips): their whole trees, received
+    or local, since a lazy repository lacks objects under local trees too.
+    """
+    whole = commits is not None
+    roots = commits if whole else [sha for sha, obj in held.items() if isinstance(obj, Commit)]
+
+    def get(sha: str) -> ShaFile | None:
+        if sha in held:
+            return held[sha]
+        return repo.git[sha.encode()] if whole else None
+
     ids: set[str] = set()
     done: set[str] = set()
-    stack = [(obj.tree.decode(), "") for obj in held.values() if isinstance(obj, Commit)]
+    stack = []
+    for sha in roots:
+        commit = get(sha)
+        if isinstance(commit, Commit):
+            stack.append((commit.tree.decode(), ""))
     while stack:
         tree_sha, prefix = stack.pop()
-        tree = held.get(tree_sha)
+        tree = get(tree_sha)
         if not isinstance(tree, Tree) or tree_sha in done:
-            continue  # a tree already present locally has its objects locally
+            continue
         done.add(tree_sha)
         for entry in tree.iteritems():
             path = prefix + entry.path.decode()

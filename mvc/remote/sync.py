@@ -34,7 +34,7 @@ from mvc.remote.layout import (
     parse_head,
     tensor_object_key,
 )
-from mvc.remote.lazy import checked_out_branches, missing_live_objects, tensor_ids_at
+from mvc.remote.lazy import checked_out_branches, missing_live_objects
 from mvc.remote.negotiate import (
     git_objects_missing,
     referenced_tensor_ids,
@@ -273,7 +273,7 @@ def fetch(
             used = branches if branches is not None else checked_out_branches(
                 repo, target.name, heads
             )
-            ids = tensor_ids_at(repo, held, [heads[b] for b in used])
+            ids = tensor_ids_of(repo, held, [heads[b] for b in used])
         else:
             ids = tensor_ids_of(repo, held)
         wanted = [oid for oid in ids if not repo.store.has(oid)]
