@@ -41,3 +41,9 @@ def decode_record(data: bytes, where: str = RECORD_PATH) -> dict[str, Any]:
             raise FormatError(f"{where} lacks '{key}'")
     return doc
 
+
+def commit_parents(record: Mapping[str, Any]) -> list[str]:
+    """The parents of the commit a record describes: the merged commits, except for a
+    revert or cherry-pick, whose commit has HEAD alone as parent (see mvc.merge.replay)."""
+    return list(record.get("commit_parents", record["parents"]))
+
