@@ -91,7 +91,7 @@ def commit(repo: RepoCore, message: str, all: bool = False) -> str:
         sha = _write_commit(repo, tree_id, parents, message)
         staging.write()
         move_branch(repo, old_head, sha, f"commit: {message.splitlines()[0]}")
-        _clear_merge_state(repo)
+        clear_merge_state(repo)
     return sha
 
 
@@ -155,7 +155,7 @@ def _write_commit(repo: RepoCore, tree_id: bytes, parents: list[str], message: s
     commit = Commit()
     commit.tree = tree_id
     commit.parents = [p.encode() for p in parents]
-    commit.author = commit.committer = _identity(repo)
+    commit.author = commit.committer = identity(repo)
     now = int(os.environ.get("MVC_COMMIT_TIME", time.time()))
     commit.author_time = commit.commit_time = now
     offset = -time.timezone if not time.localtime(now).tm_isdst else -time.altzone
@@ -166,7 +166,7 @@ def _write_commit(repo: RepoCore, tree_id: bytes, parents: list[str], message: s
     return commit.id.decode()
 
 
-def _identity(repo: RepoCore) -> bytes:
+def identity(repo: RepoCore) -> bytes:
     """`Name <email>`: MVC_AUTHOR_* first, then git's user.name/user.email, then $USER."""
     name = os.environ.get("MVC_AUTHOR_NAME")
     email = os.environ.get("MVC_AUTHOR_EMAIL")
@@ -211,6 +211,6 @@ def set_merge_state(repo: RepoCore, heads: list[str], message: str) -> None:
     atomic_write(repo.root / ".git" / "MERGE_MSG", message.encode(), mode=0o644)
 
 
-def _clear_merge_state(repo: RepoCore) -> None:
+def clear_merge_state(repo: RepoCore) -> None:
     for name in ("MERGE_HEAD", "MERGE_MSG"):
         (repo.root / ".git" / name).unlink(missing_ok=True)
