@@ -274,3 +274,36 @@ def test_minilm_resharded_fine_tune_merges_like_one_layout(tmp_path):
     assert merged[0] == merged[1]
     assert sorted(repo.tree_files("HEAD")) == sorted(repo.tree_files("topic") | {".mvc/merge.json": 0})
     assert verify(repo, "HEAD", device="cpu").ok
+
+
+def test_reshard_stores_no_tensor_and_round_trips(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+    from mvc.repo.reshard import reshard
+
+    repo = Repo.init(tmp_path / "r")
+    weights = llama_weights(0, hidden=64, inter=128, vocab=512, layers=4)
+    write_layout(repo.root / "model", weights, 1)
+    repo.add([repo.root / "model"])
+    repo.commit("one file")
+    before = tensors(repo, "HEAD")
+    objects = set(repo.store.ids())
+    result = reshard(repo, repo.root / "model", parse_size("200KB"))
+    assert len(result.shards) > 3 and set(repo.store.ids()) == objects
+    assert tensors(repo, "HEAD") == before
+    assert 0 < result.bytes_added < 0.01 * result.model_bytes
+    assert repo.fsck() == [] and repo.status().clean
+    on_disk = sorted(f"model/{p.name}" for p in (repo.root / "model").glob("*.safetensors"))
+    assert on_disk == sorted(result.shards)
+    assert index_of(repo, "HEAD")["metadata"]["total_size"] == result.model_bytes
+    with pytest.raises(MvcError, match="already in this layout"):
+        reshard(repo, repo.root / "model", parse_size("200KB"))
+    # Back to one file through the CLI, which prints what it added.
+    monkeypatch.chdir(repo.root)
+    out = CliRunner().invoke(cli, ["reshard", "model", "--max-shard-size", "1GB"])
+    assert out.exit_code == 0, out.output
+    assert "in 1 shard(s); added" in out.output and "reused" in out.output
+    assert repo.tree_files("HEAD").keys() == repo.tree_files("HEAD~2").keys()
+    assert tensors(repo, "HEAD") == before
+    assert not (repo.root / "model" / INDEX_NAME).exists()
