@@ -307,3 +307,25 @@ def test_reshard_stores_no_tensor_and_round_trips(tmp_path, monkeypatch):
     assert repo.tree_files("HEAD").keys() == repo.tree_files("HEAD~2").keys()
     assert tensors(repo, "HEAD") == before
     assert not (repo.root / "model" / INDEX_NAME).exists()
+
+
+def test_extract_rebuilds_a_parent_saved_in_another_layout(tmp_path):
+    from mvc.lineage.extract import extract
+
+    repo = build(tmp_path, "x", (3, 2, 3), False)
+    merge(repo, ["sent"])
+    result = extract(repo, "HEAD", "sent", out_dir=tmp_path / "out")
+    # Compared with `sent` tensor by name although `sent` keeps them in two other files.
+    assert result.relative_l2 is not None and 0 < result.relative_l2 < 0.5
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "out" / "model"
+    assert len(list(out.glob("*.safetensors"))) == 3  # the merge's layout
+    rebuilt = {k: v for p in out.glob("*.safetensors") for k, v in load_file(str(p)).items()}
+    repo.switch("sent")
+    original = {
+        k: v for p in (repo.root / "model").glob("*.safetensors") for k, v in load_file(str(p)).items()
+    }
+    name = "model.layers.1.self_attn.q_proj.weight"  # changed by `sent` alone
+    assert np.array_equal(rebuilt[name], original[name])
+    assert rebuilt.keys() == original.keys()
