@@ -34,6 +34,7 @@ from mvc.lock.keys import SCHEME, key_id, load_key
 from mvc.lock.record import LOCK_RECORD_PATH, RECORD_VERSION, encode_record, lock_record
 from mvc.lock.transform import apply_plan
 from mvc.repo import Chunk, Manifest, TensorEntry
+from mvc.repo.models import model_view
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -51,13 +52,8 @@ class _Model:
     manifests: dict[str, Manifest]
 
     def entries(self) -> dict[str, tuple[str, TensorEntry]]:
-        found: dict[str, tuple[str, TensorEntry]] = {}
-        for path, manifest in self.manifests.items():
-            for entry in manifest.tensors:
-                if entry.name in found:
-                    raise MvcError(f"tensor {entry.name!r} appears in two files of {self.label}")
-                found[entry.name] = (path, entry)
-        return found
+        """Tensor name -> (its shard, entry); names are unique (``model_view`` checked)."""
+        return {e.name: (p, e) for p, m in self.manifests.items() for e in m.tensors}
 
     @property
     def label(self) -> str:
@@ -85,7 +81,9 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
             config = json.loads(files[config_path])
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        models.append(_Model(directory, config, manifests))
+        view = model_view(files, directory, manifests)  # one model: refuses an ambiguous one
+        assert view is not None
+        models.append(_Model(directory, config, view.shards))
     if not models:
         raise MvcError("the commit holds no safetensors model files to lock")
     return models
