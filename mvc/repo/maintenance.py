@@ -7,12 +7,14 @@ the store objects that nothing reachable (a commit, the index, a record) refers 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from dulwich.object_store import iter_tree_contents
 
 from mvc.errors import CorruptObjectError, FormatError
 from mvc.repo.commits import merge_heads
 from mvc.repo.core import RepoCore
+from mvc.repo.promised import promised_objects, promisor_remote
 from mvc.repo.references import referenced_objects
 from mvc.repo.refs import head
 from mvc.repo.staging import Staging
@@ -61,9 +63,25 @@ def gc(repo: RepoCore) -> GcReport:
         return repo.store.gc(live_objects(repo))
 
 
+@dataclass
+class FsckReport:
+    problems: list[str] = field(default_factory=list)
+    promised: set[str] = field(default_factory=set)  # missing here, held by the promisor
+    promisor: str | None = None
+
+
 def fsck(repo: RepoCore) -> list[str]:
-    """Every problem found (empty when the repository is sound): git objects of every
-    reachable commit, every manifest, and every store object are verified."""
+    """Every problem found (empty when the repository is sound)."""
+    return fsck_report(repo).problems
+
+
+def fsck_report(repo: RepoCore) -> FsckReport:
+    """Verify git objects of every reachable commit, every manifest, and every store object.
+
+    A missing tensor object that the promisor remote holds (a lazy clone's, see
+    `mvc.repo.promised`) is not a problem: it is listed as promised. One that no commit
+    from the promisor references is lost.
+    """
     problems: list[str] = []
     needed: set[str] = set()
     seen: set[bytes] = set()
@@ -88,11 +106,16 @@ def fsck(repo: RepoCore) -> list[str]:
                 problems.append(f"{entry.path.decode()}: missing blob {entry.sha.decode()}")
             except FormatError as err:
                 problems.append(f"{entry.path.decode()}: {err.message}")
-    for oid in sorted(needed):
-        if not repo.store.has(oid):
+    missing = {oid for oid in needed if not repo.store.has(oid)}
+    promised = promised_objects(repo, missing)
+    remote = promisor_remote(repo)
+    for oid in sorted(missing - promised):
+        if remote is None:
             problems.append(f"object {oid}: missing (referenced by a committed model)")
+        else:
+            problems.append(f"object {oid}: lost (missing, and not promised by {remote})")
     problems.extend(_check_store(repo))
-    return problems
+    return FsckReport(problems, promised, remote)
 
 
 def _check_git_object(repo: RepoCore, sha: bytes) -> list[str]:
