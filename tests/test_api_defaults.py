@@ -10,19 +10,10 @@ from mvc.formats.hf import import_checkpoint
 from mvc.lineage.extract import extract
 from mvc.merge import MergeOptions, MergeParams, merge
 from mvc.remote import add_remote, push, set_upstream
-from mvc.repo import Repo
 
 
-def based(tmp_path) -> Repo:
-    repo = Repo.init(tmp_path / "work")
-    write_model_folder(repo.root / "model", random_weights(0))
-    repo.add([repo.root / "model"])
-    repo.commit("base")
-    return repo
-
-
-def test_push_without_a_remote_goes_to_the_branch_upstream(tmp_path):
-    repo = based(tmp_path)
+def test_push_without_a_remote_goes_to_the_branch_upstream(tmp_path, base_repo):
+    repo = base_repo
     add_remote(repo, "origin", str(tmp_path / "origin"))
     add_remote(repo, "team", str(tmp_path / "team"))
     set_upstream(repo, "main", "team")
@@ -32,8 +23,8 @@ def test_push_without_a_remote_goes_to_the_branch_upstream(tmp_path):
     assert not (tmp_path / "origin").exists()
 
 
-def test_push_without_upstream_goes_to_origin(tmp_path):
-    repo = based(tmp_path)
+def test_push_without_upstream_goes_to_origin(tmp_path, base_repo):
+    repo = base_repo
     add_remote(repo, "origin", str(tmp_path / "origin"))
     assert push(repo, quiet=True).remote == str(tmp_path / "origin")
 
@@ -50,8 +41,8 @@ def test_import_refuses_to_replace_a_file_before_loading_anything(tmp_path):
     assert (tmp_path / "pytorch_model.safetensors").read_bytes() == b"keep me"
 
 
-def test_extract_writes_extract_parent_by_default(tmp_path, monkeypatch):
-    repo = based(tmp_path)
+def test_extract_writes_extract_parent_by_default(tmp_path, base_repo, monkeypatch):
+    repo = base_repo
     base = random_weights(0)
     for seed, name in enumerate(("a", "b"), start=1):
         repo.switch(name, create=True, start="main")
