@@ -26,6 +26,7 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import RowWriter, build_header, plan_layout
 from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.lines import count_layers
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
@@ -128,6 +129,7 @@ class Executor:
             self._reader = reader
             self._writer = writer
             self._prefetched: dict[_Key, Future[_Loaded]] = {}
+            self._n_layers = count_layers(t.name for f in plan.files.values() for t in f.tensors)
             self._context = self._model_context(plan)
             self.progress.start("merging", total)
             for path, file_plan in plan.files.items():
@@ -250,7 +252,9 @@ class Executor:
 
     def _spec(self, path: str, decision: TensorDecision) -> TensorSpec:
         entry = self.base[path].tensor(decision.name)
-        return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
+        return TensorSpec(
+            decision.name, entry.shape, entry.dtype, len(decision.branches), self._n_layers
+        )
 
     def _resolve(
         self, path: str, decision: TensorDecision, sink: RowWriter | None = None

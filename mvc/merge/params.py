@@ -50,6 +50,18 @@ class MergeParams:
     preset: str | None = None
     on: str = "sum"
     normalize: bool | None = None
+    # The methods below read these; None means the strategy's own default.
+    epsilon: float | None = None  # DELLA's rank spread ε (0.15), RAM's "changed" cut (1e-5)
+    rescale: bool | None = None  # DELLA: undo the drop's shrinkage (mergekit: L1 per tensor)
+    filter_wise: bool = False  # model_stock: one ratio per output row
+    row_wise: bool = False  # nuslerp: interpolate columns (dim 0) instead of rows
+    flatten: bool = True  # nuslerp: one angle for the whole tensor
+    max_iter: int = 10  # karcher
+    tol: float = 1e-5  # karcher
+    r: float = 0.1  # ramplus_tl: strength of the shared-element boost
+    cap: float = 0.2  # ramplus_tl: bound on the overlap ratio ρ (mergekit's alpha)
+    common: float = 0.8  # iso_cts: fraction of the spectrum kept as the common subspace
+    lines: tuple[float, float] | None = None  # LiNeS (α, β): τ scaled by α + β·depth
 
     def __post_init__(self) -> None:
         for w in _values(self.weights):
@@ -80,8 +92,34 @@ class MergeParams:
             raise MvcError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         if self.preset not in PRESETS:
             raise MvcError(f"unknown preset {self.preset!r}", hint="use mergekit, peft or paper")
+        self._check_method_fields()
         if self.on not in CONSENSUS_SOURCES:
             raise MvcError(f"on must be 'sum' or 'ties', got {self.on!r}")
+
+    def _check_method_fields(self) -> None:
+        if self.epsilon is not None:
+            _finite("epsilon", self.epsilon)
+            if self.epsilon < 0:
+                raise MvcError(f"epsilon must be >= 0, got {self.epsilon}")
+        for name in ("tol", "r", "cap", "common"):
+            _finite(name, getattr(self, name))
+        if self.tol <= 0:
+            raise MvcError(f"tol must be > 0, got {self.tol}")
+        if self.r < 0 or self.cap < 0:
+            raise MvcError(f"r and cap must be >= 0, got r={self.r}, cap={self.cap}")
+        if not 0.0 <= self.common <= 1.0:
+            raise MvcError(f"common must be in [0, 1], got {self.common}")
+        if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or not (
+            1 <= self.max_iter <= 1000
+        ):
+            raise MvcError(f"max_iter must be an integer in [1, 1000], got {self.max_iter!r}")
+        if self.lines is not None:
+            if not isinstance(self.lines, tuple) or len(self.lines) != 2:
+                raise MvcError(f"lines must be two numbers ALPHA,BETA, got {self.lines!r}")
+            for v in self.lines:
+                _finite("lines", v)
+                if v < 0:
+                    raise MvcError(f"lines values must be >= 0, got {v}")
 
     def _per_branch(self, name: str, value: PerBranch, n: int) -> tuple[float, ...]:
         values = _values(value)
@@ -110,7 +148,7 @@ class MergeParams:
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict for merge records; ``from_record`` inverts it."""
         out = asdict(self)
-        for key in ("weights", "density", "tall_lambdas"):
+        for key in ("weights", "density", "tall_lambdas", "lines"):
             if isinstance(out[key], tuple):
                 out[key] = list(out[key])
         return out

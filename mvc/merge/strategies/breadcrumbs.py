@@ -1,5 +1,6 @@
 """Model breadcrumbs: per tensor drop the largest γ fraction of |τ_i| (outliers) and keep the
-next β fraction (β is ``density``), then task arithmetic.
+next β fraction (β is ``density``), then task arithmetic (``breadcrumbs``) or TIES' sign
+election (``breadcrumbs_ties``).
 
 As mergekit's ``magnitude_outliers``: with target = int(β·N), n_top = int(γ·N) and
 n_bot = max(0, N − target − n_top), keep ascending magnitude ranks [n_bot, n_bot + target),
@@ -22,7 +23,7 @@ from mvc.merge.strategies.base import (
     resolved_normalize,
 )
 from mvc.merge.strategies.task_arithmetic import weighted_sum
-from mvc.merge.strategies.ties import apply_lambda
+from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
 
 
 class BreadcrumbsJob(TensorJob):
@@ -43,7 +44,8 @@ class BreadcrumbsJob(TensorJob):
     def plan(self) -> Iterator:
         yield from self.selection.passes()
 
-    def step(self, chunk: Chunk) -> Step:
+    def trimmed(self, chunk: Chunk) -> tuple:
+        """τ̂_i: each task vector outside its kept magnitude band zeroed."""
         ops, cuts = chunk.ops, self.selection.cuts
         hats = []
         for i, (tau, mag) in enumerate(zip(chunk.taus(), chunk.magnitudes(), strict=True)):
@@ -51,11 +53,32 @@ class BreadcrumbsJob(TensorJob):
             below_low = cuts[2 * i].apply(ops, keys, chunk.flat_start)
             below_high = cuts[2 * i + 1].apply(ops, keys, chunk.flat_start)
             hats.append(tau * (below_high & ~below_low))
-        hats = tuple(hats)
+        return tuple(hats)
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.trimmed(chunk)
         delta = weighted_sum(hats, self.weights, resolved_normalize(self.params, False))
         return Step(
             out=apply_lambda(chunk.base_c, delta, self.params.lambda_),
             kept=tuple(h != 0 for h in hats),
+            signs=hats,
+        )
+
+
+class BreadcrumbsTiesJob(BreadcrumbsJob):
+    """The breadcrumbs band, then TIES' weighted sign election over what survives."""
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.trimmed(chunk)
+        # mergekit sums the agreeing edits; the default takes their weighted mean, as ties does.
+        normalize = resolved_normalize(self.params, self.params.preset != "mergekit")
+        election = elect_and_merge(
+            chunk.ops, hats, self.weights, preset="mergekit", normalize=normalize
+        )
+        return Step(
+            out=apply_lambda(chunk.base_c, election.delta, self.params.lambda_),
+            kept=tuple(h != 0 for h in hats),
+            contributed=election.agree,
             signs=hats,
         )
 
@@ -66,3 +89,11 @@ class Breadcrumbs(Strategy):
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return BreadcrumbsJob(params, spec, masks)
+
+
+class BreadcrumbsTies(Strategy):
+    name = "breadcrumbs_ties"
+    presets = (None, "mergekit")
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return BreadcrumbsTiesJob(params, spec, masks)
