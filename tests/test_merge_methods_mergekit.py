@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mvc.errors import MvcError
-from mvc.merge.driver import merge_tensor
-from mvc.merge.params import MergeParams
-from mvc.merge.strategies import get_strategy
-from mvc.merge.strategies.della import DEFAULT_EPSILON, keep_draws, keep_probabilities
-from tests.test_merge_oracles import (  # noqa: F401  (stable_sorts is a fixture)
+from merge_in_memory import merge_tensor
+from test_merge_oracles import (  # noqa: F401  (stable_sorts is a fixture)
     _inputs,
     _mergekit,
     _tolerance,
     mergekit_api,
     stable_sorts,
 )
+
+from mvc.errors import MvcError
+from mvc.merge.params import MergeParams
+from mvc.merge.strategies import get_strategy
+from mvc.merge.strategies.della import keep_draws, keep_probabilities
 
 # Every oracle runs with stable sorts (harmless where the method does not sort).
 pytestmark = pytest.mark.usefixtures("stable_sorts")
@@ -58,12 +58,12 @@ BASE_METHODS = [
     ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.05}, {"density": 0.5, "gamma": 0.05}),
     ("breadcrumbs_ties", {"density": 0.3, "normalize": True, "lambda_": 0.8},
      {"density": 0.3, "normalize": True, "lambda": 0.8}),
-    ("sce", {"density": 0.4}, {"select_topk": 0.4}),
+    ("sce", {"select_topk": 0.4}, {"select_topk": 0.4}),
     ("sce", {}, {}),
     ("model_stock", {}, {}),
     ("model_stock", {"filter_wise": True}, {"filter_wise": True}),
     ("ram", {}, {}),
-    ("ram", {"epsilon": 0.02}, {"epsilon": 0.02}),
+    ("ram", {"threshold": 0.02}, {"epsilon": 0.02}),
     ("ramplus_tl", {"r": 0.3, "cap": 0.5}, {"r": 0.3, "alpha": 0.5}),
     ("multislerp", {}, {}),
     ("multislerp", {"normalize": False}, {"normalize_weights": False}),
@@ -120,7 +120,7 @@ def _two_models(method, params, theirs, shape, dtype):
 def test_nearswap_matches_mergekit(case):
     shape, dtype, _ = case
     ours, expected = _two_models(
-        "nearswap", MergeParams(t=0.02, preset="mergekit"), {"t": 0.02}, shape, dtype
+        "nearswap", MergeParams(distance=0.02, preset="mergekit"), {"t": 0.02}, shape, dtype
     )
     _close(ours, expected, dtype)
 
@@ -153,7 +153,7 @@ def _della_draws(monkeypatch, params, base, thetas, name="layer.w"):
     for i, (theta, d) in enumerate(zip(thetas, params.densities_for(len(thetas)), strict=True)):
         tau = (theta.float() - base.float()).abs().numpy()
         rows = tau.reshape(1, -1) if tau.ndim < 2 else tau
-        probs = keep_probabilities(rows, d, params.epsilon or DEFAULT_EPSILON)
+        probs = keep_probabilities(rows, d, params.epsilon)
         draws.append(torch.from_numpy(keep_draws(params.seed, name, i, 0, probs)))
 
     def fake(probs, *args, **kwargs):
@@ -200,7 +200,7 @@ def test_methods_on_minilm_weights(monkeypatch):
         thetas = [base + 2e-3 * torch.randn(base.shape, generator=g) for _ in range(3)]
         for method, kw, theirs in [
             ("model_stock", {}, {}),
-            ("sce", {"density": 0.3}, {"select_topk": 0.3}),
+            ("sce", {"select_topk": 0.3}, {"select_topk": 0.3}),
             ("ramplus_tl", {}, {}),
             ("breadcrumbs_ties", {"weights": WEIGHTS, "density": 0.4},
              {"weight": list(WEIGHTS), "density": 0.4}),
@@ -236,7 +236,6 @@ def test_preset_differences_are_real(monkeypatch):
         ("model_stock", {}, 1, "at least 2"),
         ("della", {"density": 0.1}, 2, "density ± epsilon"),
         ("della", {"density": 0.5, "epsilon": 0.6}, 2, "density ± epsilon"),
-        ("sce", {"density": (0.2, 0.4)}, 2, "one --density"),
         ("ties", {"lines": (0.5, 0.5), "preset": "paper"}, 2, "--lines"),
         ("karcher", {"lines": (0.5, 0.5)}, 2, "--lines"),
         ("della", {"preset": "peft"}, 2, "no preset"),

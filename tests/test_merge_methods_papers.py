@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from merge_in_memory import merge_tensor, merge_tensors
 
 from mvc.merge.arrays import NumpyOps, TorchOps
-from mvc.merge.driver import merge_tensor, merge_tensors
 from mvc.merge.lines import count_layers, layer_index, lines_scale
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies import get_strategy
@@ -188,7 +188,7 @@ NEW_METHODS = [
     ("della", MergeParams(density=0.5, seed=3)),
     ("della", MergeParams(density=0.4, preset="mergekit", weights=(1.0, 0.5, 2.0))),
     ("della_linear", MergeParams(density=0.6, rescale=False)),
-    ("sce", MergeParams(density=0.5)),
+    ("sce", MergeParams(select_topk=0.5)),
     ("model_stock", MergeParams()),
     ("model_stock", MergeParams(filter_wise=True)),
     ("nuslerp", MergeParams(weights=(1.0, 3.0))),
@@ -196,7 +196,7 @@ NEW_METHODS = [
     ("nuslerp", MergeParams(flatten=False, row_wise=True)),
     ("multislerp", MergeParams(weights=(0.2, 0.3, 0.5))),
     ("karcher", MergeParams()),
-    ("nearswap", MergeParams(t=0.01)),
+    ("nearswap", MergeParams(distance=0.01)),
     ("arcee_fusion", MergeParams()),
     ("ram", MergeParams()),
     ("ramplus_tl", MergeParams()),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mvc.merge.layout import LayoutChoice, align_revisions
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.store import ObjectStore, object_id
@@ -49,6 +50,7 @@ class Recipe:
     rules: list[TensorRule]
     all_tensors: bool
     masks: bool
+    layout: LayoutChoice | None = None  # None: the first branch's shard layout
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Recipe:
@@ -60,6 +62,7 @@ class Recipe:
             rules=record_rules(record),
             all_tensors=bool(record.get("all_tensors")),
             masks=bool(record.get("masks", True)),
+            layout=LayoutChoice.from_record(record),
         )
 
 
@@ -69,6 +72,7 @@ class Recomputed:
     files: dict[str, Manifest | bytes]
     results: dict[tuple[str, str], TensorResult]
     device: ArrayOps
+    layout: dict[str, Any] | None = None  # the record's `layout` entry, when one is due
 
 
 class ScratchStore:
@@ -125,9 +129,11 @@ def recompute(
     from mvc.merge.strategies import get_strategy
 
     get_strategy(recipe.strategy).check(recipe.params, len(recipe.branches))
+    choice = recipe.layout or LayoutChoice(recipe.branches[0])
+    aligned = align_revisions(repo, recipe.base, recipe.branches, choice)
     plan = Planner(
-        repo.files(recipe.base),
-        [repo.files(sha) for sha in recipe.branches],
+        aligned.base_files,
+        aligned.branch_files,
         recipe.strategy,
         recipe.rules,
         recipe.all_tensors,
@@ -135,12 +141,12 @@ def recompute(
     raise_conflicts(plan.conflicts)
     executor = Executor(
         store if store is not None else repo.store,  # type: ignore[arg-type]
-        repo.model_files(recipe.base),
-        [repo.model_files(sha) for sha in recipe.branches],
+        aligned.manifests(aligned.base_files),
+        [aligned.manifests(files) for files in aligned.branch_files],
         recipe.params,
         device,
         masks=recipe.masks,
         progress=progress,
     )
-    files = executor.run(plan)
-    return Recomputed(plan, files, executor.results, device)
+    files = aligned.finish(executor.run(plan))
+    return Recomputed(plan, files, executor.results, device, aligned.record())

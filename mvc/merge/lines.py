@@ -14,6 +14,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from mvc.merge.declare import Param
+
+LINES = Param(
+    "lines",
+    float,
+    None,
+    "LiNeS: scale each layer's task vectors by α + β·depth before merging (ALPHA,BETA).",
+    mergekit=None,
+    low=0.0,
+    optional=True,
+    size=2,
+    unset="off",
+)
+
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
 
 

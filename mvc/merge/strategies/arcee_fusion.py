@@ -11,15 +11,17 @@ a million elements at random for larger tensors. The merge base is not used.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.merge.arrays import Array
-from mvc.merge.params import MergeParams
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import GatherPass, per_row, row_vectors
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 QUANTILES = (0.25, 0.5, 0.75)
 
@@ -85,7 +87,14 @@ class ArceeFusionJob(TensorJob):
 
 class ArceeFusion(Strategy):
     name = "arcee_fusion"
+    summary = "Take theirs only where |change| × the row's KL divergence is an outlier."
+    formula = (
+        "s_j = |θ_2 − θ_1|_j·KL(softmax θ_2 ‖ softmax θ_1)_row; "
+        "θ = θ_1 + (θ_2 − θ_1)·[s ≥ q_50 + 1.5·(q_75 − q_25)]"
+    )
     presets = (None, "mergekit")
+    mergekit = "arcee_fusion"
+    mergekit_base = "first"
     needs_base = False
     min_branches = 2
     max_branches = 2

@@ -18,14 +18,15 @@ generator DARE uses (:mod:`mvc.merge.rng`); ranks of equal magnitudes go by inde
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.errors import MvcError
 from mvc.merge.arrays import Array
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT, Param
 from mvc.merge.exact import ExactSum
-from mvc.merge.params import MergeParams
+from mvc.merge.lines import LINES
 from mvc.merge.rng import stream_key, uniforms
 from mvc.merge.strategies.base import (
     Chunk,
@@ -40,7 +41,28 @@ from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
 from mvc.merge.strategies.whole import Gathered, GatherPass
 
-DEFAULT_EPSILON = 0.15
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+EPSILON = Param(
+    "epsilon",
+    float,
+    0.15,
+    "DELLA: keep probabilities spread over density ± ε by |τ| rank.",
+    mergekit="epsilon",
+    low=0.0,
+    high=1.0,
+    high_open=True,
+)
+RESCALE = Param(
+    "rescale",
+    bool,
+    None,
+    "DELLA: undo the drop's shrinkage (default on: 1/p per element; mergekit: L1 per tensor).",
+    mergekit="rescale",
+    optional=True,
+)
+DEFAULT_EPSILON = EPSILON.default
 _NORM_EPS = 1e-7
 
 
@@ -96,7 +118,7 @@ class MagPrune:
         self.params = params
         self.spec = spec
         self.densities = params.densities_for(spec.n_branches)
-        self.epsilon = DEFAULT_EPSILON if params.epsilon is None else params.epsilon
+        self.epsilon = params.epsilon
         self.rescale = True if params.rescale is None else params.rescale
         self.l1 = self.rescale and params.preset == "mergekit"
         self.before = [ExactSum() for _ in self.densities]
@@ -196,12 +218,19 @@ class DellaJob(TensorJob):
 
 class Della(Strategy):
     name = "della"
+    summary = "MAGPRUNE: keep |τ| by rank-weighted chance, rescale, then TIES' sign election."
+    formula = (
+        "p = density − ε + 2ε·rank(|τ_i|)/(n−1) per row; τ̂_i = τ_i ⊙ Bernoulli(p)/p; "
+        "θ = θ_base + λ·Σ_agree w_i·τ̂_i / Σ_agree w_i"
+    )
+    parameters = (DENSITY, EPSILON, WEIGHT, LAMBDA, RESCALE, NORMALIZE, SEED, LINES)
     presets = (None, "mergekit")
+    mergekit = "della"
     ties = True
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)
-        eps = DEFAULT_EPSILON if params.epsilon is None else params.epsilon
+        eps = params.epsilon
         for d in params.densities_for(n_branches):
             if d < 1 and not (0 < d - eps and d + eps < 1):
                 raise MvcError(
@@ -215,4 +244,10 @@ class Della(Strategy):
 
 class DellaLinear(Della):
     name = "della_linear"
+    summary = "MAGPRUNE drops and rescale, then the weighted sum of the task vectors."
+    formula = (
+        "p = density − ε + 2ε·rank(|τ_i|)/(n−1) per row; τ̂_i = τ_i ⊙ Bernoulli(p)/p; "
+        "θ = θ_base + λ·Σ w_i·τ̂_i"
+    )
+    mergekit = "della_linear"
     ties = False

@@ -16,14 +16,38 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.errors import MvcError
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import WEIGHT, Param
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import GramPass
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+MAX_ITER = Param(
+    "max_iter",
+    int,
+    10,
+    "Karcher: most Riemannian gradient steps.",
+    mergekit="max_iter",
+    low=1,
+    high=1000,
+    mergekit_default=10,
+)
+TOL = Param(
+    "tol",
+    float,
+    1e-5,
+    "Karcher: stop when the tangent step is below this (and skip smaller norms).",
+    mergekit="tol",
+    low=0.0,
+    low_open=True,
+    mergekit_default=1e-5,
+)
 
 
 def karcher_coefficients(
@@ -91,7 +115,12 @@ class KarcherJob(TensorJob):
 
 class Karcher(Strategy):
     name = "karcher"
+    summary = "The Riemannian mean of the branches' weights on the hypersphere, rescaled."
+    formula = "m = argmin Σ w_i·d(m, θ_i/‖θ_i‖)² on the sphere (gradient steps); θ = Σ w_i‖θ_i‖·m"
+    parameters = (WEIGHT, MAX_ITER, TOL)
     presets = (None, "mergekit")
+    mergekit = "karcher"
+    mergekit_base = "none"
     needs_base = False
 
     def check(self, params: MergeParams, n_branches: int) -> None:

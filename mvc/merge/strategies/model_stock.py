@@ -11,13 +11,26 @@ row (last-dimension vector) on its own. Needs at least two branches.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import Param
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import GramPass, per_row, row_vectors
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+FILTER_WISE = Param(
+    "filter_wise",
+    bool,
+    False,
+    "Model Stock: one interpolation ratio per row instead of per tensor.",
+    mergekit="filter_wise",
+    mergekit_default=False,
+)
 
 
 def interpolation_ratio(gram: np.ndarray) -> np.ndarray:
@@ -73,8 +86,15 @@ class ModelStockJob(TensorJob):
 
 class ModelStock(Strategy):
     name = "model_stock"
+    summary = "Move from the base toward the branches' average by how much their edits agree."
+    formula = (
+        "c = mean_{i<j} cos(τ_i, τ_j); t = n·c / (1 + (n−1)·c); "
+        "θ = t·mean_i θ_i + (1 − t)·θ_base"
+    )
+    parameters = (FILTER_WISE, LINES)
     presets = (None, "mergekit")
     min_branches = 2
+    mergekit = "model_stock"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return ModelStockJob(params, spec, masks)

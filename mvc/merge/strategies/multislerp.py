@@ -12,12 +12,12 @@ Weights are normalised to sum 1 unless ``--no-normalize``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.errors import MvcError
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import NORMALIZE, WEIGHT
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -28,6 +28,9 @@ from mvc.merge.strategies.base import (
 )
 from mvc.merge.strategies.nuslerp import _vectors
 from mvc.merge.strategies.whole import GramPass
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 EPS = 1e-8
 
@@ -82,7 +85,14 @@ class MultiSlerpJob(TensorJob):
 
 class MultiSlerp(Strategy):
     name = "multislerp"
+    summary = "Barycentric interpolation of any number of task vectors on the hypersphere."
+    formula = (
+        "m = normalise(Σ w_i·τ̂_i); t = Σ w_i·(τ̂_i − (τ̂_i·m)·m); "
+        "θ = θ_base + Σ w_i‖τ_i‖·(cos‖t‖·m + sin‖t‖·t/‖t‖)"
+    )
+    parameters = (WEIGHT, NORMALIZE)
     presets = (None, "mergekit")
+    mergekit = "multislerp"
     needs_base = False
 
     def check(self, params: MergeParams, n_branches: int) -> None:

@@ -11,15 +11,34 @@ mergekit 0.1.5 does. Exactly two branches: use multislerp for more.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.merge.arrays import Array
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import WEIGHT, Param
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import Gathered, GatherPass, GramPass, per_row, row_vectors
 
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+ROW_WISE = Param(
+    "row_wise",
+    bool,
+    False,
+    "NuSLERP: one angle per column (dim-0 vector) when not flattened.",
+    mergekit="nuslerp_row_wise",
+    mergekit_default=False,
+)
+FLATTEN = Param(
+    "flatten",
+    bool,
+    True,
+    "NuSLERP: one angle for the whole tensor (off: per row or column).",
+    mergekit="nuslerp_flatten",
+    mergekit_default=True,
+)
 _NORM_EPS = 1e-7
 _COLINEAR = 1e-16  # (1e-8)², mergekit's eps squared
 
@@ -108,7 +127,11 @@ class NuSlerpJob(TensorJob):
 
 class NuSlerp(Strategy):
     name = "nuslerp"
+    summary = "Spherical interpolation of two branches' task vectors, t from their weights."
+    formula = "t = w_2/(w_1 + w_2); Ω = ∠(τ_1, τ_2); θ = θ_base + (sin((1−t)Ω)·τ_1 + sin(tΩ)·τ_2)/sin Ω"
+    parameters = (WEIGHT, FLATTEN, ROW_WISE)
     presets = (None, "mergekit")
+    mergekit = "nuslerp"
     needs_base = False
     min_branches = 2
     max_branches = 2

@@ -16,14 +16,18 @@ The paper tunes λ and the ratio on validation data; the defaults are λ = 1, ra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mvc.errors import MvcError
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import DENSITY, LAMBDA
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import Gathered, WholeTensorJob
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 OUTLIER_RATIO = 0.0001
 
@@ -69,6 +73,12 @@ class PcbJob(WholeTensorJob):
 
 class Pcb(Strategy):
     name = "pcb"
+    summary = "PCB: score each element by self- and cross-task balance, mix by the scores."
+    formula = (
+        "s_i = norm(clamp(exp(T·norm|τ_i|²)·tanh(τ_i·Σ_j τ_j), ratio)); "
+        "θ = θ_base + λ·Σ s_i·τ_i / Σ s_i"
+    )
+    parameters = (DENSITY, LAMBDA, LINES)
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)

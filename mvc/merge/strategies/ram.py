@@ -1,7 +1,8 @@
 """RAM and RAM+ (tensor-local), reinforced agent merging: unique edits kept whole, shared
 ones averaged.
 
-An element counts as changed by branch i when |τ_ij| > ε (``epsilon``, default 1e-5).
+An element counts as changed by branch i when |τ_ij| > ``threshold`` (default 1e-5,
+mergekit's ``epsilon``).
 Where one branch alone changed it, θ_base + τ_ij; where c > 1 branches did, the plain mean
 θ_base + Σ τ_ij / c over those. ``ramplus_tl`` also boosts each branch's unique edits by
 λ_i = 1 + r·min(ρ_i, cap), ρ_i = (its shared elements) / max(its unique elements, ε), with
@@ -12,13 +13,43 @@ Branch weights and λ do not enter, as in mergekit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import Param
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import Chunk, Pass, Step, Strategy, TensorJob, TensorSpec
 
-DEFAULT_EPSILON = 1e-5
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+THRESHOLD = Param(
+    "threshold",
+    float,
+    1e-5,
+    "RAM: |τ| above which a branch counts as having changed an element.",
+    mergekit="epsilon",
+    low=0.0,
+    mergekit_default=1e-5,
+)
+R = Param(
+    "r",
+    float,
+    0.1,
+    "RAM+: strength of the boost of a branch's unique edits.",
+    mergekit="r",
+    low=0.0,
+    mergekit_default=0.1,
+)
+CAP = Param(
+    "cap",
+    float,
+    0.2,
+    "RAM+: bound on the shared/unique ratio ρ that sets the boost.",
+    mergekit="alpha",
+    low=0.0,
+    mergekit_default=0.2,
+)
 
 
 class _CountPass(Pass):
@@ -36,7 +67,7 @@ class _CountPass(Pass):
 class RamJob(TensorJob):
     def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool, plus: bool) -> None:
         super().__init__(params, spec, masks=masks)
-        self.epsilon = DEFAULT_EPSILON if params.epsilon is None else params.epsilon
+        self.epsilon = params.threshold
         self.plus = plus
         n = spec.n_branches
         self.shared = [0] * n
@@ -76,7 +107,11 @@ class RamJob(TensorJob):
 
 class Ram(Strategy):
     name = "ram"
+    summary = "Keep edits only one branch made whole; average those several branches made."
+    formula = "c_j = #{i: |τ_ij| > threshold}; θ = θ_base + Σ_{changed} τ_ij · (1 if c_j = 1 else 1/c_j)"
+    parameters = (THRESHOLD, LINES)
     presets = (None, "mergekit")
+    mergekit = "ram"
     plus = False
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
@@ -85,4 +120,11 @@ class Ram(Strategy):
 
 class RamPlusTl(Ram):
     name = "ramplus_tl"
+    summary = "RAM with each branch's unique edits boosted by its share of overlap."
+    formula = (
+        "ρ_i = #shared_i / #unique_i; λ_i = 1 + r·min(ρ_i, cap); "
+        "θ = θ_base + Σ unique λ_i·τ_ij + Σ shared τ_ij / c_j"
+    )
+    parameters = (THRESHOLD, R, CAP, LINES)
+    mergekit = "ramplus_tl"
     plus = True

@@ -1,8 +1,8 @@
 """SCE (Wan et al. 2024, FuseChat): Select, Calculate, Erase — per tensor.
 
 - Select: keep the elements whose task vectors vary most across branches: the top
-  k = int(density · #{var ≠ 0}) by population variance var_j = mean_i (τ_ij − τ̄_j)²
-  (``density`` is mergekit's ``select_topk``; 1 keeps everything). Ties go by index.
+  k = int(select_topk · #{var ≠ 0}) by population variance var_j = mean_i (τ_ij − τ̄_j)²
+  (1 keeps everything). Ties go by index.
 - Calculate: branch weights η_i = mean_j τ̂_ij² / Σ_i mean_j τ̂_ij² (uniform when the sum
   is below 1e-6), from exact sums over the tensor.
 - Erase: TIES' sign election on Σ τ̂_i; θ = θ_base + λ·Σ_i η_i m_i τ̂_i / max(Σ_i η_i m_i, 1e-6).
@@ -13,15 +13,31 @@ The branches' own weights do not enter (as in the paper and mergekit).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mvc.errors import MvcError
 from mvc.merge.arrays import Array
+from mvc.merge.declare import LAMBDA, Param
 from mvc.merge.exact import ExactSum
-from mvc.merge.params import MergeParams
+from mvc.merge.lines import LINES
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import Chunk, Pass, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.ties import apply_lambda
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+
+SELECT_TOPK = Param(
+    "select_topk",
+    float,
+    1.0,
+    "SCE: fraction of the elements that vary most across branches kept (1 keeps all).",
+    mergekit="select_topk",
+    low=0.0,
+    high=1.0,
+    low_open=True,
+    mergekit_default=1.0,
+)
 
 
 def variance(chunk: Chunk) -> Array:
@@ -48,7 +64,7 @@ class _CountPass(Pass):
 class SceJob(TensorJob):
     def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
         super().__init__(params, spec, masks=masks)
-        self.density = params.densities_for(spec.n_branches)[0]
+        self.density = params.select_topk
         self.selection: Selection | None = None
         self.eta: tuple[float, ...] = ()
 
@@ -114,12 +130,14 @@ class SceJob(TensorJob):
 
 class Sce(Strategy):
     name = "sce"
+    summary = "Select high-variance elements, weight branches by Σ τ², erase sign conflicts."
+    formula = (
+        "τ̂_i = τ_i ⊙ top(var_i τ, select_topk); η_i ∝ mean τ̂_i²; "
+        "θ = θ_base + λ·Σ_agree η_i·τ̂_i / Σ_agree η_i"
+    )
+    parameters = (SELECT_TOPK, LAMBDA, LINES)
     presets = (None, "mergekit")
-
-    def check(self, params: MergeParams, n_branches: int) -> None:
-        super().check(params, n_branches)
-        if len(set(params.densities_for(n_branches))) > 1:
-            raise MvcError("sce selects elements for all branches at once: give one --density")
+    mergekit = "sce"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return SceJob(params, spec, masks)

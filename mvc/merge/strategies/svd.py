@@ -17,13 +17,27 @@ the papers' code does. θ = θ_base + λ·Δ for every tensor.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import LAMBDA, Param
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import Gathered, WholeTensorJob
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+COMMON_SPACE = Param(
+    "common",
+    float,
+    0.8,
+    "Iso-CTS: fraction of the spectrum kept as the common subspace.",
+    mergekit=None,
+    low=0.0,
+    high=1.0,
+)
 
 
 def _svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,6 +116,12 @@ class SvdJob(WholeTensorJob):
 
 class Tsv(Strategy):
     name = "tsv"
+    summary = "Task Singular Vectors: each task's top singular directions, decorrelated."
+    formula = (
+        "τ_i ≈ U_i Σ_i V_iᵀ (top r/T); U⊥, V⊥ = polar([U_1…U_T]), polar([V_1…V_T]); "
+        "θ = θ_base + λ·U⊥ diag(Σ_1…Σ_T) V⊥ᵀ"
+    )
+    parameters = (LAMBDA, LINES)
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return SvdJob(params, spec, masks, self.name)
@@ -109,7 +129,15 @@ class Tsv(Strategy):
 
 class IsoC(Tsv):
     name = "iso_c"
+    summary = "Iso-C: the summed task vectors with a flat singular spectrum."
+    formula = "Σ_i τ_i = U diag(σ) Vᵀ; θ = θ_base + λ·mean(σ)·U Vᵀ"
 
 
 class IsoCts(Tsv):
     name = "iso_cts"
+    summary = "Iso-CTS: common directions of the sum plus each task's own, with a flat spectrum."
+    formula = (
+        "U_c = top(common·r) of Σ τ_i; U_i = top of (I − U_c U_cᵀ)τ_i; "
+        "θ = θ_base + λ·σ̄·polar([U_1…U_T U_c]) polar([V_1…V_T V_c])ᵀ"
+    )
+    parameters = (LAMBDA, COMMON_SPACE, LINES)

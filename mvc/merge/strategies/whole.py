@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvc.merge.arrays import Array
 from mvc.merge.exact import ExactSum
-from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import Chunk, Pass, Step, TensorJob, TensorSpec
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 class GramPass(Pass):
