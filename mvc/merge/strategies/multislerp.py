@@ -38,6 +38,8 @@ EPS = 1e-8
 def multislerp_coefficients(gram: np.ndarray, weights: np.ndarray, name: str) -> np.ndarray:
     """c with result = Σ c_i·v_i, from the Gram matrix of the v_i."""
     norms = np.sqrt(np.diag(gram))
+    if not norms.any():  # nothing moved (an --all-tensors merge): the base, not an error
+        return np.zeros_like(norms)
     scale = 1.0 / (norms + EPS)  # unit_i = scale_i · v_i
     mean = weights * scale  # mean direction, in the basis of the v_i
     mean_norm = float(np.sqrt(max(mean @ gram @ mean, 0.0)))
