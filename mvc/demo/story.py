@@ -203,9 +203,8 @@ class _Story:
         self.score("TIES merge", "main")
 
     def audit(self) -> None:
-        from mvc.cli.graph import render_graph
         from mvc.lineage.blame import blame
-        from mvc.lineage.graph import lineage_graph
+        from mvc.lineage.graph import lineage_graph, render_graph
         from mvc.lineage.verify import verify
 
         graph = lineage_graph(self.repo, "main")

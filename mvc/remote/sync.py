@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dulwich.objects import Commit
 
 from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
-from mvc.progress import Progress as ProgressSink
+from mvc.progress import BarProgress, Progress, Tally
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
 from mvc.remote.layout import (
     BARE_CONFIG,
@@ -40,7 +40,6 @@ from mvc.remote.negotiate import (
     remote_tensor_ids,
     with_delta_bases,
 )
-from mvc.remote.progress import Progress
 from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
@@ -51,6 +50,11 @@ if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
 
 DEFAULT_WORKERS = 8
 _HEX = set("0123456789abcdef")
+
+
+def _bar(quiet: bool) -> Progress:
+    """A transfer's bar on stderr: drawn only on a terminal, and never with -q."""
+    return BarProgress(enabled=False if quiet else None)
 
 
 @dataclass
@@ -201,7 +205,7 @@ def _send_objects(
         data = repo.store.read_raw(oid)
         repo.store.verify(oid, data)
         transport.put(tensor_object_key(oid), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     def send_git(sha: str) -> None:
         obj = repo.git.object_store[sha.encode()]
@@ -211,10 +215,11 @@ def _send_objects(
             )
         data = obj.as_legacy_object()
         transport.put(git_object_key(sha), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     is_commit = {sha for sha in git_send if sha in set(commits)}
-    with Progress("pushing objects", len(git_send) + len(tensor_send), quiet) as progress:
+    total = len(git_send) + len(tensor_send)
+    with Tally(_bar(quiet), "pushing objects", total) as progress:
         list(pool.map(send_tensor, tensor_send))
         list(pool.map(send_git, [sha for sha in git_send if sha not in is_commit]))
         list(pool.map(send_git, [sha for sha in git_send if sha in is_commit]))
@@ -248,10 +253,10 @@ def fetch(
     # midway leaves a stale lock that the next command recognises and recovers from.
     with repo.locked(), ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
         branches = remote_branches(transport, pool)
-        with Progress("receiving history", 0, quiet) as history:
+        with Tally(_bar(quiet), "receiving history", 0) as history:
             held = receive_git(repo, transport, branches.values(), pool, history)
         wanted = [oid for oid in tensor_ids_of(repo, held) if not repo.store.has(oid)]
-        with Progress("receiving objects", len(wanted), quiet) as objects:
+        with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
             receive_tensors(repo, transport, wanted, pool, objects)
         write_graph(repo, held)
     report.git_objects = history.objects
@@ -372,7 +377,7 @@ def pull(
     endpoint: str | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
-    progress: ProgressSink | None = None,
+    progress: Progress | None = None,
 ) -> PullResult:
     """Fetch, then bring the remote branch into the current one, as `git pull` does.
 

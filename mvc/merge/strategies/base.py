@@ -149,10 +149,6 @@ class TensorStats:
     conflicts: int = 0
     masks: tuple[bytes, ...] | None = None
 
-    @property
-    def kept_density(self) -> list[float]:
-        return [k / self.numel if self.numel else 0.0 for k in self.kept]
-
     def to_record(self) -> dict[str, Any]:
         return {
             "numel": self.numel,
