@@ -17,9 +17,9 @@ from mvc.lineage.records import (
     commit_parents,
     find_merge_record,
     parent_label,
-    tree_blob,
 )
 from mvc.repo.manifest import Manifest
+from mvc.repo.records import tree_blob
 
 if TYPE_CHECKING:
     from mvc.repo import Repo

@@ -31,14 +31,14 @@ from mvc.formats.torch_io import tensor_bytes, to_torch
 from mvc.lock.equivalence import check_equivalence, probe_batch
 from mvc.lock.families import LockPlan, plan_lock
 from mvc.lock.keys import SCHEME, key_id, load_key
-from mvc.lock.record import LOCK_RECORD_PATH, RECORD_VERSION, encode_record, lock_record
+from mvc.lock.record import LOCK_RECORD, LOCK_RECORD_PATH, encode_record, lock_record
 from mvc.lock.transform import apply_plan
 from mvc.repo import Chunk, Manifest, TensorEntry
+from mvc.repo.references import RECORD_PREFIX
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-RECORD_DIR = posixpath.dirname(LOCK_RECORD_PATH)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
@@ -67,7 +67,7 @@ class _Model:
 def _models(files: Mapping[str, bytes]) -> list[_Model]:
     by_dir: dict[str, dict[str, Manifest]] = {}
     for path, blob in files.items():
-        if is_model_file(path) and not path.startswith(RECORD_DIR + "/"):
+        if is_model_file(path) and not path.startswith(RECORD_PREFIX):
             by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
     models = []
     for directory, manifests in sorted(by_dir.items()):
@@ -193,7 +193,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
     out: dict[str, Manifest | bytes] = {
-        p: b for p, b in files.items() if not p.startswith(RECORD_DIR + "/")
+        p: b for p, b in files.items() if not p.startswith(RECORD_PREFIX)
     }
     checked = []
     for model in _models(files):
@@ -220,8 +220,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
             }
         )
     record = {
-        "mvc": "lock",
-        "version": RECORD_VERSION,
+        **LOCK_RECORD.header(),
         "locked": True,
         "scheme": SCHEME,
         "from": source,

@@ -495,6 +495,7 @@ class Repo:
         update_ref: bool = True,
         update_worktree: bool = True,
         prewritten: Mapping[str, Path] | None = None,
+        force: bool = False,
     ) -> str:
         """Commit a complete file set built in the library (merge, unmerge, lock results).
 
@@ -502,7 +503,8 @@ class Repo:
         current branch moves to the new commit (CAS against its parent); with
         `update_worktree` the work tree and index follow it. `prewritten` maps paths to
         files already holding their exact content (in `scratch_dir()`), which are moved
-        into the work tree instead of being written again from the store.
+        into the work tree instead of being written again from the store. `force` skips the
+        dirty check, for a caller that made it itself under the same lock (a merge).
         """
         from dulwich.index import commit_tree as write_tree
 
@@ -523,7 +525,7 @@ class Repo:
                     # written, the next command rolls the commit forward (see locked()).
                     journal = f"{old_head or '-'} {sha}\n".encode()
                     atomic_write(self._pending_path, journal, mode=0o644)
-                    self._apply_commit(old_head, sha, force=False, prewritten=prewritten)
+                    self._apply_commit(old_head, sha, force=force, prewritten=prewritten)
                 self.move_branch(old_head, sha, f"commit: {message.splitlines()[0]}")
                 self._pending_path.unlink(missing_ok=True)
         return sha
@@ -678,7 +680,10 @@ class Repo:
         self._apply_files(self.tree_files(old), self.tree_files(new), force, prewritten)
 
     def stage_tree(
-        self, files: Mapping[str, Manifest | bytes], prewritten: Mapping[str, Path] | None = None
+        self,
+        files: Mapping[str, Manifest | bytes],
+        prewritten: Mapping[str, Path] | None = None,
+        force: bool = False,
     ) -> None:
         """Write a library-built file set into the work tree and index, without committing."""
         for path in files:
@@ -689,7 +694,7 @@ class Repo:
                 content = files[path]
                 data = content.to_bytes() if isinstance(content, Manifest) else content
                 new_files[path] = (store_blob(self.git, data), 0o100644)
-            self._apply_files(self.tree_files(self.head()), new_files, False, prewritten)
+            self._apply_files(self.tree_files(self.head()), new_files, force, prewritten)
 
     def scratch_dir(self) -> Path:
         """A folder inside the repository for files built before they go in the work tree.
