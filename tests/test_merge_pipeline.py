@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from mvc.gitdriver.merge import _parse, config_key
 from mvc.lineage.records import PROVENANCE_RECORD, recipe_line
 from mvc.merge import MergeOptions, merge
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE
+from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams
 from mvc.merge.pipeline import run
 from mvc.merge.planner import TensorRule
@@ -51,6 +53,7 @@ def _recipe() -> Recipe:
         rules=(TensorRule("*.bias", "ties", {"density": [0.2, 0.9], "lambda": 0.5}),),
         all_tensors=True,
         masks=False,
+        layout=LayoutChoice("1" * 40),
     )
 
 
@@ -59,6 +62,12 @@ def test_the_recipe_round_trips_through_the_record():
     fields = recipe.record_fields()
     assert Recipe.from_record(json.loads(json.dumps(fields))) == recipe
     assert fields["params"]["weights"] == [0.3, 0.7] and fields["seed"] == 4
+    replay = {"kind": "revert", "commit": "4" * 40, "parent": "5" * 40, "mainline": 1}
+    reverted = dataclasses.replace(recipe, operation=replay)
+    fields = reverted.record_fields()
+    assert fields["commit_parents"] == ["1" * 40] and fields["operation"] == replay
+    assert Recipe.from_record(json.loads(json.dumps(fields))) == reverted
+    assert reverted.without(2).operation is None
 
 
 def test_without_drops_the_branch_everywhere_its_declarations_say():
@@ -99,7 +108,11 @@ def test_encodings_are_the_ones_committed_trees_hold():
     assert MERGE_RECORD.encode({"b": 1, "a": [2]}) == b'{\n "a": [\n  2\n ],\n "b": 1\n}\n'
     assert LOCK_RECORD.encode({"b": 1}) == b'{\n  "b": 1\n}\n'
     assert MERGE_RECORD.header() == {"mvc": "merge-record", "schema_version": 1}
-    assert LOCK_RECORD.header() == {"mvc": "lock", "version": 1}
+    assert LOCK_RECORD.header() == {"mvc": "lock", "version": 2}
+    old = {"mvc": "lock", "version": 1, "locked": True}  # attention-only locks still read
+    assert LOCK_RECORD.decode(LOCK_RECORD.encode(old)) == old
+    with pytest.raises(FormatError, match="has version 3; this mvc reads version 2"):
+        LOCK_RECORD.decode(LOCK_RECORD.encode({**old, "version": 3}))
 
 
 @pytest.mark.parametrize(
@@ -159,7 +172,9 @@ def test_a_merge_reads_each_tree_and_manifest_once_and_checks_status_once(three,
     sides = [three.files(sha) for sha in recipe.branches]
     from mvc.merge.arrays import NumpyOps
 
-    run(recipe, three.store, three.files(recipe.base), sides, NumpyOps(), record=False)
+    base_files = three.files(recipe.base)
+    assert recipe.layout.source == recipe.base  # HEAD (the layout's source) is the base here
+    run(recipe, three.store, base_files, sides, NumpyOps(), record=False, layout_files=base_files)
     assert parsed and max(parsed.values()) == 1
 
 

@@ -95,6 +95,18 @@ def merge_options(f):
         click.option("--no-masks", is_flag=True, help="Do not store TALL masks in the record."),
         click.option("--base", "base_rev", default=None, help="Merge base (for criss-cross)."),
         click.option("--allow-locked", is_flag=True, help="Merge MergeLock'ed commits anyway."),
+        click.option(
+            "--layout",
+            type=click.Choice(["ours", "theirs"]),
+            default="ours",
+            show_default=True,
+            help="Whose shard layout a model folder is written in.",
+        ),
+        click.option(
+            "--max-shard-size",
+            default=None,
+            help="Write model folders in shards of at most this size (40MB, 5GB, bytes).",
+        ),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -102,6 +114,7 @@ def merge_options(f):
 
 
 def build_options(message, no_commit, no_ff, **kw):
+    from mvc.formats.hf import parse_size
     from mvc.merge import MergeOptions, MergeParams
     from mvc.merge.planner import load_rules
 
@@ -129,6 +142,8 @@ def build_options(message, no_commit, no_ff, **kw):
         fast_forward=not no_ff,
         base=kw["base_rev"],
         allow_locked=kw["allow_locked"],
+        layout=kw["layout"],
+        max_shard_size=parse_size(kw["max_shard_size"]) if kw["max_shard_size"] else None,
     )
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mvc.errors import MvcError, NotFoundError
 from mvc.merge.declare import TALL_LAMBDA, Param
 from mvc.merge.record import MERGE_RECORD
+from mvc.merge.record import commit_parents as recorded_commit_parents
 from mvc.merge.strategies import get_strategy
 from mvc.repo.records import RecordType, is_locked
 
@@ -35,7 +36,7 @@ def commit_parents(repo: Repo, sha: str) -> list[str]:
 def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
     """The merge record describing commit `sha`, or None when `sha` is not an mvc merge."""
     record = MERGE_RECORD.read(repo, sha)
-    if record is None or record["parents"] != commit_parents(repo, sha):
+    if record is None or recorded_commit_parents(record) != commit_parents(repo, sha):
         return None  # none, or inherited from a parent by a later ordinary commit
     return record
 
@@ -168,7 +169,9 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
     if info["rules"]:
         parts.append(f"{info['rules']} rule(s)")
     parts.append("of " + ", ".join(info["contributing"]))
-    return ", ".join(parts)
+    operation = record.get("operation")  # a revert or cherry-pick (mvc.merge.replay)
+    prefix = f"{operation['kind']} of {operation['commit'][:12]}: " if operation else ""
+    return prefix + ", ".join(parts)
 
 
 def provenance_text(doc: Mapping[str, Any]) -> str:

@@ -17,7 +17,16 @@ from mvc.repo.references import LOCK_RECORD_PATH
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-__all__ = ["LOCK_RECORD", "LOCK_RECORD_PATH", "encode_record", "is_locked", "lock_record"]
+__all__ = [
+    "LOCK_RECORD",
+    "LOCK_RECORD_PATH",
+    "RECORD_VERSION",
+    "encode_record",
+    "is_locked",
+    "lock_record",
+]
+
+RECORD_VERSION = LOCK_RECORD.version
 
 encode_record = LOCK_RECORD.encode
 

@@ -10,8 +10,9 @@ from typing import Any
 from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.merge.arrays import ArrayOps
 from mvc.merge.device import resolve_device
+from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams
-from mvc.merge.pipeline import run
+from mvc.merge.pipeline import read_commits, run_on_commits
 from mvc.merge.planner import TensorRule
 from mvc.merge.recipe import Recipe
 from mvc.merge.strategies import get_strategy
@@ -36,6 +37,11 @@ class MergeOptions:
     fast_forward: bool = True
     base: str | None = None
     allow_locked: bool = False
+    # Set by revert/cherry-pick (mvc.merge.replay): the operation recorded in the merge
+    # record; every named commit enters the merge and the commit's only parent is HEAD.
+    replay: Mapping[str, Any] | None = None
+    layout: str = "ours"  # whose shard layout the result takes: ours | theirs
+    max_shard_size: int | None = None  # or cut shards of this many bytes
 
 
 @dataclass
@@ -71,7 +77,7 @@ def merge(
         pending = [
             (name, sha)
             for name, sha in zip(others, resolved, strict=True)
-            if not repo.is_ancestor(sha, head)
+            if options.replay or not repo.is_ancestor(sha, head)
         ]
         if not pending:
             return MergeResult(None, head, [head], up_to_date=True)
@@ -110,34 +116,33 @@ def merge(
             rules=tuple(options.rules),
             all_tensors=options.all_tensors,
             masks=options.masks,
+            layout=LayoutChoice.pick(options.layout, parents, options.max_shard_size),
+            operation=options.replay,
         )
         recipe.check()  # before reading any tree
-        base_files = repo.files(base)  # each tree read once, shared with the clobber check
-        branch_files = [repo.files(sha) for sha in recipe.branches]
-        head_files = branch_files[0] if contributing[0] == 0 else base_files
-        outcome = run(
+        inputs = read_commits(repo, recipe, head)  # each read once, HEAD's for the clobber check
+        outcome = run_on_commits(
+            repo,
             recipe,
-            repo.store,
-            base_files,
-            branch_files,
             resolve_device(options.device),
             progress=progress,
             scratch=repo.scratch_dir(),
+            files=inputs,
         )
         try:
-            _refuse_clobber(status.untracked, outcome.files, head_files)
+            _refuse_clobber(status.untracked, outcome.files, inputs[head])
             files = outcome.files_with_record()
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
             # The work tree was checked above, under the lock that is still held: the
             # commit step need not run status() again (force=True).
             if options.commit:
                 sha = repo.commit_tree(
-                    files, parents, message, prewritten=outcome.written, force=True
+                    files, recipe.commit_parents, message, prewritten=outcome.written, force=True
                 )
             else:
                 sha = None
                 repo.stage_tree(files, prewritten=outcome.written, force=True)
-                repo.set_merge_state(parents[1:], message)
+                repo.set_merge_state(recipe.commit_parents[1:], message)
         finally:
             outcome.discard()
         return MergeResult(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import ArrayOps, TorchOps
 from mvc.merge.executor import Executor, TensorResult
+from mvc.merge.layout import align
 from mvc.merge.planner import MergePlan, Planner, raise_conflicts
 from mvc.merge.recipe import Recipe
 from mvc.merge.record import MERGE_RECORD
@@ -50,6 +51,7 @@ class MergeOutcome:
     device: ArrayOps
     record: dict[str, Any] | None = None
     written: dict[str, Path] = field(default_factory=dict)
+    layout: dict[str, Any] | None = None  # the record's `layout` entry, when one is due
 
     @property
     def resolved(self) -> int:
@@ -85,17 +87,24 @@ def run(
     progress: Progress | None = None,
     scratch: Path | None = None,
     record: bool = True,
+    layout_files: Mapping[str, bytes] | None = None,
 ) -> MergeOutcome:
     """Plan, check, execute and (with ``record``) record ``recipe``.
 
     ``base_files`` and ``branch_files`` (one mapping per contributing branch, in order) map
-    paths to stored blobs. Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and
+    paths to stored blobs; with a ``recipe.layout``, ``layout_files`` are the files of its
+    source commit, and every side's model folders are first aligned to that layout. Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and
     bad parameters :class:`~mvc.errors.MvcError`, both before anything is computed or
     stored. New objects go into ``store``; with ``scratch``, merged model files are also
     written there as they are computed (``MergeOutcome.written``).
     """
     recipe.check()
     manifests = _Manifests()
+    aligned = None
+    if recipe.layout is not None:
+        assert layout_files is not None, "a layout needs its source commit's files"
+        aligned = align(base_files, branch_files, layout_files, recipe.layout, manifests.models)
+        base_files, branch_files = aligned.base_files, aligned.branch_files
     plan = Planner(
         base_files,
         branch_files,
@@ -117,11 +126,15 @@ def run(
     )
     try:
         files = executor.run(plan)
+        if aligned is not None:
+            files = aligned.finish(files)
     except BaseException:
         for leftover in executor.written.values():
             leftover.unlink(missing_ok=True)
         raise
     outcome = MergeOutcome(recipe, plan, files, executor.results, device, None, executor.written)
+    if aligned is not None:
+        outcome.layout = aligned.record()
     if record:
         outcome.record = _record(outcome)
     return outcome
@@ -136,20 +149,32 @@ def run_on_commits(
     progress: Progress | None = None,
     scratch: Path | None = None,
     record: bool = True,
+    files: Mapping[str, Mapping[str, bytes]] | None = None,
 ) -> MergeOutcome:
-    """:func:`run` over the recipe's commits, each commit's tree and blobs read once."""
+    """:func:`run` over the recipe's commits; ``files`` are those :func:`read_commits`
+    read (read here when not given)."""
     recipe.check()  # before reading any tree
     assert recipe.base is not None
+    files = files if files is not None else read_commits(repo, recipe)
     return run(
         recipe,
         store if store is not None else repo.store,
-        repo.files(recipe.base),
-        [repo.files(sha) for sha in recipe.branches],
+        files[recipe.base],
+        [files[sha] for sha in recipe.branches],
         device,
         progress=progress,
         scratch=scratch,
         record=record,
+        layout_files=files[recipe.layout.source] if recipe.layout is not None else None,
     )
+
+
+def read_commits(repo: Repo, recipe: Recipe, *extra: str) -> dict[str, dict[str, bytes]]:
+    """Every commit the recipe reads (base, branches, the layout's source) and ``extra``
+    ones, each tree and its blobs read once: commit -> path -> blob."""
+    layout = [recipe.layout.source] if recipe.layout is not None else []
+    shas = [recipe.base, *recipe.branches, *layout, *extra]
+    return {sha: repo.files(sha) for sha in dict.fromkeys(s for s in shas if s is not None)}
 
 
 class _Manifests:
@@ -235,9 +260,11 @@ def _record(outcome: MergeOutcome) -> dict[str, Any]:
             tensors[decision.name] = item
         entry["tensors"] = tensors
         files[path] = entry
+    layout = {"layout": outcome.layout} if outcome.layout is not None else {}
     return {
         **MERGE_RECORD.header(),
         **outcome.recipe.record_fields(),
+        **layout,
         "device": str(outcome.device),
         "versions": _versions(outcome.device),
         "files": files,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams, drop_branch
 from mvc.merge.planner import TensorRule
 from mvc.merge.strategies import get_strategy
@@ -23,10 +24,12 @@ class Recipe:
     """A merge: the base, the parents (HEAD first) and which of them enter the arithmetic,
     the strategy with its global and per-branch parameters (per contributing branch, in
     order), the per-tensor rules, whether every tensor goes through the strategy, and
-    whether TALL masks are kept.
+    whether TALL masks are kept; whose shard layout model folders are aligned to
+    (``layout``, :mod:`mvc.merge.layout`); and, for a revert or cherry-pick
+    (:mod:`mvc.merge.replay`), the ``operation``, whose commit has HEAD as only parent.
 
     ``base`` is the merge base commit; the git driver, which merges blobs git hands it,
-    has none (and labels its two sides ``ours``/``theirs``).
+    has none (it labels its two sides ``ours``/``theirs`` and aligns no layout).
     """
 
     base: str | None
@@ -38,11 +41,18 @@ class Recipe:
     rules: tuple[TensorRule, ...] = ()
     all_tensors: bool = False
     masks: bool = True
+    layout: LayoutChoice | None = None
+    operation: Mapping[str, Any] | None = None
 
     @property
     def branches(self) -> list[str]:
         """The commits that enter the arithmetic, in order."""
         return [self.parents[i] for i in self.contributing]
+
+    @property
+    def commit_parents(self) -> list[str]:
+        """The parents of the commit the merge makes: HEAD alone for a revert/cherry-pick."""
+        return [self.parents[0]] if self.operation else list(self.parents)
 
     def check(self) -> None:
         """Refuse, before anything is read, a strategy that is unknown or does not take this
@@ -55,8 +65,15 @@ class Recipe:
 
     # ------------------------------------------------------------------ the record
     def record_fields(self) -> dict[str, Any]:
-        """The merge record's recipe fields (docs/merge-record.md)."""
+        """The merge record's recipe fields (docs/merge-record.md); the layout entry is the
+        pipeline's (it is there only when a folder had to be realigned)."""
+        replay = (
+            {"operation": dict(self.operation), "commit_parents": self.commit_parents}
+            if self.operation
+            else {}
+        )
         return {
+            **replay,
             "base": self.base,
             "parents": list(self.parents),
             "parent_names": list(self.names),
@@ -93,11 +110,14 @@ class Recipe:
             rules=rules,
             all_tensors=bool(record.get("all_tensors")),
             masks=bool(record.get("masks", True)),
+            layout=LayoutChoice.from_record(record),
+            operation=record.get("operation"),
         )
 
     def without(self, index: int) -> Recipe:
         """This merge as if parent ``index`` had never been in it (`mvc unmerge`): per-branch
-        values, global and in rules, lose that branch's entry (from the declarations)."""
+        values, global and in rules, lose that branch's entry (from the declarations). The
+        result is a merge of the remaining parents, no longer a revert or cherry-pick."""
         kept = [i for i in range(len(self.parents)) if i != index]
         params, rules = self.params, self.rules
         if index in self.contributing:
@@ -117,4 +137,5 @@ class Recipe:
             rules=rules,
             all_tensors=self.all_tensors,
             masks=self.masks,
+            layout=self.layout,
         )

@@ -9,6 +9,9 @@ are written by :mod:`mvc.merge.pipeline` (the recipe part by :class:`mvc.merge.r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from mvc.repo.records import RecordType
 
 MERGE_RECORD = RecordType(
@@ -19,3 +22,9 @@ MERGE_RECORD = RecordType(
     required=("base", "parents", "strategy", "params", "files"),
 )
 RECORD_PATH = MERGE_RECORD.path
+
+
+def commit_parents(record: Mapping[str, Any]) -> list[str]:
+    """The parents of the commit a record describes: the merged commits, except for a
+    revert or cherry-pick, whose commit has HEAD alone as parent (see mvc.merge.replay)."""
+    return list(record.get("commit_parents", record["parents"]))

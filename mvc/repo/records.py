@@ -32,7 +32,8 @@ class RecordType:
     """One kind of record: where it lives, how it is versioned and how it is written.
 
     ``version_key`` names the version field (the merge and provenance records say
-    ``schema_version``, the lock record ``version``); ``required`` keys must be present,
+    ``schema_version``, the lock record ``version``); ``version`` is the one written,
+    ``older`` lists earlier versions this mvc still reads; ``required`` keys must be present,
     and ``booleans`` keys must be true or false, or the record is refused as malformed.
     """
 
@@ -44,6 +45,7 @@ class RecordType:
     indent: int = 1
     required: tuple[str, ...] = ()
     booleans: tuple[str, ...] = ()
+    older: tuple[int, ...] = ()
 
     def header(self) -> dict[str, Any]:
         """The fields that make a dict a record of this type: kind and version."""
@@ -59,7 +61,7 @@ class RecordType:
         doc = strict_loads(data, where)
         if not isinstance(doc, dict) or doc.get("mvc") != self.kind:
             raise FormatError(f"{where} is not an mvc {self.title}")
-        if doc.get(self.version_key) != self.version:
+        if doc.get(self.version_key) not in (self.version, *self.older):
             label = self.version_key.replace("_", " ")
             raise FormatError(
                 f"{where} has {label} {doc.get(self.version_key)!r}; this mvc reads "
@@ -92,9 +94,10 @@ def tree_blob(repo: Repo, sha: str, path: str) -> bytes | None:
 
 LOCK_RECORD = RecordType(
     "lock",
-    1,
+    2,
     LOCK_RECORD_PATH,
     "lock record",
+    older=(1,),  # version 2 adds levels; version 1 records are attention-only locks
     version_key="version",
     indent=2,
     required=("locked",),
