@@ -14,14 +14,12 @@ changes would otherwise be silently discarded. The commit carries a provenance r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
 from mvc.lineage.recompute import Recipe, recompute, record_rules
 from mvc.lineage.records import (
-    PER_BRANCH_PARAMS,
     PROVENANCE_KIND,
     PROVENANCE_PATH,
     PROVENANCE_VERSION,
@@ -31,7 +29,7 @@ from mvc.lineage.records import (
     parent_label,
 )
 from mvc.merge.layout import LayoutChoice
-from mvc.merge.params import MergeParams
+from mvc.merge.params import MergeParams, drop_branch
 from mvc.merge.planner import RECORD_PREFIX
 
 if TYPE_CHECKING:
@@ -48,16 +46,6 @@ class UnmergeResult:
     result: str  # recomputed | parent | base
     remaining: list[str]
     resolved: int = 0
-
-
-def drop_branch(values: Mapping[str, Any], position: int, n: int) -> dict[str, Any]:
-    """Per-branch lists with `n` entries lose entry `position`; single values stay."""
-    out = dict(values)
-    for key in (*PER_BRANCH_PARAMS, "weight", "tall_lambda"):
-        value = out.get(key)
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            out[key] = [v for i, v in enumerate(value) if i != position]
-    return out
 
 
 def unmerge(

@@ -37,6 +37,9 @@ class MergeOptions:
     fast_forward: bool = True
     base: str | None = None
     allow_locked: bool = False
+    # Set by revert/cherry-pick (mvc.merge.replay): the operation recorded in the merge
+    # record; every named commit enters the merge and the commit's only parent is HEAD.
+    replay: Mapping[str, Any] | None = None
     layout: str = "ours"  # whose shard layout the result takes: ours | theirs
     max_shard_size: int | None = None  # or cut shards of this many bytes
 
@@ -74,7 +77,7 @@ def merge(
         pending = [
             (name, sha)
             for name, sha in zip(others, resolved, strict=True)
-            if not repo.is_ancestor(sha, head)
+            if options.replay or not repo.is_ancestor(sha, head)
         ]
         if not pending:
             return MergeResult(None, head, [head], up_to_date=True)
@@ -128,16 +131,19 @@ def merge(
                 options,
                 executor.ops,
             )
+            commit_parents = [head] if options.replay else parents
+            if options.replay:
+                record.update(operation=dict(options.replay), commit_parents=commit_parents)
             if aligned.record() is not None:
                 record["layout"] = aligned.record()
             files[RECORD_PATH] = encode_record(record)
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
             if options.commit:
-                sha = repo.commit_tree(files, parents, message, prewritten=executor.written)
+                sha = repo.commit_tree(files, commit_parents, message, prewritten=executor.written)
             else:
                 sha = None
                 repo.stage_tree(files, prewritten=executor.written)
-                repo.set_merge_state(parents[1:], message)
+                repo.set_merge_state(commit_parents[1:], message)
         finally:
             for leftover in executor.written.values():  # those not moved into the work tree
                 leftover.unlink(missing_ok=True)
@@ -173,8 +179,6 @@ def _merge_base(repo: Repo, parents: list[str], explicit: str | None) -> str:
 
 def _params_for(options: MergeOptions, names: list[str], contributing: list[int]) -> MergeParams:
     """Per-branch weights in the order of the branches that enter the arithmetic."""
-    import dataclasses
-
     weights = options.weights
     if weights is None:
         return options.params
@@ -190,9 +194,7 @@ def _params_for(options: MergeOptions, names: list[str], contributing: list[int]
                 hint="give one --weight per branch, or NAME=W",
             )
         per_name = {"HEAD": 1.0, **{n: float(w) for n, w in zip(names[1:], weights, strict=True)}}
-    return dataclasses.replace(
-        options.params, weights=tuple(per_name[names[i]] for i in contributing)
-    )
+    return options.params.replace(weights=tuple(per_name[names[i]] for i in contributing))
 
 
 def _executor(
