@@ -13,8 +13,8 @@ from model_factory import fine_tuned, write_model_folder, write_safetensors_np
 from mvc.errors import FormatError, MvcError
 from mvc.formats.hf import INDEX_NAME, parse_size
 from mvc.lineage.blame import blame
+from mvc.lineage.records import merge_record
 from mvc.merge import MergeOptions, MergeParams, merge
-from mvc.merge.record import read_record
 from mvc.repo import Repo
 from mvc.repo.diff import diff_revisions
 from mvc.repo.models import model_view, sharded_layout
@@ -87,7 +87,7 @@ def test_resharded_branch_merges_tensor_for_tensor_like_one_layout(tmp_path, bf1
     index = index_of(other, "HEAD")
     view = model_view(other.files("HEAD"), "model")
     assert index["weight_map"] == {n: p.split("/")[-1] for n, p in view.where.items()}
-    record = read_record(other, "HEAD")
+    record = merge_record(other, "HEAD")[1]
     decisions = {
         n: d["action"] for f in record["files"].values() for n, d in f.get("tensors", {}).items()
     }
