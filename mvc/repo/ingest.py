@@ -1,7 +1,8 @@
 """Moving model files between the work tree and the object store.
 
 `ingest` turns a safetensors file into a manifest, storing each row chunk as an object
-(delta-encoded against the same chunk of the previous version when there is one);
+(delta-encoded against the same chunk of the previous version when there is one, also when
+the tensor grew along dim 0);
 `materialize` writes a manifest back out as the byte-identical file. Both stream chunk by
 chunk from a memory map, so memory stays bounded by a few chunks whatever the model size.
 """
@@ -17,6 +18,7 @@ from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo, write_s
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
+from mvc.store.objects import grows_from
 
 
 def ingest_file(
@@ -129,9 +131,14 @@ def _chunk_view(sf: SafetensorsFile, info: TensorInfo, start: int, stop: int) ->
 def _delta_base(
     base_entry: TensorEntry | None, info: TensorInfo, index: int, start: int, stop: int
 ) -> str | None:
-    if base_entry is None or base_entry.dtype != info.dtype:
+    """The parent's chunk ``index`` when it holds these rows, or their first rows (a tensor
+    that grew along dim 0: its old rows delta on the parent's, appended rows cost what they
+    cost plainly; chunks wholly past the parent's rows have no base)."""
+    if base_entry is None or base_entry.dtype != info.dtype or index >= len(base_entry.chunks):
         return None
-    if base_entry.shape != tuple(info.shape) or index >= len(base_entry.chunks):
+    if not grows_from(base_entry.shape, info.shape):
         return None
     chunk = base_entry.chunks[index]
-    return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
+    if base_entry.shape == tuple(info.shape):
+        return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
+    return chunk.oid if chunk.start == start and chunk.stop <= stop else None
