@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_repo",
     "mvc.cli.cmd_history",
     "mvc.cli.cmd_merge",
+    "mvc.cli.cmd_models",
     "mvc.cli.cmd_lock",
     "mvc.cli.cmd_lineage",
     "mvc.cli.cmd_remote",

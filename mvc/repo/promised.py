@@ -21,7 +21,8 @@ from mvc.repo.references import referenced_objects
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
-    from mvc.repo.repository import Repo, TreeFiles
+    from mvc.repo.core import RepoCore as Repo
+    from mvc.repo.trees import TreeFiles
 
 PROMISOR_KEY = b"promisor"
 
