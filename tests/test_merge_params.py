@@ -155,6 +155,20 @@ def test_bad_parameters_are_one_line_errors_before_anything_is_written(three, ar
     assert _state(three) == before
 
 
+def test_too_few_branches_for_a_method_is_refused_before_anything_is_written(three):
+    before = _state(three)
+    result = CliRunner().invoke(cli, ["merge", "a", "--no-ff", "-q", "-s", "model_stock"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy model_stock needs at least 2 branches, got 1"
+    )
+    result = CliRunner().invoke(cli, ["merge", "a", "b", "c", "-q", "-s", "nuslerp"])
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy nuslerp needs exactly 2 branches, got 3"
+    )
+    assert _state(three) == before
+
+
 def test_a_rule_out_of_range_is_refused_before_anything_is_written(three, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text("- {match: 'layer.*', strategy: ties, density: 2.0}\n")

@@ -55,8 +55,9 @@ def _list_strategies(ctx: click.Context, _param, value: bool) -> None:
         click.echo(f"    {strategy.formula}")
         most = "" if strategy.max_branches is None else f", at most {strategy.max_branches}"
         presets = ", ".join(p for p in strategy.presets if p) or "none"
+        base = "reads the merge base" if strategy.needs_base else "ignores the merge base"
         click.echo(
-            f"    branches: at least {strategy.min_branches}{most}; presets: {presets}; "
+            f"    branches: at least {strategy.min_branches}{most}; {base}; presets: {presets}; "
             f"mergekit: {strategy.mergekit or 'none'}"
         )
         for param in strategy.parameters:
