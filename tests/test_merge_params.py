@@ -122,6 +122,8 @@ def test_help_and_list_show_every_declaration():
     text = runner.invoke(cli, ["merge", "--help"], terminal_width=200).output
     for param in PARAMETERS.values():
         assert param.option in text, param.name
+    for strategy in strategies():
+        assert f"{strategy.name}: {strategy.summary}" in text
     listing = runner.invoke(cli, ["merge", "--list-strategies"])
     assert listing.exit_code == 0, listing.output
     for strategy in strategies():

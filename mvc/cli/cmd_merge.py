@@ -180,7 +180,13 @@ def report(result, as_json: bool) -> None:
         )
 
 
-@click.command()
+def _epilog() -> str:
+    """The strategies, one line each, under `mvc merge --help` (click keeps \b blocks as written)."""
+    lines = [f"  {s.name}: {s.summary}" for s in strategies()]
+    return "\b\nStrategies (formulas and parameters: --list-strategies):\n" + "\n".join(lines)
+
+
+@click.command(epilog=_epilog())
 @click.argument("branches", nargs=-1, required=True)
 @click.option("-m", "--message", default=None, help="Merge commit message.")
 @click.option("--no-commit", is_flag=True, help="Stage the result; commit it yourself.")
