@@ -93,9 +93,9 @@ def run(
 
     ``base_files`` and ``branch_files`` (one mapping per contributing branch, in order) map
     paths to stored blobs; with a ``recipe.layout``, ``layout_files`` are the files of its
-    source commit, and every side's model folders are first aligned to that layout. Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and
-    bad parameters :class:`~mvc.errors.MvcError`, both before anything is computed or
-    stored. New objects go into ``store``; with ``scratch``, merged model files are also
+    source commit, and every side's model folders are first aligned to that layout.
+    Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and bad parameters
+    :class:`~mvc.errors.MvcError`, both before anything is computed or stored. New objects go into ``store``; with ``scratch``, merged model files are also
     written there as they are computed (``MergeOutcome.written``).
     """
     recipe.check()
@@ -153,9 +153,10 @@ def run_on_commits(
 ) -> MergeOutcome:
     """:func:`run` over the recipe's commits; ``files`` are those :func:`read_commits`
     read (read here when not given)."""
-    recipe.check()  # before reading any tree
     assert recipe.base is not None
-    files = files if files is not None else read_commits(repo, recipe)
+    if files is None:
+        recipe.check()  # before reading any tree
+        files = read_commits(repo, recipe)
     return run(
         recipe,
         store if store is not None else repo.store,
