@@ -116,9 +116,12 @@ def extract(
     branch: str | None = None,
     compare: bool = True,
 ) -> ExtractResult:
-    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`."""
+    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`.
+
+    With neither, the folder is `extract-<parent>` (in the current directory).
+    """
     if out_dir is None and branch is None:
-        raise MvcError("extract needs an output folder or a branch to commit to")
+        out_dir = f"extract-{parent}"
     sha, record = merge_record(repo, rev)
     index = parent_index(record, parent, repo)
     result = ExtractResult(

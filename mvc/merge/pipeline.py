@@ -247,6 +247,8 @@ def _record(outcome: MergeOutcome) -> dict[str, Any]:
             item: dict[str, Any] = {"action": decision.action}
             if decision.source is not None:
                 item["source"] = contributing[decision.source]
+            if decision.appended is not None:  # rows past the base's came from this parent
+                item["appended"] = contributing[decision.appended]
             if decision.action == "resolve":
                 result = outcome.results[(path, decision.name)]
                 item["branches"] = [contributing[i] for i in result.branches]

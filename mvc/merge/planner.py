@@ -9,7 +9,8 @@ tensor on chunk ids alone (no tensor bytes are read):
 - changed differently on several sides: resolved by the tensor's strategy, over the
   branches that changed it;
 - shape/dtype disagreements and delete-vs-modify: conflicts, all reported together, unless
-  the tensor's rule is `ours`/`theirs`.
+  the tensor's rule is `ours`/`theirs`; except rows appended on one branch (new tokens,
+  ``mvc.merge.growth``): the shared rows resolve, the appended ones come from that branch.
 
 With `all_tensors` every tensor present on every branch with one layout goes through its
 strategy (mergekit's behaviour, which knows no history). Ordinary files merge the same way
@@ -25,6 +26,7 @@ from typing import Any
 
 from mvc.errors import ConflictError, MvcError
 from mvc.formats.dtypes import get_dtype
+from mvc.merge.growth import appended_side
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import is_model_path
@@ -58,6 +60,9 @@ class TensorDecision:
     strategy: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
+    # A resolve where branch `appended` grew the tensor along dim 0 (new token rows): the
+    # base's rows go through the strategy, the rest come from that branch (`entry`).
+    appended: int | None = None
 
 
 @dataclass
@@ -222,6 +227,19 @@ class Planner:
                 name, "conflict", reason="deleted on one branch, modified on another"
             )
         if not all(sides[i].same_layout(base) for i in changed):
+            grower, problem = appended_side(base, [sides[i] for i in changed])
+            if grower is not None:
+                return TensorDecision(
+                    name,
+                    "resolve",
+                    entry=sides[changed[grower]],
+                    branches=tuple(changed),
+                    strategy=strategy,
+                    params=params,
+                    appended=changed[grower],
+                )
+            if problem is not None:
+                return TensorDecision(name, "conflict", reason=problem)
             shapes = ", ".join(f"{sides[i].dtype}{list(sides[i].shape)}" for i in changed)
             return TensorDecision(name, "conflict", reason=f"shape/dtype differ ({shapes})")
         return TensorDecision(

@@ -10,6 +10,11 @@ the caller already read from the store and hands back (``get(known=...)``).
 Deltas are bounded: an object's depth is the number of deltas between it and a full
 object; a delta that would exceed ``MAX_DELTA_DEPTH`` is stored full instead, so reading
 any object costs at most ``MAX_DELTA_DEPTH + 1`` decodes however long the history.
+
+A delta's base is an object of the same dtype and shape, or the same rows before rows were
+appended (same trailing dims, fewer rows: ``grows_from``); such a base is applied as if
+zero-padded to the object's length, so a chunk that gained rows (new token embeddings)
+stores its old rows as a delta and the new ones as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
     HEADER_PREFIX_MAX,
+    MAX_DELTA_DEPTH,
     ObjectHeader,
     pack_header,
     parse_header,
@@ -40,7 +46,6 @@ from mvc.store.objfile import (
     trailer,
 )
 
-MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
@@ -91,6 +96,28 @@ def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryvie
     if view.nbytes != raw_size:
         raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
     return view
+
+
+def grows_from(base_shape: Sequence[int], shape: Sequence[int]) -> bool:
+    """True when a tensor of ``base_shape`` is the first rows of one of ``shape``."""
+    base_shape, shape = tuple(base_shape), tuple(shape)
+    if base_shape == shape:
+        return True
+    return (
+        len(base_shape) == len(shape) >= 1
+        and base_shape[1:] == shape[1:]
+        and base_shape[0] <= shape[0]
+    )
+
+
+def _padded(data: bytes | memoryview, size: int) -> memoryview:
+    """``data`` zero-padded to ``size`` bytes (a copy only when it is shorter)."""
+    view = memoryview(data).cast("B")
+    if view.nbytes == size:
+        return view
+    out = bytearray(size)
+    out[: view.nbytes] = view
+    return memoryview(out)
 
 
 class ObjectStore:
@@ -229,7 +256,7 @@ class ObjectStore:
             if chain and (
                 header.depth != chain[-1][1].depth - 1
                 or header.dtype != chain[-1][1].dtype
-                or header.shape != chain[-1][1].shape
+                or not grows_from(header.shape, chain[-1][1].shape)
             ):
                 raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
             chain.append((current, header, frames))
@@ -237,13 +264,21 @@ class ObjectStore:
                 break
             current = header.base
             if known is not None and current in known:
-                data = _known_bytes(current, known[current], header.raw_size)
+                size = header.raw_size
+                if memoryview(known[current]).nbytes != size:  # a shorter base, or a mistake
+                    base_header, _ = self._header(current)
+                    if not grows_from(base_header.shape, header.shape):
+                        raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
+                    size = base_header.raw_size
+                data = _known_bytes(current, known[current], size)
                 break
             try:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
         for current, header, frames in reversed(chain):
+            if data is not None and header.codec.is_delta:
+                data = _padded(data, header.raw_size)
             try:
                 data = codecs.decode(
                     header.codec,
@@ -274,7 +309,8 @@ class ObjectStore:
         """Store ``data`` (raw little-endian bytes of a ``dtype`` tensor of ``shape``).
 
         Returns its id at once when it is already stored. With ``base`` (an object of the
-        same dtype and shape, typically the same chunk in the parent commit) XOR and
+        same dtype and shape, or its first rows (``grows_from``), typically the same chunk in
+        the parent commit) XOR and
         subtraction deltas are tried too and the smallest encoding wins; a base that is
         missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
 
@@ -338,14 +374,15 @@ class ObjectStore:
             return None, 0
         try:
             h, _ = self._header(base)
-            if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+            if h.dtype != dtype or not grows_from(h.shape, shape) or h.depth + 1 > MAX_DELTA_DEPTH:
                 return None, 0
+            size = math.prod(shape) * get_dtype(dtype).itemsize
             if base_data is None:
-                return self.get(base), h.depth + 1
+                return _padded(self.get_view(base), size), h.depth + 1
             view = memoryview(base_data).cast("B")
-            if object_id(dtype, shape, view) != base:
+            if object_id(dtype, h.shape, view) != base:
                 raise ValueError(f"base_data is not the content of object {base}")
-            return view, h.depth + 1
+            return _padded(view, size), h.depth + 1
         except CorruptObjectError:
             # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0
