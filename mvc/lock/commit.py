@@ -93,8 +93,9 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
             config = json.loads(files[config_path])
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        model_view(files, directory, manifests)  # refuses an ambiguous model (bad index)
-        models[directory] = _Model(directory, config, manifests)
+        view = model_view(files, directory, manifests)  # one model: refuses an ambiguous one
+        assert view is not None
+        models[directory] = _Model(directory, config, dict(view.shards))
     for directory, manifests in loose.items():
         owner = _owner(directory, models)
         if owner is not None:
