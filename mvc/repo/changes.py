@@ -19,6 +19,7 @@ from mvc.errors import FormatError, NotFoundError
 from mvc.repo.core import RepoCore
 from mvc.repo.ingest import ingest_file, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.models import check_folders_on_disk
 from mvc.repo.refs import current_branch, head
 from mvc.repo.staging import Staging, store_blob
 from mvc.repo.trees import tree_files
@@ -66,6 +67,7 @@ def stage(repo: RepoCore, staging: Staging, rels: list[str]) -> list[str]:
     """Store the files whose stat changed and point the index at them; the changed ones."""
     todo = [rel for rel in rels if not staging.stat_matches(rel, repo.root / rel)]
     _validate_model_headers(repo, todo)
+    check_folders_on_disk(repo.root, todo)  # a model folder must be one unambiguous model
     changed = []
     for rel in todo:
         file_path = repo.root / checked_path(rel)
