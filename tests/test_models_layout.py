@@ -76,7 +76,7 @@ def build(tmp_path: Path, name: str, layouts: tuple[int, int, int], bf16: bool, 
     return repo
 
 
-@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_resharded_branch_merges_tensor_for_tensor_like_one_layout(tmp_path, bf16):
     one = build(tmp_path, "one", (3, 3, 3), bf16)
     other = build(tmp_path, "two", (3, 2, 3), bf16)  # `sent` resharded into two files
