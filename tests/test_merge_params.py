@@ -6,7 +6,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from model_factory import fine_tuned, random_weights, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import MvcError
@@ -99,11 +99,8 @@ def test_for_subset_restricts_every_per_branch_parameter():
 @pytest.fixture
 def three(tmp_path, monkeypatch):
     """main = base; a, b and c each fine-tune the same tensors."""
-    repo = Repo.init(tmp_path / "work")
     base = random_weights(0, rows=8, cols=4)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "work", base)
     for seed, name in enumerate("abc", start=1):
         repo.switch(name, create=True, start="main")
         write_model_folder(repo.root / "model", fine_tuned(base, seed=seed))

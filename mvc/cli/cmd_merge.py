@@ -42,6 +42,8 @@ def _param_option(param):
         kind = str if param.by_name else param.kind
         return click.option(param.option, param.name, type=kind, multiple=True, help=text)
     kind = click.Choice(param.choices) if param.choices else param.kind
+    if param.size > 1:
+        kind = str  # "A,B": MergeParams splits and checks it
     return click.option(param.option, param.name, type=kind, default=None, help=text)
 
 

@@ -98,12 +98,8 @@ def push(
 ) -> None:
     """Send BRANCH (default: current) and the objects it needs to REMOTE (default: origin)."""
     from mvc.remote import push as push_branch
-    from mvc.remote import upstream
 
     repo = open_repo()
-    current = repo.current_branch()
-    tracked = upstream(repo, current) if current else None
-    remote_name = remote_name or (tracked[0] if tracked else "origin")
     report = push_branch(
         repo,
         remote_name,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from mvc.cli.output import emit_json, open_repo
-from mvc.errors import MvcError
 
 
 @click.command()
@@ -114,17 +112,22 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
         if oneline:
             click.echo(_summary(c, recipes))
             continue
-        click.echo(f"commit {c.id}")
-        if len(c.parents) > 1:
-            click.echo("Merge: " + " ".join(p[:12] for p in c.parents))
-        click.echo(f"Author: {c.author}")
-        click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
-        if c.id in recipes:
-            click.echo(f"Recipe: {recipes[c.id]}")
-        click.echo("")
-        for line in c.message.splitlines():
-            click.echo(f"    {line}")
-        click.echo("")
+        _echo_commit(c, recipes.get(c.id))
+
+
+def _echo_commit(c, recipe: str | None) -> None:
+    """The commit block of `log` and `show`: id, parents of a merge, author, date, message."""
+    click.echo(f"commit {c.id}")
+    if len(c.parents) > 1:
+        click.echo("Merge: " + " ".join(p[:12] for p in c.parents))
+    click.echo(f"Author: {c.author}")
+    click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
+    if recipe:
+        click.echo(f"Recipe: {recipe}")
+    click.echo("")
+    for line in c.message.splitlines():
+        click.echo(f"    {line}")
+    click.echo("")
 
 
 def _summary(c, recipes: dict[str, str]) -> str:
@@ -160,17 +163,7 @@ def show(rev: str, as_json: bool) -> None:
     if as_json:
         emit_json(dict(info.to_json(), changes=changes, recipe=recipe))
         return
-    click.echo(f"commit {info.id}")
-    if len(info.parents) > 1:
-        click.echo("Merge: " + " ".join(p[:12] for p in info.parents))
-    click.echo(f"Author: {info.author}")
-    click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(info.date))}")
-    if recipe:
-        click.echo(f"Recipe: {recipe}")
-    click.echo("")
-    for line in info.message.splitlines():
-        click.echo(f"    {line}")
-    click.echo("")
+    _echo_commit(info, recipe)
     for path, state in sorted(changes.items()):
         click.echo(f"  {state:<9} {path}")
 
@@ -350,12 +343,9 @@ def gc(as_json: bool) -> None:
 @click.argument("dest", type=click.Path(), required=False)
 def import_(source: str, dest: str | None) -> None:
     """Convert a pickle checkpoint (.bin/.pt) to safetensors with torch's weights_only loader."""
-    from mvc.formats.hf import convert_pickle_checkpoint
+    from mvc.formats.hf import import_checkpoint
 
-    target = Path(dest) if dest else Path(source).with_suffix(".safetensors")
-    if target.exists():
-        raise MvcError(f"{target} already exists")
-    convert_pickle_checkpoint(Path(source), target)
+    target = import_checkpoint(source, dest)
     click.echo(f"wrote {target}; add it with `mvc add {target}`")
 
 

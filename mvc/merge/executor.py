@@ -25,6 +25,7 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import RowWriter, build_header, plan_layout
 from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.lines import count_layers
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
@@ -122,6 +123,8 @@ class Executor:
         """Every resolved tensor's strategy, parameters (with its rule's overrides), branch
         count and dtype, checked before the first tensor is read, so bad input stops the
         merge with nothing written."""
+        # LiNeS places a tensor by depth among the model's numbered blocks.
+        self._n_layers = count_layers(t.name for f in plan.files.values() for t in f.tensors)
         seen: set[tuple[str, int, tuple[int, ...]]] = set()
         for path, file_plan in plan.files.items():
             for decision in file_plan.tensors:
@@ -248,7 +251,9 @@ class Executor:
 
     def _spec(self, path: str, decision: TensorDecision) -> TensorSpec:
         entry = self.base[path].tensor(decision.name)
-        return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
+        return TensorSpec(
+            decision.name, entry.shape, entry.dtype, len(decision.branches), self._n_layers
+        )
 
     def _resolve(
         self, path: str, decision: TensorDecision, sink: RowWriter | None = None

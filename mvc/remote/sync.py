@@ -118,7 +118,7 @@ def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str,
 # ---------------------------------------------------------------------------------- push
 def push(
     repo: Repo,
-    remote: str = "origin",
+    remote: str | None = None,
     branch: str | None = None,
     force: bool = False,
     *,
@@ -129,11 +129,15 @@ def push(
 ) -> TransferReport:
     """Send `branch` (default: the current one) and everything it needs, then move its ref.
 
-    Without `force` the remote branch must be an ancestor of ours; with it, the ref is
-    still replaced only if nobody moved it since we looked (a lease, never a blind write).
+    `remote` defaults to the branch's upstream, else origin, as for `pull`. Without
+    `force` the remote branch must be an ancestor of ours; with it, the ref is still
+    replaced only if nobody moved it since we looked (a lease, never a blind write).
     """
-    target = resolve_remote(repo, remote, endpoint)
     branch = branch or repo.current_branch()
+    if remote is None:
+        tracked = upstream(repo, branch) if branch else None
+        remote = tracked[0] if tracked else "origin"
+    target = resolve_remote(repo, remote, endpoint)
     if branch is None:
         raise MvcError("HEAD is detached; name the branch to push")
     local_ref = f"refs/heads/{branch}".encode()

@@ -124,10 +124,14 @@ def stage_tree(
     repo: RepoCore,
     files: Mapping[str, Manifest | bytes],
     prewritten: Mapping[str, Path] | None = None,
+    force: bool = False,
 ) -> None:
-    """Write a library-built file set into the work tree and index, without committing."""
+    """Write a library-built file set into the work tree and index, without committing.
+
+    ``force`` skips the dirty check, for a caller that made it under the same lock (a merge).
+    """
     with repo.locked():  # every git write happens under the lock (see mvc.repo.recovery)
-        move_worktree(repo, head(repo), built_target(repo, files, prewritten), False)
+        move_worktree(repo, head(repo), built_target(repo, files, prewritten), force)
 
 
 def move_worktree(repo: RepoCore, old: str | None, target: Target, force: bool) -> None:

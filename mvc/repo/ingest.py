@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mvc.formats.dtypes import get_dtype
-from mvc.formats.safetensors import SafetensorsFile, TensorInfo, write_safetensors
+from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo, write_safetensors
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
@@ -26,16 +26,18 @@ def ingest_file(
     path: Path,
     previous: Mapping[str, TensorEntry] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    header: Header | None = None,
 ) -> Manifest:
     """Store every chunk of a safetensors file and return its manifest.
 
     `previous` maps tensor names to their entries in the parent version; a chunk whose
-    tensor kept its dtype and shape is offered to the store as a delta base. The requests
+    tensor kept its dtype and shape is offered to the store as a delta base. `header`,
+    when the caller already validated the file's header, is not parsed again. The requests
     are zero-copy views of the memory map; `put_many` bounds how many are being compressed
     and written at once, and overlaps their fsyncs.
     """
     previous = previous or {}
-    with SafetensorsFile(path) as sf:
+    with SafetensorsFile(path, header) as sf:
         layout = []
         requests = []
         rows: list[tuple[str, int, int]] = []  # per request: the rows it reads

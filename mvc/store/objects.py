@@ -38,6 +38,7 @@ from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
     HEADER_PREFIX_MAX,
+    MAX_DELTA_DEPTH,
     ObjectHeader,
     pack_header,
     parse_header,
@@ -45,7 +46,6 @@ from mvc.store.objfile import (
     trailer,
 )
 
-MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
