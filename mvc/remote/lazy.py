@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dulwich.objects import Commit, ShaFile, Tree
+from dulwich.objects import Commit, ShaFile
 
 from mvc.remote.config import upstream
-from mvc.remote.negotiate import SUBMODULE_MODE
+from mvc.remote.negotiate import tree_tensor_ids
 from mvc.repo import Repo
-from mvc.repo.references import referenced_objects
 
 
 def checked_out_branches(repo: Repo, remote: str, heads: Iterable[str]) -> list[str]:
@@ -34,30 +33,8 @@ def tensor_ids_at(repo: Repo, held: dict[str, ShaFile], commits: Iterable[str]) 
     def get(sha: str) -> ShaFile:
         return held[sha] if sha in held else repo.git[sha.encode()]
 
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack: list[tuple[str, str]] = []
-    for sha in commits:
-        commit = get(sha)
-        if isinstance(commit, Commit):
-            stack.append((commit.tree.decode(), ""))
-    while stack:
-        tree_sha, prefix = stack.pop()
-        if tree_sha in done:
-            continue
-        done.add(tree_sha)
-        tree = get(tree_sha)
-        if not isinstance(tree, Tree):
-            continue
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
-    return ids
+    roots = [commit.tree.decode() for sha in commits if isinstance(commit := get(sha), Commit)]
+    return tree_tensor_ids(repo, roots, get)
 
 
 def missing_live_objects(repo: Repo) -> list[str]:

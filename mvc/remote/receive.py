@@ -19,16 +19,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.objects import Blob, Commit, ShaFile
 
 from mvc.errors import CorruptObjectError, FormatError
 from mvc.files import TEMP_PREFIX, atomic_write
 from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
-from mvc.remote.negotiate import SUBMODULE_MODE, children
+from mvc.remote.negotiate import children, tree_tensor_ids
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
-from mvc.repo.references import referenced_objects
 from mvc.store.codecs import CodecError
 from mvc.store.objfile import parse_header
 
@@ -130,25 +129,10 @@ def write_graph(repo: Repo, held: dict[str, ShaFile]) -> None:
 
 
 def tensor_ids_of(repo: Repo, held: dict[str, ShaFile]) -> set[str]:
-    """Tensor objects referenced by blobs under the received (not yet written) trees."""
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack = [(obj.tree.decode(), "") for obj in held.values() if isinstance(obj, Commit)]
-    while stack:
-        tree_sha, prefix = stack.pop()
-        tree = held.get(tree_sha)
-        if not isinstance(tree, Tree) or tree_sha in done:
-            continue  # a tree already present locally has its objects locally
-        done.add(tree_sha)
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
-    return ids
+    """Tensor objects referenced by blobs under the received (not yet written) trees; a
+    tree already present locally has its objects locally."""
+    roots = [obj.tree.decode() for obj in held.values() if isinstance(obj, Commit)]
+    return tree_tensor_ids(repo, roots, held.get)
 
 
 def receive_tensors(
