@@ -16,7 +16,7 @@ from mvc.lineage.records import merge_record
 from mvc.lineage.unmerge import unmerge
 from mvc.lineage.verify import verify
 from mvc.merge import MergeOptions, MergeParams, merge
-from mvc.merge.record import RECORD_PATH, encode_record
+from mvc.merge.record import MERGE_RECORD, RECORD_PATH
 from mvc.repo import Manifest, Repo
 from mvc.repo.manifest import Chunk
 
@@ -90,7 +90,7 @@ def forge(repo: Repo, sha: str, tensor: str, delta: float = 1e-3, record=None) -
         entries.append(entry)
     files[MODEL] = Manifest(manifest.header_raw, tuple(entries)).to_bytes()
     if record is not None:
-        files[RECORD_PATH] = encode_record(record)
+        files[RECORD_PATH] = MERGE_RECORD.encode(record)
     parents = list(repo.commit_info(sha).parents)
     return repo.commit_tree(files, parents, "forged", update_ref=False, update_worktree=False)
 
@@ -274,7 +274,7 @@ def _with_unpacked_masks(repo: Repo, sha: str) -> str:
         oid for item in record["files"][MODEL]["tensors"].values() for oid in item.get("masks", [])
     )
     files = dict(repo.files(sha))
-    files[RECORD_PATH] = encode_record(record)
+    files[RECORD_PATH] = MERGE_RECORD.encode(record)
     parents = list(repo.commit_info(sha).parents)
     return repo.commit_tree(files, parents, "old", update_ref=False, update_worktree=False)
 

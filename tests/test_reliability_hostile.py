@@ -23,7 +23,7 @@ from model_factory import committed_base, random_weights
 
 from mvc.errors import MvcError
 from mvc.formats.safetensors import parse_header, read_header
-from mvc.merge.record import decode_record
+from mvc.merge.record import MERGE_RECORD
 from mvc.repo import Repo
 from mvc.repo.manifest import Manifest
 from mvc.store import ObjectStore
@@ -129,19 +129,19 @@ def test_manifest_with_odd_nbytes(valid_manifest, nbytes):
 @FUZZ
 @given(st.binary(max_size=300))
 def test_record_random_bytes(blob):
-    only_mvc_errors(decode_record, blob)
+    only_mvc_errors(MERGE_RECORD.decode, blob)
 
 
 @FUZZ
 @given(json_values)
 def test_record_random_json(value):
-    only_mvc_errors(decode_record, json.dumps(value).encode())
+    only_mvc_errors(MERGE_RECORD.decode, json.dumps(value).encode())
     doc = {"mvc": "merge", "schema_version": 1, "base": value, "parents": value}
-    only_mvc_errors(decode_record, json.dumps(doc).encode())
+    only_mvc_errors(MERGE_RECORD.decode, json.dumps(doc).encode())
 
 
 def test_record_pathological_json():
-    refused(decode_record, DEEP)
+    refused(MERGE_RECORD.decode, DEEP)
 
 
 # -- safetensors headers -----------------------------------------------------------------

@@ -21,10 +21,10 @@ from mvc.lineage.records import (
     commit_parents,
     find_merge_record,
     parent_label,
-    tree_blob,
 )
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.models import folder_of, model_folders, model_view
+from mvc.repo.records import tree_blob
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:

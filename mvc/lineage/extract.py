@@ -24,18 +24,16 @@ import numpy as np
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
 from mvc.lineage.records import (
-    PROVENANCE_KIND,
     PROVENANCE_PATH,
-    PROVENANCE_VERSION,
-    encode_provenance,
+    PROVENANCE_RECORD,
     merge_record,
     parent_index,
     parent_label,
 )
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
-from mvc.merge.layout import Aligned, LayoutChoice, align
-from mvc.merge.planner import RECORD_PREFIX
+from mvc.merge.layout import LayoutChoice, align
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import checked_path, is_model_path
 
 if TYPE_CHECKING:
@@ -173,7 +171,7 @@ def extract(
 
 def _stored_parent(repo: Repo, files: Mapping[str, bytes]) -> dict[str, Manifest] | None:
     """The parent's manifests when every object they need is still in the store."""
-    models = Aligned.manifests(files)
+    models = {p: Manifest.from_bytes(b, p) for p, b in files.items() if is_model_path(p)}
     if all(repo.store.has(oid) for m in models.values() for oid in m.object_ids()):
         return models
     return None
@@ -327,8 +325,7 @@ def _commit(
 ) -> str:
     """Commit the extracted model as branch `branch`, child of the merge, with provenance."""
     provenance = {
-        "mvc": PROVENANCE_KIND,
-        "schema_version": PROVENANCE_VERSION,
+        **PROVENANCE_RECORD.header(),
         "kind": "extract",
         "extract_of": sha,
         "parent": {
@@ -339,7 +336,7 @@ def _commit(
         "commit_parents": [sha],
         "store_objects": [],
     }
-    files = {**files, PROVENANCE_PATH: encode_provenance(provenance)}
+    files = {**files, PROVENANCE_PATH: PROVENANCE_RECORD.encode(provenance)}
     message = f"Extract {parent_label(record, index)} from {sha[:12]}"
     commit = repo.commit_tree(files, [sha], message, update_ref=False, update_worktree=False)
     repo.create_branch(branch, commit)

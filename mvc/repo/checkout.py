@@ -128,7 +128,7 @@ def stage_tree(
 ) -> None:
     """Write a library-built file set into the work tree and index, without committing.
 
-    `force` skips the dirty check, for a caller that made it itself (a merge).
+    ``force`` skips the dirty check, for a caller that made it under the same lock (a merge).
     """
     with repo.locked():  # every git write happens under the lock (see mvc.repo.recovery)
         move_worktree(repo, head(repo), built_target(repo, files, prewritten), force)

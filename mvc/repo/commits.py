@@ -127,7 +127,7 @@ def commit_tree(
                 # written, the next command rolls the commit forward (see RepoCore.locked).
                 journal = f"{old_head or '-'} {sha}\n".encode()
                 atomic_write(_pending_path(repo), journal, mode=0o644)
-                apply_files(repo, tree_files(repo, old_head), target, force)
+                apply_files(repo, tree_files(repo, old_head), target, force=force)
             move_branch(repo, old_head, sha, f"commit: {message.splitlines()[0]}")
             _pending_path(repo).unlink(missing_ok=True)
     return sha
