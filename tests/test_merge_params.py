@@ -195,3 +195,11 @@ def test_parameters_reach_the_record_and_its_recipe_line(three):
     _, record = merge_record(three, "HEAD")
     assert record["params"]["gamma"] == 0.1 and record["params"]["density"] == 0.5
     assert MergeParams.from_record(record["params"]).gamma == 0.1
+
+
+def test_the_parameter_table_in_the_docs_names_every_declaration():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "merge-semantics.md").read_text()
+    for param in PARAMETERS.values():
+        assert f"| `{param.name}` | `{param.option}` |" in doc, param.name
