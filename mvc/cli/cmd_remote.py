@@ -84,6 +84,9 @@ _endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for t
     "-f", "--force", is_flag=True, help="Overwrite the remote branch even if it diverged."
 )
 @click.option("-u", "--set-upstream", is_flag=True, help="Make REMOTE/BRANCH the upstream.")
+@click.option(
+    "--paranoid", is_flag=True, help="Decode and verify every object again before sending it."
+)
 @_endpoint
 @_quiet
 @_json
@@ -92,6 +95,7 @@ def push(
     branch: str | None,
     force: bool,
     set_upstream: bool,
+    paranoid: bool,
     endpoint: str | None,
     quiet: bool,
     as_json: bool,
@@ -107,6 +111,7 @@ def push(
         force,
         endpoint=endpoint,
         set_upstream_branch=set_upstream,
+        paranoid=paranoid,
         quiet=quiet or as_json,
     )
     if as_json:

@@ -325,9 +325,19 @@ def fsck(as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def gc(as_json: bool) -> None:
+@click.option(
+    "--prune-promised",
+    is_flag=True,
+    help="Lazy clone: also drop local copies the remote holds and the checkout does not need.",
+)
+def gc(as_json: bool, prune_promised: bool) -> None:
     """Delete store objects no commit, index entry or merge record references."""
-    report = open_repo().gc()
+    if prune_promised:
+        from mvc.remote.prune import prune_promised as prune
+
+        report = prune(open_repo())
+    else:
+        report = open_repo().gc()
     data = {"kept": report.kept, "deleted": report.deleted, "freed_bytes": report.freed_bytes}
     if as_json:
         emit_json(data)

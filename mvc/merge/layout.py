@@ -84,8 +84,9 @@ class Aligned:
         return output
 
     def record(self) -> dict[str, Any] | None:
-        """The record's ``layout`` entry: present only when a folder was rewritten."""
-        if not self.realigned:
+        """The record's ``layout`` entry: present when the alignment rewrote a folder's
+        shards or its index (so ``verify`` repeats it with the same source)."""
+        if not self.realigned and not self.indexes:
             return None
         return {
             "source": self.choice.source,

@@ -34,7 +34,7 @@ from mvc.remote.layout import (
     parse_head,
     tensor_object_key,
 )
-from mvc.remote.lazy import checked_out_branches, missing_live_objects, tensor_ids_at
+from mvc.remote.lazy import checked_out_branches, missing_live_objects
 from mvc.remote.negotiate import (
     git_objects_missing,
     referenced_tensor_ids,
@@ -124,6 +124,7 @@ def push(
     *,
     endpoint: str | None = None,
     set_upstream_branch: bool = False,
+    paranoid: bool = False,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> TransferReport:
@@ -132,6 +133,8 @@ def push(
     `remote` defaults to the branch's upstream, else origin, as for `pull`. Without
     `force` the remote branch must be an ancestor of ours; with it, the ref is still
     replaced only if nobody moved it since we looked (a lease, never a blind write).
+    Tensor objects go as stored, each checked intact by its checksum (verified against its
+    id when it was written); `paranoid` decodes and verifies each one again first.
     """
     branch = branch or repo.current_branch()
     if remote is None:
@@ -158,7 +161,7 @@ def push(
             )
     with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
         if old != local:
-            _send_objects(repo, transport, local, pool, report, quiet)
+            _send_objects(repo, transport, local, pool, report, quiet, paranoid)
             if not transport.exists(CONFIG_KEY):
                 transport.put(CONFIG_KEY, BARE_CONFIG)
             transport.cas_ref(ref, f"{local}\n".encode(), token)
@@ -185,6 +188,7 @@ def _send_objects(
     pool: ThreadPoolExecutor,
     report: TransferReport,
     quiet: bool,
+    paranoid: bool,
 ) -> None:
     haves = set(remote_branches(transport, pool).values())
     git_ids = git_objects_missing(repo, [local], haves)
@@ -198,7 +202,10 @@ def _send_objects(
 
     def send_tensor(oid: str) -> None:
         data = repo.store.read_raw(oid)
-        repo.store.verify(oid, data)
+        if paranoid:
+            repo.store.verify(oid, data)
+        else:
+            repo.store.check_intact(oid, data)
         transport.put(tensor_object_key(oid), data)
         progress.add(len(data))
 
@@ -270,7 +277,7 @@ def fetch(
             used = branches if branches is not None else checked_out_branches(
                 repo, target.name, heads
             )
-            ids = tensor_ids_at(repo, held, [heads[b] for b in used])
+            ids = tensor_ids_of(repo, held, [heads[b] for b in used])
         else:
             ids = tensor_ids_of(repo, held)
         wanted = [oid for oid in ids if not repo.store.has(oid)]
