@@ -113,6 +113,30 @@ def merge_options(f):
         click.option("--no-masks", is_flag=True, help="Do not store TALL masks in the record."),
         click.option("--base", "base_rev", default=None, help="Merge base (for criss-cross)."),
         click.option("--allow-locked", is_flag=True, help="Merge MergeLock'ed commits anyway."),
+        click.option(
+            "--adapter-rank", type=int, default=None, help="LoRA output rank (default: largest input)."
+        ),
+        click.option(
+            "--adapter-combine",
+            type=click.Choice(["svd", "cat"]),
+            default="svd",
+            show_default=True,
+            help="Write merged LoRA modules by truncated SVD, or concatenate (linear rules).",
+        ),
+        click.option(
+            "--into",
+            type=click.Choice(["adapter", "model"]),
+            default="adapter",
+            show_default=True,
+            help="Merged LoRA adapters as an adapter, or baked into the stored base model.",
+        ),
+        click.option(
+            "--adapter-svd",
+            type=click.Choice(["auto", "exact", "randomized"]),
+            default="auto",
+            show_default=True,
+            help="SVD for LoRA write-back (auto: randomized when the rank is small for the module).",
+        ),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -121,6 +145,7 @@ def merge_options(f):
 
 def build_options(message, no_commit, no_ff, **kw):
     from mvc.merge import MergeOptions, MergeParams
+    from mvc.merge.adapter_plan import AdapterOptions
     from mvc.merge.planner import load_rules
 
     def once_or_many(values, default):
@@ -153,6 +178,12 @@ def build_options(message, no_commit, no_ff, **kw):
         fast_forward=not no_ff,
         base=kw["base_rev"],
         allow_locked=kw["allow_locked"],
+        adapter=AdapterOptions(
+            combine=kw["adapter_combine"],
+            rank=kw["adapter_rank"],
+            into=kw["into"],
+            svd=kw["adapter_svd"],
+        ),
     )
 
 
@@ -184,6 +215,14 @@ def report(result, as_json: bool) -> None:
             f"Merged into {result.commit[:12]}: {result.resolved} tensors resolved by "
             f"arithmetic, {result.taken} taken from one side (base {result.base[:12]})"
         )
+        for folder, entry in (result.record or {}).get("adapters", {}).get("folders", {}).items():
+            modules = entry.get("modules", {}).values()
+            merged = [m for m in modules if m.get("action") == "resolve"]
+            worst = max((m.get("error", 0.0) for m in merged), default=0.0)
+            click.echo(
+                f"Adapter {folder or '.'}/: {len(merged)} LoRA modules merged in weight space "
+                f"(largest relative reconstruction error {worst:.2e})"
+            )
 
 
 @click.command()

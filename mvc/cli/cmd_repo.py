@@ -10,6 +10,7 @@ import click
 
 from mvc.cli.output import emit_json, open_repo
 from mvc.errors import MvcError
+from mvc.repo.adapters import adapters_for_paths
 
 
 @click.command()
@@ -44,9 +45,13 @@ def rm(paths: tuple[str, ...], cached: bool) -> None:
 @click.option("-s", "--short", is_flag=True, help="One line per file.")
 def status(as_json: bool, short: bool) -> None:
     """Show staged, unstaged and untracked changes."""
-    st = open_repo().status()
+    repo = open_repo()
+    st = repo.status()
+    adapters = adapters_for_paths(
+        repo, None, [*st.staged, *st.unstaged, *st.untracked]
+    )
     if as_json:
-        emit_json(st.to_json())
+        emit_json(dict(st.to_json(), adapters=adapters))
         return
     if short:
         paths = sorted(set(st.staged) | set(st.unstaged))
@@ -69,6 +74,8 @@ def status(as_json: bool, short: bool) -> None:
         click.echo("Untracked files:")
         for path in st.untracked:
             click.echo(f"  {path}")
+    for folder, description in sorted(adapters.items()):
+        click.echo(f"Adapter {folder or '.'}/: {description}")
     if st.clean and not st.untracked:
         click.echo("nothing to commit, working tree clean")
 
@@ -103,8 +110,11 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
     repo = open_repo()
     commits = repo.log(rev, max_count=max_count)
     recipes = _recipes(repo, commits)
+    adapters = {c.id: _adapters(repo, c.id) for c in commits}
     if as_json:
-        emit_json([dict(c.to_json(), recipe=recipes.get(c.id)) for c in commits])
+        emit_json(
+            [dict(c.to_json(), recipe=recipes.get(c.id), adapters=adapters[c.id]) for c in commits]
+        )
         return
     if graph:
         for line in render_graph(commits, lambda c: _summary(c, recipes)):
@@ -121,6 +131,7 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
         click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
         if c.id in recipes:
             click.echo(f"Recipe: {recipes[c.id]}")
+        _echo_adapters(adapters[c.id])
         click.echo("")
         for line in c.message.splitlines():
             click.echo(f"    {line}")
@@ -130,6 +141,18 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
 def _summary(c, recipes: dict[str, str]) -> str:
     recipe = f"  ({recipes[c.id]})" if c.id in recipes else ""
     return f"{c.id[:12]} {c.message.splitlines()[0] if c.message else ''}{recipe}"
+
+
+def _adapters(repo, commit_id: str) -> dict[str, str]:
+    """The adapters a commit changed (folder -> one-line description)."""
+    from mvc.repo.history import changed_files
+
+    return adapters_for_paths(repo, commit_id, changed_files(repo, commit_id))
+
+
+def _echo_adapters(adapters: dict[str, str]) -> None:
+    for folder, description in sorted(adapters.items()):
+        click.echo(f"Adapter: {folder or '.'}/ ({description})")
 
 
 def _recipes(repo, commits) -> dict[str, str]:
@@ -157,8 +180,9 @@ def show(rev: str, as_json: bool) -> None:
     info = repo.commit_info(rev)
     changes = changed_files(repo, info.id)
     recipe = _recipes(repo, [info]).get(info.id)
+    adapters = adapters_for_paths(repo, info.id, changes)
     if as_json:
-        emit_json(dict(info.to_json(), changes=changes, recipe=recipe))
+        emit_json(dict(info.to_json(), changes=changes, recipe=recipe, adapters=adapters))
         return
     click.echo(f"commit {info.id}")
     if len(info.parents) > 1:
@@ -167,6 +191,7 @@ def show(rev: str, as_json: bool) -> None:
     click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(info.date))}")
     if recipe:
         click.echo(f"Recipe: {recipe}")
+    _echo_adapters(adapters)
     click.echo("")
     for line in info.message.splitlines():
         click.echo(f"    {line}")

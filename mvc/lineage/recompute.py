@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mvc.merge.adapter_plan import (
+    AdapterOptions,
+    adapter_folders_to_merge,
+    merge_adapters,
+    without_folders,
+)
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.store import ObjectStore, object_id
@@ -49,6 +55,7 @@ class Recipe:
     rules: list[TensorRule]
     all_tensors: bool
     masks: bool
+    adapter: dict[str, Any] | None = None  # AdapterOptions as recorded, when adapters merged
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Recipe:
@@ -60,6 +67,7 @@ class Recipe:
             rules=record_rules(record),
             all_tensors=bool(record.get("all_tensors")),
             masks=bool(record.get("masks", True)),
+            adapter=(record.get("adapters") or {}).get("options"),
         )
 
 
@@ -125,9 +133,12 @@ def recompute(
     from mvc.merge.strategies import get_strategy
 
     get_strategy(recipe.strategy).check(recipe.params, len(recipe.branches))
+    base_files = repo.files(recipe.base)
+    branch_files = [repo.files(sha) for sha in recipe.branches]
+    adapters = adapter_folders_to_merge(base_files, branch_files)
     plan = Planner(
-        repo.files(recipe.base),
-        [repo.files(sha) for sha in recipe.branches],
+        without_folders(base_files, adapters),
+        [without_folders(f, adapters) for f in branch_files],
         recipe.strategy,
         recipe.rules,
         recipe.all_tensors,
@@ -143,4 +154,13 @@ def recompute(
         progress=progress,
     )
     files = executor.run(plan)
+    if adapters:
+        options = AdapterOptions(**recipe.adapter) if recipe.adapter else None
+        target = store if store is not None else repo.store
+        files.update(
+            merge_adapters(
+                repo, target, recipe.base, adapters, base_files, branch_files,  # type: ignore[arg-type]
+                recipe.strategy, recipe.params, options,
+            )[0]
+        )
     return Recomputed(plan, files, executor.results, device)

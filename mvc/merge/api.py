@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError, NotFoundError
+from mvc.merge.adapter_plan import (
+    AdapterOptions,
+    adapter_folders_to_merge,
+    merge_adapters,
+    without_folders,
+)
 from mvc.merge.arrays import ArrayOps, TorchOps
 from mvc.merge.device import resolve_device
 from mvc.merge.executor import Executor
@@ -36,6 +42,7 @@ class MergeOptions:
     fast_forward: bool = True
     base: str | None = None
     allow_locked: bool = False
+    adapter: AdapterOptions | None = None  # how merged LoRA adapters are written back
 
 
 @dataclass
@@ -103,14 +110,25 @@ def merge(
         get_strategy(options.strategy).check(params, len(contributing))
         base_files = repo.files(base)
         branch_files = [repo.files(parents[i]) for i in contributing]
+        adapters = adapter_folders_to_merge(base_files, branch_files)
         plan = Planner(
-            base_files, branch_files, options.strategy, options.rules, options.all_tensors
+            without_folders(base_files, adapters),
+            [without_folders(f, adapters) for f in branch_files],
+            options.strategy,
+            options.rules,
+            options.all_tensors,
         ).plan()
         raise_conflicts(plan.conflicts)
         branch_shas = [parents[i] for i in contributing]
         executor = _executor(repo, base, branch_shas, params, options, progress)
         try:
             files = executor.run(plan)
+            if adapters:
+                adapter_files, adapter_record = merge_adapters(
+                    repo, repo.store, base, adapters, base_files, branch_files,
+                    options.strategy, params, options.adapter,
+                )
+                files.update(adapter_files)
             record = build_record(
                 plan,
                 executor.results,
@@ -122,6 +140,8 @@ def merge(
                 options,
                 executor.ops,
             )
+            if adapters:
+                record["adapters"] = adapter_record
             files[RECORD_PATH] = encode_record(record)
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
             if options.commit:
