@@ -2,12 +2,15 @@
 
 Library calls take a `Progress`; the default reports nothing, so the Python API stays
 quiet. The CLI passes a `BarProgress` that draws on stderr only when it is a terminal and
-`-q` was not given.
+`-q` was not given. Transfers, whose pool workers finish objects concurrently, count
+through a `Tally` that also feeds a `Progress`.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from types import TracebackType
 from typing import Any
 
 
@@ -56,3 +59,38 @@ class BarProgress(Progress):
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
             self._bar = None
+
+
+class Tally:
+    """Objects and bytes of one transfer phase, counted from many threads.
+
+    The counts feed the transfer report; each object also advances `progress` by one, so
+    a bar counts objects whatever their sizes.
+    """
+
+    def __init__(self, progress: Progress, label: str, total: int) -> None:
+        self.progress = progress
+        self.label = label
+        self.total = total
+        self.objects = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Tally:
+        self.progress.start(self.label, self.total)
+        return self
+
+    def add(self, nbytes: int) -> None:
+        """One more object of `nbytes` arrived or left."""
+        with self._lock:
+            self.objects += 1
+            self.bytes += nbytes
+            self.progress.advance()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.finish()

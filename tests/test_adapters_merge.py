@@ -3,17 +3,16 @@ where PEFT is exact, and the exact ΔW-space answer where it is not."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
 from adapter_helpers import adapter_repo, lora_deltas, make_adapter, peft_model, tokens
+from merge_in_memory import merge_tensor
 
 from mvc.lineage.verify import verify
 from mvc.merge import MergeOptions, MergeParams, merge
 from mvc.merge.adapter_plan import AdapterOptions
-from mvc.merge.driver import merge_tensor
 from mvc.merge.record import read_record
 from mvc.merge.strategies import get_strategy
 

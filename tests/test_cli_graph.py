@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mvc.cli.graph import render_graph
+from mvc.lineage.graph import render_graph
 
 
 @dataclass

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from dulwich.protocol import pkt_seq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import ConflictError
+from mvc.gitdriver.filter import MAX_PAYLOAD, GitContext, Packets, clean, serve, smudge, textconv
+from mvc.gitdriver.install import ATTRIBUTES_LINE, install_git
 from mvc.merge import MergeOptions, merge
-from mvc.remote import add_remote, clone, pktline, pull, push
-from mvc.remote.gitfilter import GitContext, clean, serve, smudge, textconv
-from mvc.remote.gitint import ATTRIBUTES_LINE, install_git
+from mvc.remote import add_remote, clone, pull, push
 from mvc.repo import Manifest, Repo
 from mvc.repo.ingest import manifest_ids_only
 
@@ -185,18 +186,13 @@ def test_smudge_passes_other_blobs_through_and_textconv_reads_both_forms(repo, t
 
 
 def _packets(*lists: list[bytes] | None) -> bytes:
-    out = io.BytesIO()
-    for items in lists:
-        for item in items or []:
-            pktline.write_packet(out, item)
-        out.write(pktline.FLUSH)
-    return out.getvalue()
+    return b"".join(pkt_seq(*(items or [])) for items in lists)
 
 
 def test_filter_process_protocol_round_trip(repo):
     ctx = GitContext.discover(repo.root)
     data = (repo.root / MODEL).read_bytes()
-    chunks = [data[i : i + pktline.MAX_PAYLOAD] for i in range(0, len(data), pktline.MAX_PAYLOAD)]
+    chunks = [data[i : i + MAX_PAYLOAD] for i in range(0, len(data), MAX_PAYLOAD)]
     request = _packets(
         [b"git-filter-client\n", b"version=2\n"],
         [b"capability=clean\n", b"capability=smudge\n", b"capability=delay\n"],
@@ -208,13 +204,14 @@ def test_filter_process_protocol_round_trip(repo):
     out, errors = io.BytesIO(), io.StringIO()
     serve(ctx, io.BytesIO(request), out, errors)
     out.seek(0)
-    assert pktline.read_text_list(out) == ["git-filter-server", "version=2"]
-    assert pktline.read_text_list(out) == ["capability=clean", "capability=smudge"]
-    assert pktline.read_text_list(out) == ["status=success"]
-    manifest = b"".join(pktline.iter_content(out))
-    assert pktline.read_text_list(out) == []
+    answer = Packets(out, io.BytesIO())
+    assert answer.read_list() == ["git-filter-server", "version=2"]
+    assert answer.read_list() == ["capability=clean", "capability=smudge"]
+    assert answer.read_list() == ["status=success"]
+    manifest = b"".join(answer.read_content())
+    assert answer.read_list() == []
     assert manifest == git(repo.root, "cat-file", "blob", f"HEAD:{MODEL}").stdout.encode()
-    assert pktline.read_text_list(out) == ["status=error"]
+    assert answer.read_list() == ["status=error"]
     assert "broken.safetensors: malformed manifest" in errors.getvalue()
 
 
@@ -222,10 +219,11 @@ def test_filter_process_protocol_round_trip(repo):
 @given(st.lists(st.binary(min_size=1, max_size=200), max_size=5))
 def test_pktline_round_trip(payloads):
     stream = io.BytesIO()
-    pktline.write_content(stream, payloads)
-    stream.write(pktline.FLUSH)
+    writer = Packets(io.BytesIO(), stream)
+    writer.write_content(payloads)
+    writer.flush()
     stream.seek(0)
-    assert b"".join(pktline.iter_content(stream)) == b"".join(payloads)
+    assert b"".join(Packets(stream, io.BytesIO()).read_content()) == b"".join(payloads)
 
 
 def test_install_git_cli_is_idempotent(tmp_path, git_env, monkeypatch):

@@ -12,10 +12,11 @@ from model_factory import fine_tuned, random_weights, write_model_folder
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.lineage.blame import blame
 from mvc.lineage.extract import extract
+from mvc.lineage.records import merge_record
 from mvc.lineage.unmerge import unmerge
 from mvc.lineage.verify import verify
 from mvc.merge import MergeOptions, MergeParams, merge
-from mvc.merge.record import RECORD_PATH, encode_record, read_record
+from mvc.merge.record import RECORD_PATH, encode_record
 from mvc.repo import Manifest, Repo
 from mvc.repo.manifest import Chunk
 
@@ -74,7 +75,7 @@ def test_verify_passes_on_octopus_merges(three, strategy, params):
 def test_verify_two_way_merge_into_changed_head(three):
     three.switch("a")
     result = merge(three, ["b"], MergeOptions(params=MergeParams(density=0.4, preset="mergekit")))
-    assert len(read_record(three, result.commit)["contributing"]) == 2
+    assert len(merge_record(three, result.commit)[1]["contributing"]) == 2
     assert verify(three, result.commit, device="cpu").ok
 
 
@@ -110,7 +111,7 @@ def test_forged_merge_fails_verify_naming_the_tensor(three, tensor):
 
 def test_other_device_class_tolerates_small_differences(three):
     sha = octopus(three, density=0.5)
-    record = read_record(three, sha)
+    record = merge_record(three, sha)[1]
     forged = forge(three, sha, "layer.0.weight", delta=1e-7, record={**record, "device": "cuda:0"})
     report = verify(three, forged, device="cpu", tolerance=1e-5)
     assert report.ok and [m.tensor for m in report.tolerated] == ["layer.0.weight"]
@@ -165,7 +166,7 @@ def test_unmerge_down_to_one_parent_is_that_parent(three):
 
 def test_unmerge_by_index_and_commit(three):
     octopus(three, density=0.5)
-    record = read_record(three, "HEAD")
+    record = merge_record(three, "HEAD")[1]
     from mvc.lineage.records import parent_index
 
     assert parent_index(record, "2") == 2
@@ -223,7 +224,7 @@ def test_blame_shares_and_last_change(three):
     report = blame(three, sha, f"{MODEL}::layer.0.weight")
     assert report.action == "resolve" and report.strategy == "ties"
     shares = {s.name: s.share for s in report.sides}
-    stats = read_record(three, sha)["files"][MODEL]["tensors"]["layer.0.weight"]["stats"]
+    stats = merge_record(three, sha)[1]["files"][MODEL]["tensors"]["layer.0.weight"]["stats"]
     assert shares["a"] == stats["contributed"][0] / report.numel
     assert 0 < shares["a"] <= 0.5 and shares[base_sha[:12]] == 0
     assert report.conflicts == stats["conflicts"] > 0
@@ -248,7 +249,7 @@ def test_errors(three):
         unmerge(three, sha, "nobody")
     with pytest.raises(MvcError, match="does not name a tensor"):
         blame(three, sha, MODEL)
-    record = read_record(three, sha)
+    record = merge_record(three, sha)[1]
     future = {**record, "schema_version": 99}
     files = {**three.files(sha), RECORD_PATH: json.dumps(future).encode()}
     odd = three.commit_tree(files, record["parents"], "future", update_ref=False)
@@ -262,7 +263,7 @@ def test_errors(three):
 
 def _with_unpacked_masks(repo: Repo, sha: str) -> str:
     """The same merge as an older mvc recorded it: one mask object per branch."""
-    record = read_record(repo, sha)
+    record = merge_record(repo, sha)[1]
     for item in record["files"][MODEL]["tensors"].values():
         packed = item.get("masks")
         if packed is None:
@@ -286,7 +287,7 @@ def test_records_with_a_mask_object_per_branch_still_verify_and_extract(three):
     sha = octopus(three, density=0.5)
     old = _with_unpacked_masks(three, sha)
     assert isinstance(
-        read_record(three, sha)["files"][MODEL]["tensors"]["layer.0.weight"]["masks"], str
+        merge_record(three, sha)[1]["files"][MODEL]["tensors"]["layer.0.weight"]["masks"], str
     )
     assert verify(three, old, device="cpu").ok
     new_out, old_out = three.root.parent / "new-out", three.root.parent / "old-out"
@@ -314,7 +315,7 @@ def test_extract_of_a_bf16_merge_follows_the_masks_bit_for_bit(tmp_path):
     out = tmp_path / "a-out"
     result = extract(repo, sha, "a", out)
     assert result.reconstructed == 1 and result.relative_l2 is not None
-    item = read_record(repo, sha)["files"][MODEL]["tensors"]["layer.0.weight"]
+    item = merge_record(repo, sha)[1]["files"][MODEL]["tensors"]["layer.0.weight"]
     masks = np.frombuffer(repo.store.get(item["masks"]), dtype=np.uint8).reshape(2, -1)
     keep = np.unpackbits(masks[item["branches"].index(1)], bitorder="little")[: 32 * 32]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from merge_in_memory import merge_tensor, merge_tensors
 
 from mvc.merge.arrays import NumpyOps, TorchOps
-from mvc.merge.driver import merge_tensor, merge_tensors
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies import get_strategy
 

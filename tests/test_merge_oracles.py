@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from merge_in_memory import merge_tensor, merge_tensors
 
 from mvc.merge.arrays import NumpyOps
-from mvc.merge.driver import merge_tensor, merge_tensors
 from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
 from mvc.merge.strategies import get_strategy

@@ -10,9 +10,9 @@ import pytest
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import ConflictError, MvcError
+from mvc.lineage.records import merge_record
 from mvc.merge import MergeOptions, MergeParams, merge
 from mvc.merge.arrays import TorchOps
-from mvc.merge.record import read_record
 from mvc.repo import Repo
 
 
@@ -58,7 +58,7 @@ def test_one_sided_changes_pass_through_byte_exact(branched):
     info = repo.commit_info("HEAD")
     assert list(info.parents) == [repo.resolve("main~1"), repo.resolve("a"), repo.resolve("b")]
     assert repo.status().clean
-    record = read_record(repo, "HEAD")
+    record = merge_record(repo, "HEAD")[1]
     decisions = record["files"]["model/model.safetensors"]["tensors"]
     assert decisions["layer.0.weight"]["action"] == "resolve"
     assert decisions["layer.0.bias"] == {"action": "one-sided", "source": 1}
@@ -239,7 +239,7 @@ def test_all_tensors_leaves_integer_buffers_to_the_three_way_rules(tmp_path):
     merge(repo, ["a", "b"], MergeOptions(all_tensors=True, params=MergeParams(preset="mergekit")))
     merged = repo.load_state_dict("HEAD", "model/model.safetensors")
     assert merged["position_ids"].tolist() == list(range(16))
-    record = read_record(repo, "HEAD")
+    record = merge_record(repo, "HEAD")[1]
     assert record["files"]["model/model.safetensors"]["tensors"]["position_ids"]["action"] == "base"
     assert (
         record["files"]["model/model.safetensors"]["tensors"]["layer.1.weight"]["action"]
@@ -272,7 +272,7 @@ def test_torch_backend_commits_the_same_merge(branched):
         merge(repo, ["a", "b"], MergeOptions(params=MergeParams(density=0.3), device=device))
         trees.append(repo.model_files("HEAD")["model/model.safetensors"])
     assert trees[0] == trees[1]
-    records = [read_record(repo, rev) for rev in ("via-numpy", "via-torch")]
+    records = [merge_record(repo, rev)[1] for rev in ("via-numpy", "via-torch")]
     assert records[0]["files"] == records[1]["files"]
     assert records[1]["device"] == "cpu" and "torch" in records[1]["versions"]
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from merge_in_memory import merge_tensor, merge_tensors, unpack_mask
 
 from mvc.errors import MvcError
 from mvc.merge.arrays import NumpyOps, TorchOps
 from mvc.merge.device import compute_dtype, resolve_device
-from mvc.merge.driver import merge_tensor, merge_tensors
 from mvc.merge.exact import ExactSum
-from mvc.merge.masks import MaskPacker, unpack_mask
+from mvc.merge.masks import MaskPacker
 from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
 from mvc.merge.select import RadixQuery, RankQuery, Request, Selection

@@ -24,8 +24,8 @@ def install_git(global_: bool) -> None:
     recipe with `git config mvc.mergeStrategy NAME`, `mvc.mergeDensity D`,
     `mvc.mergePreset mergekit|peft|paper`.
     """
-    from mvc.remote.gitint import ATTRIBUTES_LINE
-    from mvc.remote.gitint import install_git as install
+    from mvc.gitdriver.install import ATTRIBUTES_LINE
+    from mvc.gitdriver.install import install_git as install
 
     report = install(".", global_=global_)
     click.echo(f"configured filter, diff and merge drivers 'mvc' in {report.config}")
@@ -39,7 +39,7 @@ def install_git(global_: bool) -> None:
 @click.command("git-filter-process", hidden=True)
 def git_filter_process() -> None:
     """git's long-running filter (filter.mvc.process): clean and smudge over pkt-lines."""
-    from mvc.remote.gitfilter import GitContext, serve
+    from mvc.gitdriver.filter import GitContext, serve
 
     serve(GitContext.discover("."), sys.stdin.buffer, sys.stdout.buffer)
 
@@ -48,7 +48,7 @@ def git_filter_process() -> None:
 @click.argument("path")
 def git_clean(path: str) -> None:
     """filter.mvc.clean: safetensors bytes on stdin, manifest on stdout."""
-    from mvc.remote.gitfilter import GitContext, run_once
+    from mvc.gitdriver.filter import GitContext, run_once
 
     run_once(GitContext.discover("."), "clean", path, sys.stdin.buffer, sys.stdout.buffer)
 
@@ -57,7 +57,7 @@ def git_clean(path: str) -> None:
 @click.argument("path")
 def git_smudge(path: str) -> None:
     """filter.mvc.smudge: manifest on stdin, safetensors bytes on stdout."""
-    from mvc.remote.gitfilter import GitContext, run_once
+    from mvc.gitdriver.filter import GitContext, run_once
 
     run_once(GitContext.discover("."), "smudge", path, sys.stdin.buffer, sys.stdout.buffer)
 
@@ -66,7 +66,7 @@ def git_smudge(path: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def git_textconv(file: Path) -> None:
     """diff.mvc.textconv: one line per tensor, so `git diff` names the changed tensors."""
-    from mvc.remote.gitfilter import textconv
+    from mvc.gitdriver.filter import textconv
 
     click.echo(textconv(file), nl=False)
 
@@ -79,8 +79,8 @@ def git_textconv(file: Path) -> None:
 @click.pass_context
 def git_merge(ctx: click.Context, ancestor: Path, ours: Path, theirs: Path, path: str) -> None:
     """merge.mvc.driver: three-way tensor merge of one model file into OURS."""
-    from mvc.remote.gitfilter import GitContext
-    from mvc.remote.gitmerge import merge_file
+    from mvc.gitdriver.filter import GitContext
+    from mvc.gitdriver.merge import merge_file
 
     conflicts = merge_file(GitContext.discover("."), ancestor, ours, theirs, path)
     if conflicts:

@@ -25,8 +25,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("-n", "--max-count", type=int, default=None, help="At most N commits.")
 def lineage(rev: str, fmt: str | None, max_count: int | None) -> None:
     """The ancestry DAG of REV with each merge's recipe."""
-    from mvc.cli.graph import render_graph
-    from mvc.lineage.graph import lineage_graph, to_dot, to_mermaid
+    from mvc.lineage.graph import lineage_graph, render_graph, to_dot, to_mermaid
 
     graph = lineage_graph(open_repo(), rev, max_count)
     if fmt == "json":

@@ -28,17 +28,36 @@ def keygen(file: str) -> None:
     help="Key file from `mvc keygen`.",
 )
 @click.option("-m", "--message", default=None, help="Commit message.")
-def lock(rev: str, key_file: str, message: str | None) -> None:
+@click.option(
+    "--level",
+    type=click.Choice(["attention", "full"]),
+    default="full",
+    show_default=True,
+    help="attention: the paper's QK/VO transform; full: also FFN neurons and the residual stream.",
+)
+@click.option(
+    "--reads-hidden",
+    "reads_hidden",
+    multiple=True,
+    metavar="PATTERN",
+    help="Tensors outside the family that read the hidden state (glob on the tensor name, "
+    "or 'path:name' for weight files in folders below the model), e.g. 'heads/*'.",
+)
+def lock(
+    rev: str, key_file: str, message: str | None, level: str, reads_hidden: tuple[str, ...]
+) -> None:
     """Commit a MergeLock'ed copy of REV: same outputs, unmergeable."""
     from mvc.lock.commit import lock_commit
     from mvc.lock.record import lock_record
 
     repo = open_repo()
-    sha = lock_commit(repo, rev, key_file, message)
+    sha = lock_commit(repo, rev, key_file, message, level=level, reads_hidden=reads_hidden)
     for model in (lock_record(repo, sha) or {}).get("models", []):
         click.echo(
-            f"locked {model['path'] or '.'} ({model['family']}, {model['tensors']} tensors, "
-            f"max output difference {model['max_abs_diff']:.2g})"
+            f"locked {model['path'] or '.'} ({model['family']}, level {model['level']}, "
+            f"stream {model['stream']}, {model['tensors']} tensors, "
+            f"max output difference {model['max_abs_diff']:.2g} "
+            f"of {model['tolerance']:.2g} allowed)"
         )
     click.echo(f"[{repo.current_branch() or 'detached'} {sha[:12]}] locked {rev}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mvc.cli.output import emit_json, open_repo
+from mvc.merge.strategies import PARAMETERS, STRATEGY_NAMES, strategies
 
 
 def parse_weights(values: tuple[str, ...]) -> dict[str, float] | list[float] | None:
@@ -22,80 +23,61 @@ def parse_weights(values: tuple[str, ...]) -> dict[str, float] | list[float] | N
         raise click.UsageError(f"--weight takes numbers, got {' '.join(values)}") from None
 
 
+def _default_text(param) -> str:
+    if param.default is None:
+        return param.unset
+    return f"{param.default:g}" if isinstance(param.default, float) else str(param.default)
+
+
+def _param_option(param):
+    """The `mvc merge` option of one declared parameter; every default is None (not given),
+    so MergeParams fills the declared default and validates what was given."""
+    users = [s.name for s in strategies() if param in s.parameters]
+    where = f"; {', '.join(users)}" if users and len(users) < len(strategies()) else ""
+    text = f"{param.help} [{param.range_text()}; default: {_default_text(param)}{where}]"
+    if param.kind is bool:
+        negative = "--no-" + param.option.removeprefix("--")
+        return click.option(f"{param.option}/{negative}", param.name, default=None, help=text)
+    if param.per_branch:
+        kind = str if param.by_name else param.kind
+        return click.option(param.option, param.name, type=kind, multiple=True, help=text)
+    kind = click.Choice(param.choices) if param.choices else param.kind
+    return click.option(param.option, param.name, type=kind, default=None, help=text)
+
+
+def _list_strategies(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    for strategy in strategies():
+        click.echo(f"{strategy.name}: {strategy.summary}")
+        click.echo(f"    {strategy.formula}")
+        most = "" if strategy.max_branches is None else f", at most {strategy.max_branches}"
+        presets = ", ".join(p for p in strategy.presets if p) or "none"
+        click.echo(
+            f"    branches: at least {strategy.min_branches}{most}; presets: {presets}; "
+            f"mergekit: {strategy.mergekit or 'none'}"
+        )
+        for param in strategy.parameters:
+            scope = "per branch" if param.per_branch else "global"
+            click.echo(
+                f"    {param.option} ({scope}, {param.range_text()}, "
+                f"default {_default_text(param)}): {param.help}"
+            )
+    ctx.exit(0)
+
+
 def merge_options(f):
-    """The recipe options shared by `merge` and `pull`."""
+    """The recipe options shared by `merge` and `pull`: the strategy, one option per
+    declared parameter (mvc.merge.strategies.PARAMETERS), and the merge's own switches."""
     decorators = [
         click.option(
             "--strategy",
             "-s",
             default="ties",
             show_default=True,
-            help="ties, consensus, task_arithmetic, linear, dare_ties, dare_linear, "
-            "breadcrumbs, slerp, ours, theirs.",
+            help=", ".join(STRATEGY_NAMES) + " (see --list-strategies).",
         ),
-        click.option(
-            "--preset",
-            type=click.Choice(["mergekit", "peft", "paper"]),
-            default=None,
-            help="Reproduce a trusted tool's arithmetic exactly.",
-        ),
-        click.option(
-            "--density",
-            type=float,
-            multiple=True,
-            help="Kept fraction (TIES trim, DARE keep, breadcrumbs β); once or per branch.",
-        ),
-        click.option(
-            "--weight",
-            "weights",
-            multiple=True,
-            help="Branch weight: W per branch in order, or NAME=W.",
-        ),
-        click.option(
-            "--lambda",
-            "lambda_",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="Scale of the merged task vector.",
-        ),
-        click.option("--k", type=int, default=None, help="Consensus: keep elements in ≥ k masks."),
-        click.option(
-            "--tall-lambda",
-            type=float,
-            multiple=True,
-            help="TALL mask λ (consensus and lineage masks); once or per branch.",
-        ),
-        click.option(
-            "--alpha",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="Consensus: scale of the kept multi-task vector.",
-        ),
-        click.option(
-            "--on",
-            "consensus_on",
-            type=click.Choice(["sum", "ties"]),
-            default="sum",
-            help="Consensus: τ_MTL from the sum or from the TIES merge.",
-        ),
-        click.option(
-            "--gamma",
-            type=float,
-            default=0.01,
-            show_default=True,
-            help="Breadcrumbs: fraction of largest |τ| dropped.",
-        ),
-        click.option(
-            "--t",
-            "slerp_t",
-            type=float,
-            default=0.5,
-            show_default=True,
-            help="Slerp interpolation factor.",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True, help="DARE seed."),
+        *(_param_option(p) for p in PARAMETERS.values()),
         click.option(
             "--config",
             "config_path",
@@ -113,6 +95,18 @@ def merge_options(f):
         click.option("--no-masks", is_flag=True, help="Do not store TALL masks in the record."),
         click.option("--base", "base_rev", default=None, help="Merge base (for criss-cross)."),
         click.option("--allow-locked", is_flag=True, help="Merge MergeLock'ed commits anyway."),
+        click.option(
+            "--layout",
+            type=click.Choice(["ours", "theirs"]),
+            default="ours",
+            show_default=True,
+            help="Whose shard layout a model folder is written in.",
+        ),
+        click.option(
+            "--max-shard-size",
+            default=None,
+            help="Write model folders in shards of at most this size (40MB, 5GB, bytes).",
+        ),
         click.option(
             "--adapter-rank", type=int, default=None, help="LoRA output rank (default: largest input)."
         ),
@@ -144,31 +138,26 @@ def merge_options(f):
 
 
 def build_options(message, no_commit, no_ff, **kw):
+    from mvc.formats.hf import parse_size
     from mvc.merge import MergeOptions, MergeParams
     from mvc.merge.adapter_plan import AdapterOptions
     from mvc.merge.planner import load_rules
 
-    def once_or_many(values, default):
-        if not values:
-            return default
-        return values[0] if len(values) == 1 else tuple(values)
-
-    params = MergeParams(
-        density=once_or_many(kw["density"], 1.0),
-        lambda_=kw["lambda_"],
-        k=kw["k"],
-        tall_lambdas=once_or_many(kw["tall_lambda"], 0.4),
-        alpha=kw["alpha"],
-        gamma=kw["gamma"],
-        t=kw["slerp_t"],
-        seed=kw["seed"],
-        preset=kw["preset"],
-        on=kw["consensus_on"],
-    )
+    given = {}
+    weights = None
+    for param in PARAMETERS.values():
+        value = kw[param.name]
+        if param.by_name:
+            weights = parse_weights(value)
+        elif param.per_branch:
+            if value:
+                given[param.name] = value[0] if len(value) == 1 else tuple(value)
+        elif value is not None:
+            given[param.name] = value
     return MergeOptions(
         strategy=kw["strategy"],
-        params=params,
-        weights=parse_weights(kw["weights"]),
+        params=MergeParams(**given),
+        weights=weights,
         rules=load_rules(kw["config_path"]) if kw["config_path"] else (),
         all_tensors=kw["all_tensors"],
         device=kw["device"],
@@ -178,6 +167,8 @@ def build_options(message, no_commit, no_ff, **kw):
         fast_forward=not no_ff,
         base=kw["base_rev"],
         allow_locked=kw["allow_locked"],
+        layout=kw["layout"],
+        max_shard_size=parse_size(kw["max_shard_size"]) if kw["max_shard_size"] else None,
         adapter=AdapterOptions(
             combine=kw["adapter_combine"],
             rank=kw["adapter_rank"],
@@ -234,6 +225,14 @@ def report(result, as_json: bool) -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--list-strategies",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_list_strategies,
+    help="List every strategy with its formula and parameters, and exit.",
+)
 @merge_options
 def merge(branches, message, no_commit, no_ff, quiet, as_json, **kw):
     """Three-way parameter merge of BRANCHES into HEAD."""

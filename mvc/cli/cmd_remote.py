@@ -27,6 +27,8 @@ def _echo_report(report, verb: str, quiet: bool) -> None:
     for ref, (old, new) in report.refs.items():
         change = f"{old[:12]}..{new[:12]}" if old else f"* [new] {new[:12]}"
         click.echo(f"  {change}  {ref}")
+    for name in report.rejected_tags:
+        click.echo(f"  ! [rejected] refs/tags/{name} (a different tag of that name is there)")
 
 
 @click.group()

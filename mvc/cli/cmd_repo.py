@@ -105,7 +105,7 @@ def commit(message: str, all_: bool) -> None:
 @click.option("--graph", is_flag=True, help="Draw the commit graph.")
 def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bool) -> None:
     """Show the commit history."""
-    from mvc.cli.graph import render_graph
+    from mvc.lineage.graph import render_graph
 
     repo = open_repo()
     commits = repo.log(rev, max_count=max_count)

@@ -21,6 +21,7 @@ from mvc.errors import MvcError  # noqa: E402
 
 COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_repo",
+    "mvc.cli.cmd_history",
     "mvc.cli.cmd_merge",
     "mvc.cli.cmd_lock",
     "mvc.cli.cmd_lineage",

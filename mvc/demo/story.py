@@ -106,9 +106,11 @@ class _Story:
         self.audit()
         self.step("6. unmerge one branch, extract another")
         self.unmerge_and_extract()
-        self.step("7. MergeLock: a locked branch cannot be merged usefully")
+        self.step("7. cherry-pick one fine-tune onto another branch: HEAD + its task vector")
+        self.cherry_pick()
+        self.step("8. MergeLock: a locked branch cannot be merged usefully")
         self.lock_story()
-        self.step("8. results")
+        self.step("9. results")
         self.conclude()
 
     # ------------------------------------------------------------------ steps
@@ -203,9 +205,8 @@ class _Story:
         self.score("TIES merge", "main")
 
     def audit(self) -> None:
-        from mvc.cli.graph import render_graph
         from mvc.lineage.blame import blame
-        from mvc.lineage.graph import lineage_graph
+        from mvc.lineage.graph import lineage_graph, render_graph
         from mvc.lineage.verify import verify
 
         graph = lineage_graph(self.repo, "main")
@@ -246,6 +247,19 @@ class _Story:
         row = accuracies(out / "model", self.heads, self.tasks)
         self.report.rows[f"extracted {kept}"] = row
         self.say(f"   {'extracted ' + kept:<28} " + "  ".join(f"{t}: {row[t]:.3f}" for t in row))
+
+    def cherry_pick(self) -> None:
+        from mvc.merge.replay import replay
+
+        picked, onto = self.tasks[0].name, self.tasks[1].name
+        self.repo.switch(f"{onto}+{picked}", create=True, start=onto)
+        result = replay(self.repo, "cherry-pick", picked)
+        self.say(
+            f"   cherry-pick {picked} onto {onto}: commit {result.commit[:12]} "
+            f"({result.resolved} tensors by task arithmetic)"
+        )
+        self.score(f"cherry-pick {picked} onto {onto}", "HEAD")
+        self.repo.switch("main")
 
     def lock_story(self) -> None:
         from mvc.lock import keygen, lock_commit

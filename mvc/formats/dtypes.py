@@ -13,8 +13,6 @@ import numpy as np
 
 from mvc.errors import FormatError
 
-KINDS = ("float", "int", "uint", "bool")
-
 
 @dataclass(frozen=True)
 class DType:

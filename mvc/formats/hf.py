@@ -8,12 +8,14 @@ names, manifest paths) goes through ``safe_relpath`` before it touches the files
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mvc.errors import FormatError, NotFoundError
+from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import short, strict_loads
 from mvc.formats.safetensors import Header
 
@@ -36,12 +38,11 @@ def check_not_pickle(path: str | os.PathLike[str]) -> None:
         )
 
 
-def safe_relpath(root: str | os.PathLike[str], relpath: Any) -> Path:
-    """``root / relpath``, refusing any relpath that could land outside ``root``.
+def check_relpath(relpath: Any) -> str:
+    """``relpath`` as a relative POSIX path of plain components, or a one-line FormatError.
 
-    ``relpath`` comes from a file (an index, a manifest, a tree), so it is hostile until
-    checked: it must be a relative POSIX path of plain components, and must not reach out
-    through a symlink already present under ``root``.
+    The lexical half of ``safe_relpath``, for paths that name no file on this disk yet
+    (an index read from a commit's tree).
     """
     rel = os.fspath(relpath) if isinstance(relpath, os.PathLike) else relpath
     problem = None
@@ -57,19 +58,30 @@ def safe_relpath(root: str | os.PathLike[str], relpath: Any) -> Path:
         problem = "has an empty, '.' or '..' component"
     if problem:
         raise FormatError(f"unsafe path {short(rel)}: {problem}")
+    return rel
+
+
+def safe_relpath(root: str | os.PathLike[str], relpath: Any) -> Path:
+    """``root / relpath``, refusing any relpath that could land outside ``root``.
+
+    ``relpath`` comes from a file (an index, a manifest, a tree), so it is hostile until
+    checked: it must be a relative POSIX path of plain components, and must not reach out
+    through a symlink already present under ``root``.
+    """
+    rel = check_relpath(relpath)
     base = Path(root).resolve()
     if not base.joinpath(rel).resolve().is_relative_to(base):
         raise FormatError(f"unsafe path {short(rel)}: leads out of {root} through a symlink")
     return Path(root) / rel
 
 
-def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a ``*.safetensors.index.json`` (shards relative to its folder)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path} does not exist") from None
+def parse_index(raw: bytes, where: str) -> dict[str, Any]:
+    """Validate the bytes of a ``*.safetensors.index.json`` (``where`` names it in errors).
+
+    Every shard must be a safetensors file name with a plain relative path; whether the
+    shards exist and hold what the index says is the model view's check
+    (``mvc.repo.models``), which sees the whole folder.
+    """
     try:
         index = strict_loads(raw, "index")
         if not isinstance(index, dict):
@@ -86,10 +98,54 @@ def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise FormatError(
                     f"index maps {short(tensor)} to {short(shard)}, not a safetensors file"
                 )
-            safe_relpath(path.parent, shard)
+            check_relpath(shard)
     except FormatError as e:
-        raise FormatError(f"{path}: {e.message}", e.hint) from None
+        raise FormatError(f"{where}: {e.message}", e.hint) from None
     return index
+
+
+def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a ``*.safetensors.index.json`` (shards relative to its folder)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} does not exist") from None
+    index = parse_index(raw, str(path))
+    for shard in index["weight_map"].values():
+        try:
+            safe_relpath(path.parent, shard)
+        except FormatError as e:
+            raise FormatError(f"{path}: {e.message}", e.hint) from None
+    return index
+
+
+def index_bytes(weight_map: Mapping[str, str], metadata: Mapping[str, Any]) -> bytes:
+    """An index as ``save_pretrained`` writes one (sorted keys, two-space indent)."""
+    doc = {"metadata": dict(metadata), "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_size(text: str | int) -> int:
+    """A shard size as transformers' ``max_shard_size`` takes it: ``40MB`` (10^6), ``5GiB``
+    (2^30), or a number of bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
+        unit = match.group(2).upper() if match else None
+        if match is None or unit not in _SIZE_UNITS:
+            raise MvcError(
+                f"'{text}' is not a size", hint="write bytes or a unit: 40MB, 2GB, 500MiB"
+            )
+        value = int(match.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise MvcError(f"'{text}' is not a positive size")
+    return value
 
 
 def weight_map(folder: str | os.PathLike[str]) -> dict[str, str]:

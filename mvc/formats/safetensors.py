@@ -14,7 +14,6 @@ import math
 import mmap
 import operator
 import os
-import secrets
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mvc.errors import FormatError, NotFoundError
+from mvc.files import atomic_write
 from mvc.formats.dtypes import DTYPES, get_dtype
 from mvc.formats.jsonutil import short, strict_loads
 
@@ -396,26 +396,6 @@ def build_header(specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None
     return raw + b" " * (-len(raw) % 8)
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new file beside ``path`` (same filesystem, so the final rename is atomic)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_safetensors(
     path: str | os.PathLike[str],
     header_raw: bytes,
@@ -428,31 +408,20 @@ def write_safetensors(
     """
     path = Path(path)
     expected = parse_header(header_raw).data_size
-    fd, tmp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header_raw)))
-            f.write(header_raw)
-            written = 0
-            for chunk in chunks:
-                written += memoryview(chunk).nbytes
-                if written > expected:
-                    raise FormatError(
-                        f"{path}: more data than the header declares ({expected} bytes)"
-                    )
-                f.write(chunk)
-            if written != expected:
-                raise FormatError(
-                    f"{path}: got {written} data bytes, the header declares {expected}"
-                )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+
+    def checked() -> Iterator[bytes | bytearray | memoryview]:
+        yield struct.pack("<Q", len(header_raw))
+        yield header_raw
+        written = 0
+        for chunk in chunks:
+            written += memoryview(chunk).nbytes
+            if written > expected:
+                raise FormatError(f"{path}: more data than the header declares ({expected} bytes)")
+            yield chunk
+        if written != expected:
+            raise FormatError(f"{path}: got {written} data bytes, the header declares {expected}")
+
+    atomic_write(path, checked())
 
 
 class RowWriter:

@@ -4,13 +4,17 @@ Shares come from the merge record: for a resolved tensor, the elements where a p
 edit entered the merged value (`stats.contributed`) over the tensor's size; a tensor taken
 whole from one parent is 100% that parent's. The commit that last changed the tensor on a
 side is found by walking that parent's first-parent history while the tensor's chunk ids
-stay the same. Only manifests are read (no tensor bytes, no torch).
+stay the same. A tensor of a model folder is found by name in whichever shard holds it, so
+`MODEL::TENSOR` names it by folder, and history across a reshard is one history. Only manifests are read (no tensor bytes, no torch).
 """
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import MvcError, NotFoundError
 from mvc.lineage.records import (
@@ -19,7 +23,9 @@ from mvc.lineage.records import (
     parent_label,
     tree_blob,
 )
-from mvc.repo.manifest import Manifest
+from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.models import folder_of, model_folders, model_view
+from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -74,23 +80,67 @@ class BlameReport:
 
 
 def split_target(target: str) -> tuple[str, str]:
-    """`FILE::TENSOR` into its two parts."""
+    """`FILE::TENSOR` or `MODEL::TENSOR` (a model folder) into its two parts."""
     path, sep, tensor = target.partition("::")
+    path = path.rstrip("/")
     if not sep or not path or not tensor:
         raise MvcError(
             f"'{target}' does not name a tensor",
-            hint="write FILE::TENSOR, e.g. model.safetensors::w",
+            hint="write FILE::TENSOR or MODEL::TENSOR, e.g. model.safetensors::w or model::w",
         )
     return path, tensor
 
 
+def _folder_files(repo: Repo, sha: str, folder: str) -> dict[str, bytes] | None:
+    """The files directly in `folder` at `sha` (path -> blob), None when it is no folder."""
+    tree_id = repo.git[sha.encode()].tree
+    if folder:
+        try:
+            mode, tree_id = tree_lookup_path(
+                repo.git.object_store.__getitem__, tree_id, folder.encode()
+            )
+        except KeyError:
+            return None
+        if not stat.S_ISDIR(mode):
+            return None
+    prefix = f"{folder}/" if folder else ""
+    return {
+        prefix + item.path.decode(): repo.read_blob(item.sha)
+        for item in repo.git[tree_id].items()
+        if not stat.S_ISDIR(item.mode)
+    }
+
+
+def find_tensor(repo: Repo, sha: str, path: str, tensor: str) -> tuple[str, TensorEntry] | None:
+    """Where `tensor` is at `sha` (its file and entry), for `path` a file or a model folder.
+
+    A tensor is its model's, not its file's: given a shard of a model folder, the tensor is
+    found in whichever shard holds it at `sha` (a reshard moves it, it does not change it).
+    """
+    if is_model_path(path):
+        blob = tree_blob(repo, sha, path)
+        if blob is not None:
+            entry = Manifest.from_bytes(blob, path).by_name().get(tensor)
+            if entry is not None:
+                return path, entry
+        folder = folder_of(path)
+        files = _folder_files(repo, sha, folder)
+        if files is None or folder not in model_folders([files]):
+            return None
+    else:
+        folder = path
+        files = _folder_files(repo, sha, folder)
+        if files is None:
+            return None
+    view = model_view(files, folder)
+    entry = view.entry(tensor) if view is not None else None
+    return None if entry is None or view is None else (view.where[tensor], entry)
+
+
 def _chunk_ids(repo: Repo, sha: str, path: str, tensor: str) -> tuple[object, ...] | None:
     """The tensor's identity at `sha` (dtype, shape, chunk ids), None when it is absent."""
-    blob = tree_blob(repo, sha, path)
-    if blob is None:
-        return None
-    entry = Manifest.from_bytes(blob, path).by_name().get(tensor)
-    return None if entry is None else (entry.dtype, entry.shape, entry.chunk_ids)
+    found = find_tensor(repo, sha, path, tensor)
+    return None if found is None else (found[1].dtype, found[1].shape, found[1].chunk_ids)
 
 
 def _first_line(repo: Repo, sha: str) -> str:
@@ -109,21 +159,21 @@ def last_change(repo: Repo, sha: str, path: str, tensor: str) -> str:
 
 
 def blame(repo: Repo, rev: str, target: str) -> BlameReport:
-    """Blame tensor `target` (FILE::TENSOR) of commit `rev`."""
-    path, tensor = split_target(target)
+    """Blame tensor `target` (FILE::TENSOR or MODEL::TENSOR) of commit `rev`."""
+    asked, tensor = split_target(target)
     sha = repo.resolve(rev)
-    blob = tree_blob(repo, sha, path)
-    if blob is None:
-        raise NotFoundError(f"'{path}' is not in {rev}")
-    entry = Manifest.from_bytes(blob, path).by_name().get(tensor)
-    if entry is None:
-        raise NotFoundError(f"'{path}' at {rev} has no tensor '{tensor}'")
+    found = find_tensor(repo, sha, asked, tensor)
+    if found is None:
+        if tree_blob(repo, sha, asked) is None and _folder_files(repo, sha, asked) is None:
+            raise NotFoundError(f"'{asked}' is not in {rev}")
+        raise NotFoundError(f"'{asked}' at {rev} has no tensor '{tensor}'")
+    path, entry = found
     numel = 1
     for dim in entry.shape:
         numel *= dim
     record = find_merge_record(repo, sha)
     if record is None:
-        last = last_change(repo, sha, path, tensor)
+        last = last_change(repo, sha, asked, tensor)
         side = SideBlame(0, rev, sha, 1.0, numel, None, last, _first_line(repo, last))
         return BlameReport(sha, path, tensor, "commit", None, numel, None, [side])
     file_entry = record["files"].get(path, {})
@@ -147,8 +197,8 @@ def blame(repo: Repo, rev: str, target: str) -> BlameReport:
             contributed, changed = 0, None
         last = None
         message = ""
-        if _chunk_ids(repo, parent, path, tensor) is not None:
-            last = last_change(repo, parent, path, tensor)
+        if _chunk_ids(repo, parent, asked, tensor) is not None:
+            last = last_change(repo, parent, asked, tensor)
             message = _first_line(repo, last)
         report.sides.append(
             SideBlame(

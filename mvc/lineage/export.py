@@ -1,7 +1,8 @@
 """`mvc export`: a merge's recipe in the formats other tools read.
 
-- `mergekit`: a mergekit YAML (`merge_method`, `base_model`, `models` with per-model
-  `weight`/`density`, shared `lambda`/`normalize`/`gamma`/`t`, `dtype`). Run on folders
+- `mergekit`: a mergekit YAML (`merge_method`, `base_model`, `models` with the per-model
+  parameters, the shared ones, `dtype`), all derived from the strategy's declarations:
+  its mergekit method, and each parameter's mergekit name and scope. Run on folders
   holding each commit's checkout, it reproduces the merge within floating-point noise when
   the merge was made with `--preset mergekit --all-tensors` (mergekit knows no history, so
   it sends every tensor through the method); the YAML says so in a comment otherwise.
@@ -21,22 +22,13 @@ import yaml
 
 from mvc.errors import MvcError
 from mvc.lineage.records import merge_recipe_text, merge_record, parent_label, per_branch
+from mvc.merge.declare import SEED
+from mvc.merge.strategies import get_strategy, strategies
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
 FORMATS = ("mergekit", "model-card")
-
-# mvc strategy -> mergekit merge_method, and which per-model / shared parameters it takes.
-_MERGEKIT = {
-    "ties": ("ties", ("weight", "density"), ("lambda", "normalize")),
-    "dare_ties": ("dare_ties", ("weight", "density"), ("lambda", "normalize")),
-    "dare_linear": ("dare_linear", ("weight", "density"), ("lambda", "normalize")),
-    "task_arithmetic": ("task_arithmetic", ("weight",), ("lambda", "normalize")),
-    "breadcrumbs": ("breadcrumbs", ("weight", "density"), ("lambda", "normalize", "gamma")),
-    "linear": ("linear", ("weight",), ("normalize",)),
-    "slerp": ("slerp", (), ("t",)),
-}
 
 _TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
@@ -65,45 +57,42 @@ def _storage_dtype(repo: Repo, base: str) -> str | None:
 def mergekit_yaml(repo: Repo, rev: str, paths: Mapping[str, str] | None = None) -> str:
     """A mergekit YAML reproducing merge `rev`, with comments on what mergekit cannot match."""
     sha, record = merge_record(repo, rev)
-    strategy = record["strategy"]
-    if strategy not in _MERGEKIT:
+    strategy = get_strategy(record["strategy"])
+    if strategy.mergekit is None:
+        exportable = [s.name for s in strategies() if s.mergekit is not None]
         raise MvcError(
-            f"mergekit has no counterpart of strategy {strategy}",
-            hint=f"exportable strategies: {', '.join(_MERGEKIT)}",
+            f"mergekit has no counterpart of strategy {strategy.name}",
+            hint=f"exportable strategies: {', '.join(exportable)}",
         )
     if record.get("rules"):
         raise MvcError("a merge with per-tensor --config rules cannot be exported to mergekit")
-    method, per_model, shared = _MERGEKIT[strategy]
     where = model_locations(record, paths or {})
     params: dict[str, Any] = record["params"]
     contributing: list[int] = record["contributing"]
-    n = len(contributing)
-    values = {
-        "weight": per_branch(params.get("weights", 1.0), n),
-        "density": per_branch(params.get("density", 1.0), n),
+    exported = [p for p in strategy.declared() if p.mergekit is not None]
+    per_model = {
+        p.mergekit: per_branch(params.get(p.name, p.default), len(contributing))
+        for p in exported
+        if p.per_branch
     }
     models = []
     for position, index in enumerate(contributing):
         entry: dict[str, Any] = {"model": where[parent_label(record, index)]}
-        model_params = {k: values[k][position] for k in per_model if values[k] is not None}
+        model_params = {k: v[position] for k, v in per_model.items() if v is not None}
         if model_params:
             entry["parameters"] = model_params
         models.append(entry)
-    config: dict[str, Any] = {"merge_method": method}
-    if strategy == "slerp":
+    config: dict[str, Any] = {"merge_method": strategy.mergekit}
+    if strategy.mergekit_base == "first":
         config["base_model"] = models[0]["model"]
-    elif strategy != "linear":
+    elif strategy.mergekit_base == "base":
         config["base_model"] = where["base"]
     config["models"] = models
-    shared_values = {
-        "lambda": params.get("lambda_", 1.0),
-        "normalize": params.get("normalize"),
-        "gamma": params.get("gamma"),
-        "t": params.get("t"),
+    global_params = {
+        p.mergekit: value
+        for p in exported
+        if not p.per_branch and not p.omitted_in_mergekit(value := params.get(p.name, p.default))
     }
-    global_params = {k: shared_values[k] for k in shared if shared_values[k] is not None}
-    if "lambda" in global_params and global_params["lambda"] == 1.0:
-        del global_params["lambda"]
     if global_params:
         config["parameters"] = global_params
     config["dtype"] = "float32"
@@ -128,9 +117,9 @@ def _comments(sha: str, record: Mapping[str, Any], where: Mapping[str, str]) -> 
             "# note: not merged with --preset mergekit --all-tensors, so mergekit's result "
             "differs (mvc takes one-sided tensors whole and uses its own preset's arithmetic)"
         )
-    if record["strategy"].startswith("dare"):
+    if SEED in get_strategy(record["strategy"]).parameters:
         lines.append(
-            f"# note: mvc seeds DARE's drops (seed {record.get('seed')}); mergekit draws "
+            f"# note: mvc seeds its random drops (seed {record.get('seed')}); mergekit draws "
             "its own, so the dropped elements differ"
         )
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from mvc.merge.adapter_plan import (
     merge_adapters,
     without_folders,
 )
+from mvc.merge.layout import LayoutChoice, align_revisions
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.store import ObjectStore, object_id
@@ -55,6 +56,7 @@ class Recipe:
     rules: list[TensorRule]
     all_tensors: bool
     masks: bool
+    layout: LayoutChoice | None = None  # None: the first branch's shard layout
     adapter: dict[str, Any] | None = None  # AdapterOptions as recorded, when adapters merged
 
     @classmethod
@@ -67,6 +69,7 @@ class Recipe:
             rules=record_rules(record),
             all_tensors=bool(record.get("all_tensors")),
             masks=bool(record.get("masks", True)),
+            layout=LayoutChoice.from_record(record),
             adapter=(record.get("adapters") or {}).get("options"),
         )
 
@@ -77,6 +80,7 @@ class Recomputed:
     files: dict[str, Manifest | bytes]
     results: dict[tuple[str, str], TensorResult]
     device: ArrayOps
+    layout: dict[str, Any] | None = None  # the record's `layout` entry, when one is due
 
 
 class ScratchStore:
@@ -133,12 +137,12 @@ def recompute(
     from mvc.merge.strategies import get_strategy
 
     get_strategy(recipe.strategy).check(recipe.params, len(recipe.branches))
-    base_files = repo.files(recipe.base)
-    branch_files = [repo.files(sha) for sha in recipe.branches]
-    adapters = adapter_folders_to_merge(base_files, branch_files)
+    choice = recipe.layout or LayoutChoice(recipe.branches[0])
+    aligned = align_revisions(repo, recipe.base, recipe.branches, choice)
+    adapters = adapter_folders_to_merge(aligned.base_files, aligned.branch_files)
     plan = Planner(
-        without_folders(base_files, adapters),
-        [without_folders(f, adapters) for f in branch_files],
+        without_folders(aligned.base_files, adapters),
+        [without_folders(f, adapters) for f in aligned.branch_files],
         recipe.strategy,
         recipe.rules,
         recipe.all_tensors,
@@ -146,21 +150,20 @@ def recompute(
     raise_conflicts(plan.conflicts)
     executor = Executor(
         store if store is not None else repo.store,  # type: ignore[arg-type]
-        repo.model_files(recipe.base),
-        [repo.model_files(sha) for sha in recipe.branches],
+        aligned.manifests(aligned.base_files),
+        [aligned.manifests(files) for files in aligned.branch_files],
         recipe.params,
         device,
         masks=recipe.masks,
         progress=progress,
     )
-    files = executor.run(plan)
+    files = aligned.finish(executor.run(plan))
     if adapters:
         options = AdapterOptions(**recipe.adapter) if recipe.adapter else None
         target = store if store is not None else repo.store
-        files.update(
-            merge_adapters(
-                repo, target, recipe.base, adapters, base_files, branch_files,  # type: ignore[arg-type]
-                recipe.strategy, recipe.params, options,
-            )[0]
+        adapter_files, _ = merge_adapters(
+            repo, target, recipe.base, adapters,  # type: ignore[arg-type]
+            aligned.base_files, aligned.branch_files, recipe.strategy, recipe.params, options,
         )
-    return Recomputed(plan, files, executor.results, device)
+        files.update(adapter_files)
+    return Recomputed(plan, files, executor.results, device, aligned.record())

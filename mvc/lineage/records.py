@@ -20,7 +20,10 @@ from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import strict_loads
+from mvc.merge.declare import TALL_LAMBDA, Param
 from mvc.merge.record import RECORD_PATH, decode_record
+from mvc.merge.record import commit_parents as recorded_commit_parents
+from mvc.merge.strategies import get_strategy
 from mvc.repo.references import LOCK_RECORD_PATH
 
 if TYPE_CHECKING:
@@ -29,9 +32,6 @@ if TYPE_CHECKING:
 PROVENANCE_PATH = ".mvc/provenance.json"
 PROVENANCE_KIND = "provenance"
 PROVENANCE_VERSION = 1
-
-# Per-branch parameters of MergeParams: a list holds one value per contributing branch.
-PER_BRANCH_PARAMS = ("weights", "density", "tall_lambdas")
 
 
 def tree_blob(repo: Repo, sha: str, path: str) -> bytes | None:
@@ -54,7 +54,7 @@ def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
     if data is None:
         return None
     record = decode_record(data)
-    if record["parents"] != commit_parents(repo, sha):
+    if recorded_commit_parents(record) != commit_parents(repo, sha):
         return None
     return record
 
@@ -148,8 +148,21 @@ def per_branch(value: Any, n: int) -> list[float] | None:
     return [float(value)] * n
 
 
+def _declared(strategy: str) -> tuple[Param, ...]:
+    """The parameters `strategy` declares besides the common ones; none for a strategy this
+    mvc does not know (a record written by a newer one still shows its recipe line)."""
+    try:
+        return get_strategy(strategy).parameters
+    except MvcError:
+        return ()
+
+
 def recipe(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge's recipe: what a reader needs to redo it, without per-tensor detail."""
+    """The merge's recipe: what a reader needs to redo it, without per-tensor detail.
+
+    Besides who merged what, it holds the value of every parameter the strategy declares
+    (and the TALL mask λ), keyed as the record keys them; per-branch values as lists.
+    """
     params: dict[str, Any] = dict(record["params"])
     contributing: list[int] = record.get("contributing", [])
     n = len(contributing)
@@ -158,60 +171,43 @@ def recipe(record: Mapping[str, Any]) -> dict[str, Any]:
         "preset": record.get("preset"),
         "contributing": [parent_label(record, i) for i in contributing],
         "contributing_indices": list(contributing),
-        "lambda": params.get("lambda_", 1.0),
         "all_tensors": bool(record.get("all_tensors")),
         "rules": len(record.get("rules") or []),
     }
-    for key in PER_BRANCH_PARAMS:
-        values = per_branch(params.get(key, 1.0), n)
-        out[key] = values if values is not None else params.get(key)
-    for key in ("k", "alpha", "gamma", "t", "seed", "on", "normalize"):
-        if key in params:
-            out[key] = params[key]
+    for param in dict.fromkeys((TALL_LAMBDA, *_declared(record["strategy"]))):
+        value = params.get(param.name, param.default)
+        if param.per_branch:
+            values = per_branch(value, n)
+            value = values if values is not None else value
+        out[param.name] = value
     return out
-
-
-# Which parameters mean something for each strategy (shown in the one-line recipe).
-_SHOWN = {
-    "ties": ("density", "weights", "lambda", "normalize"),
-    "dare_ties": ("density", "weights", "lambda", "seed", "normalize"),
-    "dare_linear": ("density", "weights", "lambda", "seed", "normalize"),
-    "task_arithmetic": ("weights", "lambda"),
-    "linear": ("weights",),
-    "breadcrumbs": ("density", "gamma", "weights", "lambda"),
-    "consensus": ("k", "alpha", "tall_lambdas", "on", "lambda"),
-    "slerp": ("t",),
-}
 
 
 def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _param_text(key: str, value: Any, labels: Sequence[str]) -> str | None:
-    if value is None:
-        return None
+def _param_text(param: Param, value: Any, labels: Sequence[str]) -> str | None:
+    """How the recipe line shows a parameter; None for its default (saying it would only
+    lengthen the line)."""
     if isinstance(value, list):
-        if len(set(value)) == 1:
-            value = value[0]
-        else:
+        if len(set(value)) > 1:
             pairs = " ".join(f"{n}={_number(v)}" for n, v in zip(labels, value, strict=False))
-            return f"{key} {pairs}"
-    if key in ("weights", "density", "lambda", "alpha") and value == 1.0:
-        return None  # the default: saying it would only lengthen the line
-    name = {"lambda": "λ", "tall_lambdas": "tall-λ"}.get(key, key)
-    if isinstance(value, float):
-        return f"{name} {_number(value)}"
-    return f"{name} {value}"
+            return f"{param.title} {pairs}"
+        value = value[0]
+    if value is None or value == param.default:
+        return None
+    return f"{param.title} {_number(value) if isinstance(value, float) else value}"
 
 
 def merge_recipe_text(record: Mapping[str, Any]) -> str:
-    """One line: strategy, preset, the parameters that matter, and the contributing parents."""
+    """One line: strategy, preset, the parameters that differ from their defaults, and the
+    contributing parents."""
     info = recipe(record)
     head = info["strategy"] + (f" ({info['preset']})" if info["preset"] else "")
     parts = [head]
-    for key in _SHOWN.get(info["strategy"], ()):
-        text = _param_text(key, info.get(key), info["contributing"])
+    for param in _declared(info["strategy"]):
+        text = _param_text(param, info.get(param.name), info["contributing"])
         if text:
             parts.append(text)
     if info["all_tensors"]:
@@ -219,7 +215,9 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
     if info["rules"]:
         parts.append(f"{info['rules']} rule(s)")
     parts.append("of " + ", ".join(info["contributing"]))
-    return ", ".join(parts)
+    operation = record.get("operation")  # a revert or cherry-pick (mvc.merge.replay)
+    prefix = f"{operation['kind']} of {operation['commit'][:12]}: " if operation else ""
+    return prefix + ", ".join(parts)
 
 
 def provenance_text(doc: Mapping[str, Any]) -> str:

@@ -14,14 +14,12 @@ changes would otherwise be silently discarded. The commit carries a provenance r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
 from mvc.lineage.recompute import Recipe, recompute, record_rules
 from mvc.lineage.records import (
-    PER_BRANCH_PARAMS,
     PROVENANCE_KIND,
     PROVENANCE_PATH,
     PROVENANCE_VERSION,
@@ -30,7 +28,8 @@ from mvc.lineage.records import (
     parent_index,
     parent_label,
 )
-from mvc.merge.params import MergeParams
+from mvc.merge.layout import LayoutChoice
+from mvc.merge.params import MergeParams, drop_branch
 from mvc.merge.planner import RECORD_PREFIX
 
 if TYPE_CHECKING:
@@ -47,16 +46,6 @@ class UnmergeResult:
     result: str  # recomputed | parent | base
     remaining: list[str]
     resolved: int = 0
-
-
-def drop_branch(values: Mapping[str, Any], position: int, n: int) -> dict[str, Any]:
-    """Per-branch lists with `n` entries lose entry `position`; single values stay."""
-    out = dict(values)
-    for key in (*PER_BRANCH_PARAMS, "weight", "tall_lambda"):
-        value = out.get(key)
-        if isinstance(value, (list, tuple)) and len(value) == n:
-            out[key] = [v for i, v in enumerate(value) if i != position]
-    return out
 
 
 def unmerge(
@@ -104,6 +93,7 @@ def unmerge(
                 rules=rules,
                 all_tensors=bool(record.get("all_tensors")),
                 masks=bool(record.get("masks", True)),
+                layout=LayoutChoice.from_record(record),
             )
             result = recompute(repo, recipe, resolve_device(device), progress=progress)
             files: dict[str, Manifest | bytes] = dict(result.files)
@@ -124,6 +114,8 @@ def unmerge(
                 options,
                 result.device,
             )
+            if result.layout is not None:
+                nested["layout"] = result.layout
             resolved = result.plan.resolve_count
             outcome = "recomputed"
         else:

@@ -1,4 +1,4 @@
-"""MergeLock: output-preserving attention transforms that make a model unmergeable.
+"""MergeLock: output-preserving weight transforms that make a model unmergeable.
 
 The public API is re-exported lazily: `mvc.lock.record` (is a commit locked?) and
 `mvc.lock.keys` must stay importable without torch, so `mvc merge` and `mvc keygen` do not
@@ -18,6 +18,7 @@ _EXPORTS = {
     "is_locked": "mvc.lock.record",
     "lock_record": "mvc.lock.record",
     "plan_lock": "mvc.lock.families",
+    "plan_for": "mvc.lock.transform",
     "lock_tensors": "mvc.lock.transform",
     "unlock_tensors": "mvc.lock.transform",
     "check_equivalence": "mvc.lock.equivalence",

@@ -1,9 +1,16 @@
 """Lock and unlock commits: the MergeLock transform applied to a repository revision.
 
-Only the attention tensors are read into torch, transformed and stored again; every other
-tensor keeps its manifest entry (same objects, nothing re-stored). Each model directory of
-the commit (safetensors files beside a config.json) is locked as one model, and every one
-must pass the equivalence check before anything is committed.
+Streaming: tensors are read from the store one at a time, transformed, and spooled to a
+temporary folder; the equivalence check then runs the model with one module's weights in
+memory at a time (``lazy_model``), reading the original from the store and the locked
+weights from the spool. Only when every model of the commit passed are the spooled tensors
+stored, so a refusal leaves not even loose objects. Peak memory is a few copies of the
+largest tensor (fp64 while it is transformed), not the model.
+
+Each model directory of the commit (safetensors files beside a config.json) is locked as one
+model. Weight files in folders below it that have no config of their own (task heads) belong
+to it: at the residual-stream level they must be named with ``reads_hidden`` (they read the
+hidden state) or the lock is refused. Their tensors are called ``<relative path>:<name>``.
 
 Locked tensors are stored as full objects, never as deltas against the unlocked weights:
 a delta's base travels with it on push and clone, which would hand the original weights to
@@ -17,8 +24,8 @@ import json
 import math
 import posixpath
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +35,12 @@ from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.hf import is_model_file
 from mvc.formats.torch_io import tensor_bytes, to_torch
-from mvc.lock.equivalence import check_equivalence, probe_batch
-from mvc.lock.families import LockPlan, plan_lock
+from mvc.lock.equivalence import Report, compare, probe_batch
 from mvc.lock.keys import SCHEME, key_id, load_key
 from mvc.lock.record import LOCK_RECORD_PATH, RECORD_VERSION, encode_record, lock_record
-from mvc.lock.transform import apply_plan
+from mvc.lock.seal import seal, unseal
+from mvc.lock.symmetries import DEFAULT_LEVEL, LockTransform, build
+from mvc.lock.transform import apply_one, matching
 from mvc.repo import Chunk, Manifest, TensorEntry
 
 if TYPE_CHECKING:
@@ -40,23 +48,27 @@ if TYPE_CHECKING:
 
 RECORD_DIR = posixpath.dirname(LOCK_RECORD_PATH)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+Loader = Callable[[str], torch.Tensor]
 
 
 @dataclass
 class _Model:
-    """One model directory of a commit: its config and the manifests of its weight files."""
+    """One model directory of a commit: its config, its weight files and attached ones."""
 
     directory: str
     config: dict
     manifests: dict[str, Manifest]
+    attached: dict[str, Manifest] = field(default_factory=dict)
 
     def entries(self) -> dict[str, tuple[str, TensorEntry]]:
         found: dict[str, tuple[str, TensorEntry]] = {}
-        for path, manifest in self.manifests.items():
+        for path, manifest in {**self.manifests, **self.attached}.items():
+            local = posixpath.relpath(path, self.directory or ".")
             for entry in manifest.tensors:
-                if entry.name in found:
-                    raise MvcError(f"tensor {entry.name!r} appears in two files of {self.label}")
-                found[entry.name] = (path, entry)
+                name = entry.name if path in self.manifests else f"{local}:{entry.name}"
+                if name in found:
+                    raise MvcError(f"tensor {name!r} appears in two files of {self.label}")
+                found[name] = (path, entry)
         return found
 
     @property
@@ -69,26 +81,41 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
     for path, blob in files.items():
         if is_model_file(path) and not path.startswith(RECORD_DIR + "/"):
             by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
-    models = []
+    models: dict[str, _Model] = {}
+    loose: dict[str, dict[str, Manifest]] = {}
     for directory, manifests in sorted(by_dir.items()):
         config_path = posixpath.join(directory, "config.json")
-        if config_path not in files and not _has_attention(manifests):
-            # Weights beside no config and with no attention (task heads, probes): nothing
-            # MergeLock transforms; they are committed unchanged.
-            continue
         if config_path not in files:
-            raise MvcError(
-                f"cannot lock {sorted(manifests)[0]}: no config.json beside it",
-                hint="MergeLock detects the architecture from the model's config.json",
-            )
+            loose[directory] = manifests
+            continue
         try:
             config = json.loads(files[config_path])
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        models.append(_Model(directory, config, manifests))
+        models[directory] = _Model(directory, config, manifests)
+    for directory, manifests in loose.items():
+        owner = _owner(directory, models)
+        if owner is not None:
+            owner.attached.update(manifests)
+        elif _has_attention(manifests):
+            raise MvcError(
+                f"cannot lock {sorted(manifests)[0]}: no config.json beside it",
+                hint="MergeLock detects the architecture from the model's config.json",
+            )
+        # else: weights beside no model (task heads, probes) are committed unchanged.
     if not models:
         raise MvcError("the commit holds no safetensors model files to lock")
-    return models
+    return [models[d] for d in sorted(models)]
+
+
+def _owner(directory: str, models: Mapping[str, _Model]) -> _Model | None:
+    """The model whose folder is the nearest one above ``directory``."""
+    parent = directory
+    while parent:
+        parent = posixpath.dirname(parent)
+        if parent in models:
+            return models[parent]
+    return None
 
 
 _ATTENTION_MARKERS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "query", "key", "value")
@@ -103,16 +130,40 @@ def _has_attention(manifests: Mapping[str, Manifest]) -> bool:
     )
 
 
-def _plan(model: _Model) -> LockPlan:
-    shapes = {name: entry.shape for name, (_, entry) in model.entries().items()}
-    return plan_lock(model.config, shapes)
+def _reader(repo: Repo, entries: Mapping[str, tuple[str, TensorEntry]]) -> Loader:
+    def load(name: str) -> torch.Tensor:
+        entry = entries[name][1]
+        return to_torch(bytearray(repo.tensor_bytes(entry)), entry.dtype, entry.shape)
+
+    return load
 
 
-def _load(repo: Repo, model: _Model) -> dict[str, torch.Tensor]:
-    return {
-        name: to_torch(bytearray(repo.tensor_bytes(entry)), entry.dtype, entry.shape)
-        for name, (_, entry) in model.entries().items()
-    }
+def _plan(
+    model: _Model,
+    key: bytes,
+    level: str,
+    reads_hidden: Collection[str],
+    norm_weight: Loader,
+) -> LockTransform:
+    entries = model.entries()
+    shapes = {name: entry.shape for name, (_, entry) in entries.items()}
+    embedding = next(
+        (n for n in entries if n.endswith(("embed_tokens.weight", "wte.weight"))), None
+    )
+    head = entries.get("lm_head.weight")
+    tied = bool(embedding and head and head[1].chunk_ids == entries[embedding][1].chunk_ids)
+    named = matching(shapes, reads_hidden)
+    if reads_hidden and not named:
+        raise MvcError(f"--reads-hidden {' '.join(reads_hidden)} matches no tensor of {model.label}")
+    return build(
+        model.config,
+        shapes,
+        key,
+        level,
+        named,
+        norm_weight=lambda n: norm_weight(n).double().numpy(),
+        head_is_embedding=tied,
+    )
 
 
 def _probe(model: _Model, files: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
@@ -135,15 +186,58 @@ def _probe(model: _Model, files: Mapping[str, bytes]) -> dict[str, torch.Tensor]
             return probe_batch(model.config)
 
 
-def _store_entry(repo: Repo, entry: TensorEntry, tensor: torch.Tensor) -> TensorEntry:
+class _Spool:
+    """Transformed tensors on disk until the check passes (memory holds one at a time)."""
+
+    def __init__(self, folder: str, entries: Mapping[str, tuple[str, TensorEntry]]) -> None:
+        self.folder = Path(folder)
+        self.entries = entries
+        self.paths: dict[str, Path] = {}
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        path = self.folder / f"{len(self.paths)}.bin"
+        path.write_bytes(tensor_bytes(tensor))
+        self.paths[name] = path
+
+    def loader(self, fallback: Loader) -> Loader:
+        def load(name: str) -> torch.Tensor:
+            if name not in self.paths:
+                return fallback(name)
+            entry = self.entries[name][1]
+            return to_torch(bytearray(self.paths[name].read_bytes()), entry.dtype, entry.shape)
+
+        return load
+
+
+def _transform_model(
+    model: _Model, plan: LockTransform, read: Loader, folder: str, inverse: bool
+) -> _Spool:
+    entries = model.entries()
+    spool = _Spool(folder, entries)
+    for name in plan.tensor_names:
+        spool.put(name, apply_one(plan, name, read(name), inverse))
+    return spool
+
+
+def _check(
+    model: _Model, plan: LockTransform, before: Loader, after: Loader, files: Mapping
+) -> Report:
+    entries = model.entries()
+    low = any(get_dtype(entries[n][1].dtype).itemsize <= 2 for n in plan.tensor_names)
+    return compare(
+        plan, model.config, set(entries), before, after, _probe(model, files), low_precision=low
+    )
+
+
+def _store(repo: Repo, entry: TensorEntry, data: bytes) -> TensorEntry:
     """Store a transformed tensor with the old entry's chunk layout, as full objects."""
-    data = memoryview(tensor_bytes(tensor))
-    if len(data) != entry.nbytes:
-        raise MvcError(f"transformed {entry.name!r} has {len(data)} bytes, expected {entry.nbytes}")
+    view = memoryview(data)
+    if len(view) != entry.nbytes:
+        raise MvcError(f"transformed {entry.name!r} has {len(view)} bytes, expected {entry.nbytes}")
     row_bytes = get_dtype(entry.dtype).itemsize * math.prod(entry.shape[1:])
     chunks = []
     for chunk in entry.chunks:
-        piece = data[chunk.start * row_bytes : chunk.stop * row_bytes]
+        piece = view[chunk.start * row_bytes : chunk.stop * row_bytes]
         shape = (chunk.stop - chunk.start, *entry.shape[1:])
         chunks.append(Chunk(chunk.start, chunk.stop, repo.store.put(piece, entry.dtype, shape)))
     return TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes, tuple(chunks))
@@ -151,17 +245,21 @@ def _store_entry(repo: Repo, entry: TensorEntry, tensor: torch.Tensor) -> Tensor
 
 def _rewrite(model: _Model, new_entries: Mapping[str, TensorEntry]) -> dict[str, Manifest]:
     """The model's manifests with some entries replaced; header bytes stay verbatim."""
+    by_path: dict[str, dict[str, TensorEntry]] = {}
+    for name, (path, entry) in model.entries().items():
+        if name in new_entries:
+            by_path.setdefault(path, {})[entry.name] = new_entries[name]
     return {
         path: Manifest(
             header_raw=manifest.header_raw,
-            tensors=tuple(new_entries.get(e.name, e) for e in manifest.tensors),
+            tensors=tuple(by_path.get(path, {}).get(e.name, e) for e in manifest.tensors),
         )
-        for path, manifest in model.manifests.items()
+        for path, manifest in {**model.manifests, **model.attached}.items()
     }
 
 
 def _digest(entries: Mapping[str, TensorEntry]) -> str:
-    """A fingerprint of the attention tensors' stored objects: did they change since the lock?"""
+    """A fingerprint of the locked tensors' stored objects: did they change since the lock?"""
     text = ";".join(f"{n}:{','.join(entries[n].chunk_ids)}" for n in sorted(entries))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -180,11 +278,19 @@ def _commit(repo: Repo, files: dict[str, Manifest | bytes], message: str) -> str
     return repo.commit_tree(files, [head] if head else [], message)
 
 
-def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None = None) -> str:
+def lock_commit(
+    repo: Repo,
+    rev: str,
+    key_path: str | Path,
+    message: str | None = None,
+    level: str = DEFAULT_LEVEL,
+    reads_hidden: Collection[str] = (),
+) -> str:
     """Commit a MergeLock'ed copy of ``rev`` on the current branch; returns the new sha.
 
     Refuses (committing nothing) when ``rev`` is already locked, when any model's
-    architecture is unknown, or when the locked model's outputs move beyond tolerance.
+    architecture or tensors are not understood, or when the locked model's outputs move
+    beyond tolerance.
     """
     key = load_key(key_path)
     source = repo.resolve(rev)
@@ -195,30 +301,40 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
     out: dict[str, Manifest | bytes] = {
         p: b for p, b in files.items() if not p.startswith(RECORD_DIR + "/")
     }
-    checked = []
-    for model in _models(files):
-        plan = _plan(model)
-        original = _load(repo, model)
-        locked = apply_plan(plan, original, key, inverse=False)
-        diff = check_equivalence(
-            original, {**original, **locked}, model.config, batch=_probe(model, files)
-        )
-        checked.append((model, plan, locked, diff))
-    # Store only once every model passed, so a refusal leaves not even loose objects.
     summaries = []
-    for model, plan, locked, diff in checked:
-        entries = model.entries()
-        stored = {name: _store_entry(repo, entries[name][1], t) for name, t in locked.items()}
-        out.update(_rewrite(model, stored))
-        summaries.append(
-            {
+    with tempfile.TemporaryDirectory(prefix="mvc-lock-spool-") as tmp:
+        checked = []
+        for index, model in enumerate(_models(files)):
+            read = _reader(repo, model.entries())
+            plan = _plan(model, key, level, reads_hidden, read)
+            folder = Path(tmp) / str(index)
+            folder.mkdir()
+            spool = _transform_model(model, plan, read, str(folder), inverse=False)
+            report = _check(model, plan, read, spool.loader(read), files)
+            checked.append((model, plan, spool, report))
+        for model, plan, spool, report in checked:
+            entries = model.entries()
+            stored = {n: _store(repo, entries[n][1], p.read_bytes()) for n, p in spool.paths.items()}
+            out.update(_rewrite(model, stored))
+            summary = {
                 "path": model.directory,
                 "locked_digest": _digest(stored),
                 "family": plan.family,
-                "tensors": len(locked),
-                "max_abs_diff": diff,
+                "level": plan.level,
+                "stream": plan.stream,
+                "tensors": len(stored),
+                "max_abs_diff": report.max_abs_diff,
+                "tolerance": report.tolerance,
+                "reads_hidden": sorted(reads_hidden),
             }
-        )
+            if report.top1 is not None:
+                summary["top1_agreement"] = report.top1
+            if plan.folded:
+                read = _reader(repo, entries)
+                summary["sealed"] = seal(
+                    key, source, {n: tensor_bytes(read(n)) for n in sorted(plan.folded)}
+                )
+            summaries.append(summary)
     record = {
         "mvc": "lock",
         "version": RECORD_VERSION,
@@ -230,7 +346,7 @@ def lock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | None 
     }
     out[LOCK_RECORD_PATH] = encode_record(record)
     families = ", ".join(sorted({s["family"] for s in summaries}))
-    return _commit(repo, out, message or f"MergeLock {source[:10]} ({families})")
+    return _commit(repo, out, message or f"MergeLock {source[:10]} ({families}, {level})")
 
 
 def _restores_original(restored: torch.Tensor, original: torch.Tensor) -> bool:
@@ -246,31 +362,33 @@ def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, T
         files = repo.files(str(record.get("from", "")))
     except NotFoundError:
         return {}
-    found: dict[str, TensorEntry] = {}
-    for path in model.manifests:
-        if path in files:
-            found.update(Manifest.from_bytes(files[path], path).by_name())
-    return found
+    present = {p: Manifest.from_bytes(files[p], p) for p in {**model.manifests, **model.attached} if p in files}
+    same = _Model(model.directory, model.config,
+                  {p: m for p, m in present.items() if p in model.manifests},
+                  {p: m for p, m in present.items() if p in model.attached})
+    return {name: entry for name, (_, entry) in same.entries().items()}
 
 
 def _unlocked_entries(
-    repo: Repo, record: Mapping, model: _Model, restored: Mapping[str, torch.Tensor]
+    repo: Repo, record: Mapping, summary: Mapping, model: _Model, spool: _Spool
 ) -> dict[str, TensorEntry]:
-    """Entries for the restored tensors: the original objects when the attention tensors are
+    """Entries for the restored tensors: the original objects when the locked tensors are
     exactly as the lock wrote them and the locked-from commit is stored, else new objects
     (a model fine-tuned after locking unlocks to its own weights, not the original's)."""
     entries = model.entries()
-    summary = next((m for m in record.get("models", []) if m.get("path") == model.directory), {})
-    untouched = summary.get("locked_digest") == _digest({n: entries[n][1] for n in restored})
+    untouched = summary.get("locked_digest") == _digest({n: entries[n][1] for n in spool.paths})
     originals = _original_entries(repo, record, model) if untouched else {}
     result = {}
-    for name, tensor in restored.items():
+    for name, path in spool.paths.items():
+        entry = entries[name][1]
         before = originals.get(name)
-        if before is None or before.dtype != entries[name][1].dtype or before.shape != tensor.shape:
-            result[name] = _store_entry(repo, entries[name][1], tensor)
+        data = path.read_bytes()
+        if before is None or before.dtype != entry.dtype or before.shape != entry.shape:
+            result[name] = _store(repo, entry, data)
             continue
+        restored = to_torch(bytearray(data), entry.dtype, entry.shape)
         original = to_torch(bytearray(repo.tensor_bytes(before)), before.dtype, before.shape)
-        if not _restores_original(tensor, original):
+        if not _restores_original(restored, original):
             raise MvcError(
                 f"unlocking {name!r} does not give back the weights of {record['from'][:10]}",
                 hint="the lock record does not belong to these weights; nothing was committed",
@@ -302,12 +420,29 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
     _refuse_if_dirty(repo)
     files = repo.files(rev)
     out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
-    checked = []
-    for model in _models(files):
-        locked = _load(repo, model)
-        restored = apply_plan(_plan(model), locked, key, inverse=True)
-        check_equivalence(locked, {**locked, **restored}, model.config, batch=_probe(model, files))
-        checked.append((model, restored))
-    for model, restored in checked:
-        out.update(_rewrite(model, _unlocked_entries(repo, record, model, restored)))
+    with tempfile.TemporaryDirectory(prefix="mvc-unlock-spool-") as tmp:
+        checked = []
+        for index, model in enumerate(_models(files)):
+            summary = next(
+                (m for m in record.get("models", []) if m.get("path") == model.directory), {}
+            )
+            entries = model.entries()
+            read = _reader(repo, entries)
+            sealed = unseal(key, record["from"], summary["sealed"]) if "sealed" in summary else {}
+
+            def norm_weight(name: str, sealed: dict = sealed, entries: dict = entries) -> torch.Tensor:
+                entry = entries[name][1]
+                return to_torch(bytearray(sealed[name]), entry.dtype, entry.shape)
+
+            plan = _plan(
+                model, key, summary.get("level", "attention"), summary.get("reads_hidden", []),
+                norm_weight,
+            )
+            folder = Path(tmp) / str(index)
+            folder.mkdir()
+            spool = _transform_model(model, plan, read, str(folder), inverse=True)
+            _check(model, plan, spool.loader(read), read, files)
+            checked.append((model, summary, spool))
+        for model, summary, spool in checked:
+            out.update(_rewrite(model, _unlocked_entries(repo, record, summary, model, spool)))
     return _commit(repo, out, message or f"MergeLock: unlock {repo.resolve(rev)[:10]}")

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from mvc.errors import MvcError
 
 Shapes = Mapping[str, tuple[int, ...]]
-ROLES = ("q", "k", "v", "o")
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,17 @@ class HeadMatrix:
         return self.rotation / self.scale[None, :]
 
 
-def _generator(key: bytes, family: str, layer: int, head: int, role: str) -> np.random.Generator:
-    info = f"{SCHEME}/family={family}/layer={layer}/kv_head={head}/role={role}"
-    seed = int.from_bytes(derive(key, info), "little")
+def generator(key: bytes, info: str) -> np.random.Generator:
+    """A numpy generator seeded by HKDF(key, info): one independent stream per purpose."""
+    seed = int.from_bytes(derive(key, f"{SCHEME}/{info}"), "little")
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def _log_uniform(rng: np.random.Generator, n: int) -> np.ndarray:
+def _generator(key: bytes, family: str, layer: int, head: int, role: str) -> np.random.Generator:
+    return generator(key, f"family={family}/layer={layer}/kv_head={head}/role={role}")
+
+
+def log_uniform(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.exp(rng.uniform(math.log(SCALE_LOW), math.log(SCALE_HIGH), n))
 
 
@@ -54,7 +58,7 @@ def dense_matrix(rng: np.random.Generator, dim: int) -> HeadMatrix:
     """Haar-random orthogonal (QR of a Gaussian with the sign fix) times a log-uniform diagonal."""
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     signs = np.where(np.diag(r) < 0, -1.0, 1.0)
-    return HeadMatrix(q * signs[None, :], _log_uniform(rng, dim))
+    return HeadMatrix(q * signs[None, :], log_uniform(rng, dim))
 
 
 def rope_matrix(rng: np.random.Generator, dim: int) -> HeadMatrix:
@@ -68,7 +72,7 @@ def rope_matrix(rng: np.random.Generator, dim: int) -> HeadMatrix:
         raise ValueError(f"RoPE head dimension must be even, got {dim}")
     half = dim // 2
     phi = rng.uniform(0.0, 2.0 * math.pi, half)
-    radius = _log_uniform(rng, half)
+    radius = log_uniform(rng, half)
     rotation = np.zeros((dim, dim))
     idx = np.arange(half)
     rotation[idx, idx] = np.cos(phi)

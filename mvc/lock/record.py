@@ -19,7 +19,8 @@ from mvc.repo.references import LOCK_RECORD_PATH
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2 adds levels; version 1 records are attention-only locks
+READABLE_VERSIONS = (1, 2)
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
@@ -32,7 +33,7 @@ def decode_record(data: bytes) -> dict[str, Any]:
     doc = strict_loads(data, LOCK_RECORD_PATH)
     if not isinstance(doc, dict) or doc.get("mvc") != "lock":
         raise FormatError(f"{LOCK_RECORD_PATH} is not an mvc lock record")
-    if doc.get("version") != RECORD_VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise FormatError(
             f"{LOCK_RECORD_PATH} has version {doc.get('version')!r}; this mvc reads "
             f"version {RECORD_VERSION}",

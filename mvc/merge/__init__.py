@@ -13,7 +13,6 @@ _EXPORTS = {
     "MergeOptions": "mvc.merge.api",
     "MergeResult": "mvc.merge.api",
     "MergeParams": "mvc.merge.params",
-    "read_record": "mvc.merge.record",
 }
 
 

@@ -43,12 +43,12 @@ from mvc.merge.adapters import (
     oriented,
     read_side,
 )
-from mvc.merge.driver import merge_tensor
+from mvc.merge.device import resolve_device
 from mvc.merge.executor import branch_params
 from mvc.merge.lora import Factors, concatenate, factorize
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import SIDE_STRATEGIES
-from mvc.merge.strategies import get_strategy
+from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.state_dicts import load_tensor, store_tensor
 from mvc.store import ObjectStore
@@ -134,9 +134,7 @@ class AdapterMerge:
             ancestor = torch.zeros(out, inp)
         thetas = [sides[i].delta(self.store, module) for i in changed]
         params = branch_params(self.params, changed, len(sides))
-        merged, stats = merge_tensor(
-            get_strategy(self.strategy), params, ancestor, thetas, name=module
-        )
+        merged, stats = merge_tensor(self.strategy, params, ancestor, thetas, module)
         return merged, {"branches": changed, "stats": stats.to_record()}
 
     # ------------------------------------------------------------------ adapter output
@@ -258,11 +256,11 @@ class AdapterMerge:
                 )
             params = branch_params(self.params, changed, len(sides))
             merged, stats = merge_tensor(
-                get_strategy(self.strategy),
+                self.strategy,
                 params,
                 load_tensor(self.store, ancestor),
                 [load_tensor(self.store, got[i]) for i in changed],
-                name=name,
+                name,
             )
             entries[name] = store_tensor(self.store, name, merged, ancestor)
             record[name] = {"action": "resolve", "branches": changed, "stats": stats.to_record()}
@@ -310,6 +308,32 @@ class AdapterMerge:
         replacements = {base_tensor_name(n): e for n, e in entries.items()}
         model = bake_manifest(self.store, self.base_models[path], deltas, replacements)
         return {path: model, config_path(folder): None, weights_path(folder): None}
+
+
+def merge_tensor(
+    strategy: str, params: MergeParams, base: torch.Tensor, thetas: Sequence[torch.Tensor],
+    name: str,
+) -> tuple[torch.Tensor, TensorStats]:
+    """One in-memory tensor through a strategy's chunked job (passes, then combine) on the
+    CPU backend: the same jobs as the streaming executor, over a single whole-tensor chunk
+    (a module's ΔW is one matrix; the executor's chunking buys nothing here)."""
+    from mvc.formats.torch_io import dtype_name, tensor_bytes, to_torch
+
+    ops = resolve_device("cpu")
+    spec = TensorSpec(name, tuple(base.shape), dtype_name(base.dtype), len(thetas))
+
+    def chunk() -> Chunk:
+        def load(t: torch.Tensor) -> object:
+            return ops.load(tensor_bytes(t), spec.dtype, spec.shape)
+
+        return Chunk(spec, 0, load(base), tuple(load(t) for t in thetas), ops)
+
+    job = get_strategy(strategy).tensor_job(params, spec)
+    while (p := job.next_pass()) is not None:
+        p.update(chunk())
+    out = job.combine(chunk())
+    merged = to_torch(bytearray(ops.to_bytes(out)), spec.dtype, spec.shape)
+    return merged, job.stats()
 
 
 def _entry(side: AdapterSide | None, name: str) -> TensorEntry | None:

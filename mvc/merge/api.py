@@ -17,12 +17,13 @@ from mvc.merge.adapter_plan import (
 from mvc.merge.arrays import ArrayOps, TorchOps
 from mvc.merge.device import resolve_device
 from mvc.merge.executor import Executor
+from mvc.merge.layout import Aligned, LayoutChoice, align_revisions
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
 from mvc.merge.record import RECORD_KIND, RECORD_PATH, SCHEMA_VERSION, encode_record
 from mvc.merge.strategies import get_strategy
 from mvc.progress import Progress
-from mvc.repo import Manifest, Repo
+from mvc.repo import Repo
 from mvc.repo.references import LOCK_RECORD_PATH
 
 
@@ -42,6 +43,11 @@ class MergeOptions:
     fast_forward: bool = True
     base: str | None = None
     allow_locked: bool = False
+    # Set by revert/cherry-pick (mvc.merge.replay): the operation recorded in the merge
+    # record; every named commit enters the merge and the commit's only parent is HEAD.
+    replay: Mapping[str, Any] | None = None
+    layout: str = "ours"  # whose shard layout the result takes: ours | theirs
+    max_shard_size: int | None = None  # or cut shards of this many bytes
     adapter: AdapterOptions | None = None  # how merged LoRA adapters are written back
 
 
@@ -78,7 +84,7 @@ def merge(
         pending = [
             (name, sha)
             for name, sha in zip(others, resolved, strict=True)
-            if not repo.is_ancestor(sha, head)
+            if options.replay or not repo.is_ancestor(sha, head)
         ]
         if not pending:
             return MergeResult(None, head, [head], up_to_date=True)
@@ -108,24 +114,23 @@ def merge(
             return MergeResult(head, base, parents, up_to_date=True)
         params = _params_for(options, names, contributing)
         get_strategy(options.strategy).check(params, len(contributing))
-        base_files = repo.files(base)
-        branch_files = [repo.files(parents[i]) for i in contributing]
-        adapters = adapter_folders_to_merge(base_files, branch_files)
+        choice = LayoutChoice.pick(options.layout, parents, options.max_shard_size)
+        aligned = align_revisions(repo, base, [parents[i] for i in contributing], choice)
+        adapters = adapter_folders_to_merge(aligned.base_files, aligned.branch_files)
         plan = Planner(
-            without_folders(base_files, adapters),
-            [without_folders(f, adapters) for f in branch_files],
+            without_folders(aligned.base_files, adapters),
+            [without_folders(f, adapters) for f in aligned.branch_files],
             options.strategy,
             options.rules,
             options.all_tensors,
         ).plan()
         raise_conflicts(plan.conflicts)
-        branch_shas = [parents[i] for i in contributing]
-        executor = _executor(repo, base, branch_shas, params, options, progress)
+        executor = _executor(repo, aligned, params, options, progress)
         try:
-            files = executor.run(plan)
+            files = aligned.finish(executor.run(plan))
             if adapters:
                 adapter_files, adapter_record = merge_adapters(
-                    repo, repo.store, base, adapters, base_files, branch_files,
+                    repo, repo.store, base, adapters, aligned.base_files, aligned.branch_files,
                     options.strategy, params, options.adapter,
                 )
                 files.update(adapter_files)
@@ -140,16 +145,21 @@ def merge(
                 options,
                 executor.ops,
             )
+            commit_parents = [head] if options.replay else parents
+            if options.replay:
+                record.update(operation=dict(options.replay), commit_parents=commit_parents)
+            if aligned.record() is not None:
+                record["layout"] = aligned.record()
             if adapters:
                 record["adapters"] = adapter_record
             files[RECORD_PATH] = encode_record(record)
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
             if options.commit:
-                sha = repo.commit_tree(files, parents, message, prewritten=executor.written)
+                sha = repo.commit_tree(files, commit_parents, message, prewritten=executor.written)
             else:
                 sha = None
                 repo.stage_tree(files, prewritten=executor.written)
-                repo.set_merge_state(parents[1:], message)
+                repo.set_merge_state(commit_parents[1:], message)
         finally:
             for leftover in executor.written.values():  # those not moved into the work tree
                 leftover.unlink(missing_ok=True)
@@ -185,8 +195,6 @@ def _merge_base(repo: Repo, parents: list[str], explicit: str | None) -> str:
 
 def _params_for(options: MergeOptions, names: list[str], contributing: list[int]) -> MergeParams:
     """Per-branch weights in the order of the branches that enter the arithmetic."""
-    import dataclasses
-
     weights = options.weights
     if weights is None:
         return options.params
@@ -202,26 +210,22 @@ def _params_for(options: MergeOptions, names: list[str], contributing: list[int]
                 hint="give one --weight per branch, or NAME=W",
             )
         per_name = {"HEAD": 1.0, **{n: float(w) for n, w in zip(names[1:], weights, strict=True)}}
-    return dataclasses.replace(
-        options.params, weights=tuple(per_name[names[i]] for i in contributing)
-    )
+    return options.params.replace(weights=tuple(per_name[names[i]] for i in contributing))
 
 
 def _executor(
     repo: Repo,
-    base: str,
-    branch_shas: list[str],
+    aligned: Aligned,
     params: MergeParams,
     options: MergeOptions,
     progress: Progress | None,
 ) -> Executor:
     """The executor for this merge; it also writes the merged model files in the repository's
     scratch folder as it goes, so the work tree gets them without a second pass."""
-    branch_models: list[dict[str, Manifest]] = [repo.model_files(sha) for sha in branch_shas]
     return Executor(
         repo.store,
-        repo.model_files(base),
-        branch_models,
+        aligned.manifests(aligned.base_files),
+        [aligned.manifests(files) for files in aligned.branch_files],
         params,
         resolve_device(options.device),
         masks=options.masks,

@@ -13,7 +13,6 @@ model. Tensors the plan takes whole are never read at all.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,10 +44,6 @@ SAMPLE_CHUNKS = 3  # chunk sets a sampling pass reads from a tensor too large to
 
 _Key = tuple[str, str]  # (model file path, tensor name)
 
-# Parameter names as users write them (CLI flags, --config YAML) -> MergeParams fields.
-PARAM_ALIASES = {"lambda": "lambda_", "weight": "weights", "tall_lambda": "tall_lambdas"}
-
-
 @dataclass
 class TensorResult:
     """A resolved tensor: its stored entry, statistics, and (optionally) its TALL masks' object."""
@@ -59,29 +54,6 @@ class TensorResult:
     branches: tuple[int, ...]
     strategy: str
     params: MergeParams
-
-
-def params_with(params: MergeParams, overrides: Mapping[str, Any]) -> MergeParams:
-    """`params` with per-tensor overrides from a --config rule."""
-    if not overrides:
-        return params
-    fields = {PARAM_ALIASES.get(k, k): v for k, v in overrides.items()}
-    for key in ("weights", "density", "tall_lambdas"):
-        if isinstance(fields.get(key), list):
-            fields[key] = tuple(fields[key])
-    return dataclasses.replace(params, **fields)
-
-
-def branch_params(params: MergeParams, branches: Sequence[int], n_total: int) -> MergeParams:
-    """Restrict per-branch values (weights, densities, TALL λ) to the branches in this tensor."""
-    if len(branches) == n_total:
-        return params
-    return dataclasses.replace(
-        params,
-        weights=tuple(params.weights_for(n_total)[i] for i in branches),
-        density=tuple(params.densities_for(n_total)[i] for i in branches),
-        tall_lambdas=tuple(params.tall_lambdas_for(n_total)[i] for i in branches),
-    )
 
 
 class Executor:
@@ -113,6 +85,7 @@ class Executor:
 
     def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
         """The merged file set: manifests for model files, bytes for everything else."""
+        self.check(plan)
         output: dict[str, Manifest | bytes] = {}
         total = sum(
             self.base[path].tensor(t.name).nbytes
@@ -142,6 +115,26 @@ class Executor:
                     output[path] = self._merge_file(file_plan)
         self.progress.finish()
         return output
+
+    def check(self, plan: MergePlan) -> None:
+        """Every resolved tensor's strategy, parameters (with its rule's overrides), branch
+        count and dtype, checked before the first tensor is read, so bad input stops the
+        merge with nothing written."""
+        seen: set[tuple[str, int, tuple[int, ...]]] = set()
+        for path, file_plan in plan.files.items():
+            for decision in file_plan.tensors:
+                if decision.action != "resolve":
+                    continue
+                strategy = get_strategy(decision.strategy or "ties")
+                key = (strategy.name, id(decision.params), decision.branches)
+                if key not in seen:
+                    seen.add(key)
+                    params = self.params.with_overrides(decision.params)
+                    strategy.check(
+                        params.for_subset(decision.branches, len(self.branches)),
+                        len(decision.branches),
+                    )
+                strategy.check_tensor(self._spec(path, decision))
 
     # ------------------------------------------------------------------ files
     def _merge_file(self, file_plan: FilePlan) -> Manifest:
@@ -231,7 +224,7 @@ class Executor:
         specs = [self._spec(path, t) for path, t in decisions]
         params = self.params
         if len(branch_sets) == 1:
-            params = branch_params(params, next(iter(branch_sets)), len(self.branches))
+            params = params.for_subset(next(iter(branch_sets)), len(self.branches))
         model_job = strategy.model_job(params, specs)
         if model_job is None:
             return None
@@ -258,8 +251,8 @@ class Executor:
         """Compute a tensor and queue its writes; the returned call waits for them."""
         strategy = get_strategy(decision.strategy or "ties")
         n_total = len(self.branches)
-        params = branch_params(
-            params_with(self.params, decision.params), decision.branches, n_total
+        params = self.params.with_overrides(decision.params).for_subset(
+            decision.branches, n_total
         )
         base_entry = self.base[path].tensor(decision.name)
         inputs = [self.branches[i][path].tensor(decision.name) for i in decision.branches]

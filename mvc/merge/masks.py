@@ -41,8 +41,3 @@ class MaskPacker:
             self._carry = np.zeros(0, dtype=bool)
         return b"".join(self._parts)
 
-
-def unpack_mask(data: bytes, numel: int) -> np.ndarray:
-    """The bool mask (flat) of ``numel`` elements packed by :class:`MaskPacker`."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=numel)
-    return bits.astype(bool)

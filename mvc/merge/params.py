@@ -1,104 +1,109 @@
 """Merge parameters: one validated, immutable value shared by every strategy.
 
-Validation happens at construction so a bad ``--density`` fails before any tensor is read,
-with a one-line message naming the parameter. Per-branch values (weights, densities, TALL
-lambdas) are given either once for all branches or once per branch, in branch order.
+Which parameters exist, their defaults and their ranges come from the strategies'
+declarations (:mod:`mvc.merge.declare`, gathered in ``mvc.merge.strategies.PARAMETERS``);
+nothing here names a particular strategy's knob except the accessors kept for the
+strategies' convenience. Validation happens at construction, so a bad ``--density`` fails
+before any tensor is read, with a one-line message naming the parameter. Per-branch values
+are given either once for all branches or once per branch, in branch order.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mvc.errors import MvcError
+from mvc.merge.declare import PRESETS, Param
+from mvc.merge.strategies import PARAMETERS
 
-PRESETS = (None, "mergekit", "peft", "paper")
-CONSENSUS_SOURCES = ("sum", "ties")
-
-PerBranch = float | tuple[float, ...]
-
-
-def _finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise MvcError(f"{name} must be a finite number, got {value!r}")
+__all__ = ["PRESETS", "MergeParams", "declaration"]
 
 
-def _values(value: PerBranch) -> tuple[float, ...]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+def declaration(key: str) -> Param:
+    """The parameter a user's key names: its record name or its spelling (`lambda`, `weight`)."""
+    for param in PARAMETERS.values():
+        if key in param.aliases:
+            return param
+    raise MvcError(
+        f"unknown merge parameter {key!r}",
+        hint=f"known: {', '.join(sorted(p.spelling for p in PARAMETERS.values()))}",
+    )
 
 
-@dataclass(frozen=True)
 class MergeParams:
-    """Everything a strategy needs besides the tensors.
+    """Everything a strategy needs besides the tensors: one value per declared parameter.
 
-    ``density`` is TIES' trim density, DARE's keep probability and breadcrumbs' β;
-    ``lambda_`` scales the merged task vector; ``k``/``alpha``/``tall_lambdas``/``on`` are
-    consensus (TALL) parameters; ``tall_lambdas`` also define the lineage masks of every
-    strategy; ``normalize=None`` means the strategy's (preset's) own default.
+    Attributes are the declarations' names (``params.density``, ``params.lambda_``); a
+    parameter not given takes its declared default.
     """
 
-    weights: PerBranch = 1.0
-    density: PerBranch = 1.0
-    lambda_: float = 1.0
-    k: int | None = None
-    tall_lambdas: PerBranch = 0.4
-    alpha: float = 1.0
-    gamma: float = 0.01
-    t: float = 0.5
-    seed: int = 0
-    preset: str | None = None
-    on: str = "sum"
-    normalize: bool | None = None
+    __slots__ = ("_values",)
 
-    def __post_init__(self) -> None:
-        for w in _values(self.weights):
-            _finite("weight", w)
-        for d in _values(self.density):
-            _finite("density", d)
-            if not 0.0 < d <= 1.0:
-                raise MvcError(f"density must be in (0, 1], got {d}")
-        for lam in _values(self.tall_lambdas):
-            _finite("tall lambda", lam)
-            if lam < 0:
-                raise MvcError(f"tall lambda must be >= 0, got {lam}")
-        for name in ("lambda_", "alpha", "gamma", "t"):
-            _finite(name.rstrip("_"), getattr(self, name))
-        if not 0.0 <= self.gamma < 1.0:
-            raise MvcError(f"gamma must be in [0, 1), got {self.gamma}")
-        if not 0.0 <= self.t <= 1.0:
-            raise MvcError(f"t must be in [0, 1], got {self.t}")
-        if self.k is not None and (
-            not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 0
-        ):
-            raise MvcError(f"k must be an integer >= 0, got {self.k!r}")
-        if (
-            not isinstance(self.seed, int)
-            or isinstance(self.seed, bool)
-            or not 0 <= self.seed < 2**64
-        ):
-            raise MvcError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
-        if self.preset not in PRESETS:
-            raise MvcError(f"unknown preset {self.preset!r}", hint="use mergekit, peft or paper")
-        if self.on not in CONSENSUS_SOURCES:
-            raise MvcError(f"on must be 'sum' or 'ties', got {self.on!r}")
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(PARAMETERS))
+        if unknown:
+            raise MvcError(f"unknown merge parameter(s): {', '.join(unknown)}")
+        checked = {}
+        for name, param in PARAMETERS.items():
+            checked[name] = param.check(values[name]) if name in values else param.default
+        object.__setattr__(self, "_values", checked)
 
-    def _per_branch(self, name: str, value: PerBranch, n: int) -> tuple[float, ...]:
-        values = _values(value)
-        if len(values) == 1:
-            return values * n
-        if len(values) != n:
-            raise MvcError(f"{name} has {len(values)} values for {n} branches")
-        return tuple(float(v) for v in values)
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("MergeParams is immutable; use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MergeParams) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        changed = ", ".join(
+            f"{k}={v!r}" for k, v in self._values.items() if v != PARAMETERS[k].default
+        )
+        return f"MergeParams({changed})"
+
+    def replace(self, **changes: Any) -> MergeParams:
+        return MergeParams(**{**self._values, **changes})
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> MergeParams:
+        """These parameters with a `--config` rule's values, keyed as users write them."""
+        if not overrides:
+            return self
+        return self.replace(**{declaration(k).name: v for k, v in overrides.items()})
+
+    # ------------------------------------------------------------------ per branch
+    def for_branches(self, name: str, n: int) -> tuple[Any, ...]:
+        """Per-branch parameter ``name`` as one value per branch."""
+        return PARAMETERS[name].for_branches(self._values[name], n)
 
     def weights_for(self, n: int) -> tuple[float, ...]:
-        return self._per_branch("weight", self.weights, n)
+        return self.for_branches("weights", n)
 
     def densities_for(self, n: int) -> tuple[float, ...]:
-        return self._per_branch("density", self.density, n)
+        return self.for_branches("density", n)
 
     def tall_lambdas_for(self, n: int) -> tuple[float, ...]:
-        return self._per_branch("tall lambda", self.tall_lambdas, n)
+        return self.for_branches("tall_lambdas", n)
+
+    def for_subset(self, branches: Sequence[int], n_total: int) -> MergeParams:
+        """Per-branch values restricted to ``branches`` (those that changed one tensor)."""
+        if len(branches) == n_total:
+            return self
+        return self.replace(
+            **{
+                p.name: tuple(self.for_branches(p.name, n_total)[i] for i in branches)
+                for p in PARAMETERS.values()
+                if p.per_branch
+            }
+        )
 
     def k_for(self, n: int) -> int:
         """Consensus threshold: 1 for two branches (2 would drop every one-sided edit), else 2."""
@@ -107,20 +112,28 @@ class MergeParams:
             raise MvcError(f"k must be at most the number of branches ({n}), got {k}")
         return k
 
-    def to_record(self) -> dict[str, Any]:
-        """A JSON-ready dict for merge records; ``from_record`` inverts it."""
-        out = asdict(self)
-        for key in ("weights", "density", "tall_lambdas"):
-            if isinstance(out[key], tuple):
-                out[key] = list(out[key])
-        return out
+    # ------------------------------------------------------------------ records
+    def to_record(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """A JSON-ready dict of ``names`` (default: every parameter); ``from_record`` inverts it."""
+        keys = list(self._values) if names is None else list(names)
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in ((k, self._values[k]) for k in keys)
+        }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> MergeParams:
-        unknown = set(record) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise MvcError(f"unknown merge parameter(s): {', '.join(sorted(unknown))}")
-        fixed = {
-            key: tuple(value) if isinstance(value, list) else value for key, value in record.items()
-        }
-        return cls(**fixed)
+    def from_record(cls, record: Mapping[str, Any]) -> MergeParams:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+
+def drop_branch(values: Mapping[str, Any], position: int, n: int) -> dict[str, Any]:
+    """Per-branch lists with ``n`` entries lose entry ``position``; single values stay.
+
+    ``values`` is keyed as a record or a `--config` rule keys it; other keys pass through.
+    """
+    out = dict(values)
+    for key, value in values.items():
+        per_branch = any(key in p.aliases and p.per_branch for p in PARAMETERS.values())
+        if per_branch and isinstance(value, (list, tuple)) and len(value) == n:
+            out[key] = [v for i, v in enumerate(value) if i != position]
+    return out

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mvc.errors import FormatError
 from mvc.formats.jsonutil import strict_loads
-
-if TYPE_CHECKING:
-    from mvc.repo import Repo
 
 RECORD_PATH = ".mvc/merge.json"
 RECORD_KIND = "merge-record"
@@ -45,14 +42,8 @@ def decode_record(data: bytes, where: str = RECORD_PATH) -> dict[str, Any]:
     return doc
 
 
-def read_record(repo: Repo, rev: str) -> dict[str, Any] | None:
-    """The merge record of commit `rev`, or None when it is not an mvc merge."""
-    files = repo.tree_files(rev)
-    if RECORD_PATH not in files:
-        return None
-    record = decode_record(repo.read_blob(files[RECORD_PATH][0]))
-    commit = repo.commit_info(rev)
-    if list(commit.parents) != record["parents"]:
-        # Inherited from a parent by a later ordinary commit: not this commit's record.
-        return None
-    return record
+def commit_parents(record: Mapping[str, Any]) -> list[str]:
+    """The parents of the commit a record describes: the merged commits, except for a
+    revert or cherry-pick, whose commit has HEAD alone as parent (see mvc.merge.replay)."""
+    return list(record.get("commit_parents", record["parents"]))
+

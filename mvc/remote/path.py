@@ -11,29 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from mvc.errors import LockedError, RemoteError
+from mvc.files import TEMP_PREFIX, atomic_write
 from mvc.remote.transport import RefConflict, RemoteNotFoundError
 from mvc.repo.mutex import repo_lock
 
-TEMP_PREFIX = ".tmp-"
 LOCK_SUFFIX = ".lock"
 REF_LOCK_WAIT_SECONDS = 10.0
 
 
 def _token(value: bytes) -> str:
     return hashlib.sha1(value).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PathTransport:
@@ -72,22 +63,11 @@ class PathTransport:
             self._write_atomic(path, data)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        folder = path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data, prefix=TEMP_PREFIX)
         except OSError as exc:
             raise RemoteError(f"cannot write to remote {self.url}: {exc.strerror}") from None
-        tmp = folder / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise RemoteError(f"cannot write to remote {self.url}: {exc.strerror}") from None
-        _fsync_dir(folder)
 
     def list(self, prefix: str) -> Iterator[str]:
         top = self.root.joinpath(*[p for p in prefix.split("/") if p])

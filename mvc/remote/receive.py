@@ -15,8 +15,6 @@ downloaded.
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,9 +22,10 @@ from pathlib import Path
 from dulwich.objects import Blob, Commit, ShaFile, Tree
 
 from mvc.errors import CorruptObjectError, FormatError
+from mvc.files import TEMP_PREFIX, atomic_write
+from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
 from mvc.remote.negotiate import SUBMODULE_MODE, children
-from mvc.remote.progress import Progress
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
 from mvc.repo.references import referenced_objects
@@ -62,7 +61,7 @@ def receive_git(
     transport: Transport,
     wants: Iterable[str],
     pool: ThreadPoolExecutor,
-    progress: Progress,
+    progress: Tally,
 ) -> dict[str, ShaFile]:
     """Fetch everything reachable from `wants` that is not local; return the trees/commits.
 
@@ -78,7 +77,7 @@ def receive_git(
         obj = parse_git_object(sha, data, transport.url)
         if isinstance(obj, Blob):
             store.add_object(obj)
-        progress.advance(len(data))
+        progress.add(len(data))
         return obj
 
     while frontier:
@@ -140,7 +139,7 @@ def receive_tensors(
     transport: Transport,
     ids: Iterable[str],
     pool: ThreadPoolExecutor,
-    progress: Progress,
+    progress: Tally,
 ) -> None:
     """Fetch and verify the tensor objects in `ids` (and delta bases) not stored locally."""
     store = repo.store
@@ -163,7 +162,7 @@ def receive_tensors(
             data = spilled.read_bytes()
         else:
             data = transport.get(tensor_object_key(oid))
-            progress.advance(len(data))
+            progress.add(len(data))
         try:
             base = parse_header(data).base
         except (CodecError, FormatError) as exc:
@@ -200,6 +199,4 @@ def receive_tensors(
 def _write_spill(folder: Path, oid: str, data: bytes) -> None:
     """Park a downloaded delta until its base is stored (complete files only, via rename)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{oid}-{secrets.token_hex(4)}"
-    tmp.write_bytes(data)
-    os.replace(tmp, folder / oid)
+    atomic_write(folder / oid, data, prefix=TEMP_PREFIX)

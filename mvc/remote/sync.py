@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dulwich.objects import Commit
 
 from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
-from mvc.progress import Progress as ProgressSink
+from mvc.progress import BarProgress, Progress, Tally
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
 from mvc.remote.layout import (
     BARE_CONFIG,
@@ -40,8 +40,9 @@ from mvc.remote.negotiate import (
     remote_tensor_ids,
     with_delta_bases,
 )
-from mvc.remote.progress import Progress
 from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
+from mvc.remote.refs import ref_sha, remote_refs
+from mvc.remote.tagsync import REMOTE_TAG_PREFIX, push_tags, remote_tags, store_fetched_tags
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
 from mvc.repo import Repo
@@ -50,7 +51,11 @@ if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
     from mvc.merge.api import MergeOptions, MergeResult
 
 DEFAULT_WORKERS = 8
-_HEX = set("0123456789abcdef")
+
+
+def _bar(quiet: bool) -> Progress:
+    """A transfer's bar on stderr: drawn only on a terminal, and never with -q."""
+    return BarProgress(enabled=False if quiet else None)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class TransferReport:
     bytes: int = 0
     skipped: int = 0
     refs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    rejected_tags: list[str] = field(default_factory=list)  # another tag of that name is there
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +78,7 @@ class TransferReport:
             "bytes": self.bytes,
             "skipped": self.skipped,
             "refs": {ref: {"old": old, "new": new} for ref, (old, new) in self.refs.items()},
+            "rejected_tags": self.rejected_tags,
         }
 
 
@@ -99,27 +106,9 @@ def resolve_remote(repo: Repo, remote: str, endpoint: str | None = None) -> Remo
         raise
 
 
-def _sha_of(value: bytes | None, ref: str, url: str) -> str | None:
-    if value is None:
-        return None
-    sha = value.decode(errors="replace").strip()
-    if len(sha) != 40 or not set(sha) <= _HEX:
-        raise RemoteError(f"ref {ref} on {url} does not hold a commit id")
-    return sha
-
-
 def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str, str]:
     """branch name -> commit id of every branch on the remote."""
-    refs = sorted(transport.list(BRANCH_PREFIX))
-
-    def read(ref: str) -> str | None:
-        return _sha_of(transport.read_ref(ref)[0], ref, transport.url)
-
-    return {
-        ref[len(BRANCH_PREFIX) :]: sha
-        for ref, sha in zip(refs, pool.map(read, refs), strict=True)
-        if sha is not None
-    }
+    return remote_refs(transport, BRANCH_PREFIX, pool)
 
 
 # ---------------------------------------------------------------------------------- push
@@ -151,7 +140,7 @@ def push(
     report = TransferReport(target.url)
     ref = branch_ref(branch)
     value, token = transport.read_ref(ref)
-    old = _sha_of(value, ref, transport.url)
+    old = ref_sha(value, ref, transport.url)
     if old is not None and old != local and not force:
         if old.encode() not in repo.git.object_store or not repo.is_ancestor(old, local):
             raise RefConflict(
@@ -171,6 +160,8 @@ def push(
                 transport.cas_ref(HEAD, head_value(branch), None)
             except RefConflict:
                 pass  # another push set the default branch first; either is fine
+        tags, report.rejected_tags = push_tags(repo, transport, local, pool)
+        report.refs.update({f"{REMOTE_TAG_PREFIX}{n}": (None, sha) for n, sha in tags.items()})
     if target.name is not None:
         with repo.locked():
             repo.git.refs[f"refs/remotes/{target.name}/{branch}".encode()] = local.encode()
@@ -201,7 +192,7 @@ def _send_objects(
         data = repo.store.read_raw(oid)
         repo.store.verify(oid, data)
         transport.put(tensor_object_key(oid), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     def send_git(sha: str) -> None:
         obj = repo.git.object_store[sha.encode()]
@@ -211,10 +202,11 @@ def _send_objects(
             )
         data = obj.as_legacy_object()
         transport.put(git_object_key(sha), data)
-        progress.advance(len(data))
+        progress.add(len(data))
 
     is_commit = {sha for sha in git_send if sha in set(commits)}
-    with Progress("pushing objects", len(git_send) + len(tensor_send), quiet) as progress:
+    total = len(git_send) + len(tensor_send)
+    with Tally(_bar(quiet), "pushing objects", total) as progress:
         list(pool.map(send_tensor, tensor_send))
         list(pool.map(send_git, [sha for sha in git_send if sha not in is_commit]))
         list(pool.map(send_git, [sha for sha in git_send if sha in is_commit]))
@@ -248,10 +240,12 @@ def fetch(
     # midway leaves a stale lock that the next command recognises and recovers from.
     with repo.locked(), ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
         branches = remote_branches(transport, pool)
-        with Progress("receiving history", 0, quiet) as history:
-            held = receive_git(repo, transport, branches.values(), pool, history)
+        tags = remote_tags(transport, pool)
+        with Tally(_bar(quiet), "receiving history", 0) as history:
+            wants = [*branches.values(), *tags.values()]
+            held = receive_git(repo, transport, wants, pool, history)
         wanted = [oid for oid in tensor_ids_of(repo, held) if not repo.store.has(oid)]
-        with Progress("receiving objects", len(wanted), quiet) as objects:
+        with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
             receive_tensors(repo, transport, wanted, pool, objects)
         write_graph(repo, held)
     report.git_objects = history.objects
@@ -264,6 +258,8 @@ def fetch(
             if old != sha:
                 repo.git.refs[ref] = sha.encode()
                 report.refs[ref.decode()] = (old, sha)
+        for name, sha in store_fetched_tags(repo, tags).items():
+            report.refs[f"{REMOTE_TAG_PREFIX}{name}"] = (None, sha)
     return report
 
 
@@ -372,7 +368,7 @@ def pull(
     endpoint: str | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
-    progress: ProgressSink | None = None,
+    progress: Progress | None = None,
 ) -> PullResult:
     """Fetch, then bring the remote branch into the current one, as `git pull` does.
 

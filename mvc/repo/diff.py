@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mvc.formats.dtypes import get_dtype
+from mvc.formats.hf import INDEX_NAME
 from mvc.formats.numeric import to_float64
 from mvc.formats.safetensors import SafetensorsFile
-from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.manifest import TensorEntry
+from mvc.repo.models import folder_of, model_folders, model_view
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
@@ -56,15 +58,22 @@ class DiffReport:
         }
 
 
+_Tensors = dict[str, tuple[str, TensorEntry]]  # name -> (file holding it, entry)
+
+
 class _Side:
     """Chunks of one version's tensors: from the store (a commit) or from files on disk."""
 
     def __init__(self, repo: Repo, rev: str | None) -> None:
         self.repo = repo
         self.rev = rev
+        self.indexes: dict[str, bytes] = {}  # index files, which the model view reads
         if rev is not None:
             self.manifests = repo.model_files(rev)
             self.blobs = {p: b for p, (b, _) in repo.tree_files(rev).items()}
+            for path, blob in self.blobs.items():
+                if path.endswith(INDEX_NAME):
+                    self.indexes[path] = repo.read_blob(blob)
         else:
             self.manifests = {}
             self.blobs = {}
@@ -78,6 +87,20 @@ class _Side:
                         from mvc.repo.ingest import manifest_ids_only
 
                         self.manifests[path] = manifest_ids_only(file_path)
+                    elif path.endswith(INDEX_NAME):
+                        self.indexes[path] = file_path.read_bytes()
+
+    def tensors(self, kind: str, where: str) -> _Tensors:
+        """The tensors of a model folder (by name, wherever its shards put them) or a file."""
+        if kind == "file":
+            manifest = self.manifests.get(where)
+            return {} if manifest is None else {e.name: (where, e) for e in manifest.tensors}
+        files: dict[str, bytes] = {p: b"" for p in self.manifests}
+        files.update(self.indexes)
+        view = model_view(files, where, self.manifests)
+        if view is None:
+            return {}
+        return {name: (path, view.shards[path].tensor(name)) for name, path in view.where.items()}
 
     def chunks(self, path: str, entry: TensorEntry) -> Iterator[bytes]:
         if self.rev is not None:
@@ -92,7 +115,11 @@ class _Side:
 
 
 def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
-    """Compare commit `old` with commit `new`, or with the work tree when `new` is None."""
+    """Compare commit `old` with commit `new`, or with the work tree when `new` is None.
+
+    Tensors of a model folder (see ``mvc.repo.models``) are matched by name across its
+    shards, so a resharded model shows its tensors' changes, not files added and deleted.
+    """
     old_id = repo.resolve(old)
     new_id = repo.resolve(new) if new is not None else None
     base = None
@@ -103,6 +130,7 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
     report = DiffReport(old=old_id, new=new_id or "worktree", base=base)
     a, b = _Side(repo, old_id), _Side(repo, new_id)
     base_side = _Side(repo, base) if base else None
+    folders = model_folders([a.blobs, b.blobs])
     for path in sorted(set(a.blobs) | set(b.blobs)):
         if path not in a.blobs:
             report.files[path] = "added"
@@ -110,40 +138,60 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
             report.files[path] = "deleted"
         elif new_id is not None and a.blobs[path] != b.blobs[path]:
             report.files[path] = "modified"
-        if path in a.manifests and path in b.manifests:
-            _diff_model(report, path, a, b, base_side)
-            if new_id is None and any(
-                t.status != "unchanged" for t in report.tensors if t.path == path
-            ):
-                report.files[path] = "modified"
-        elif path in a.manifests or path in b.manifests:
-            side = a if path in a.manifests else b
-            status = "deleted" if side is a else "added"
-            for entry in side.manifests[path].tensors:
-                report.tensors.append(TensorDiff(path, entry.name, status))
+    units = [("model", f) for f in sorted(folders)] + [
+        ("file", p)
+        for p in sorted(set(a.manifests) | set(b.manifests))
+        if folder_of(p) not in folders
+    ]
+    for kind, where in units:
+        old_t, new_t = a.tensors(kind, where), b.tensors(kind, where)
+        base_t = base_side.tensors(kind, where) if base_side is not None else {}
+        start = len(report.tensors)
+        _diff_tensors(report, old_t, new_t, base_t, a, b, base_side)
+        if new_id is None:
+            for t in report.tensors[start:]:
+                if t.status != "unchanged":
+                    report.files.setdefault(t.path, "modified")
     return report
 
 
-def _diff_model(report: DiffReport, path: str, a: _Side, b: _Side, base: _Side | None) -> None:
-    old_m: Manifest = a.manifests[path]
-    new_m: Manifest = b.manifests[path]
-    old_t, new_t = old_m.by_name(), new_m.by_name()
-    base_t = base.manifests[path].by_name() if base and path in base.manifests else {}
+def _diff_tensors(
+    report: DiffReport,
+    old_t: _Tensors,
+    new_t: _Tensors,
+    base_t: _Tensors,
+    a: _Side,
+    b: _Side,
+    base: _Side | None,
+) -> None:
     for name in list(old_t) + [n for n in new_t if n not in old_t]:
         if name not in new_t:
-            report.tensors.append(TensorDiff(path, name, "deleted"))
-        elif name not in old_t:
+            report.tensors.append(TensorDiff(old_t[name][0], name, "deleted"))
+            continue
+        path, new_entry = new_t[name]
+        if name not in old_t:
             report.tensors.append(TensorDiff(path, name, "added"))
-        elif old_t[name].chunk_ids == new_t[name].chunk_ids:
+            continue
+        old_path, old_entry = old_t[name]
+        if old_entry.chunk_ids == new_entry.chunk_ids:
             report.tensors.append(TensorDiff(path, name, "unchanged", 0.0, 0.0))
-        elif not old_t[name].same_layout(new_t[name]):
+        elif not old_entry.same_layout(new_entry):
             report.tensors.append(TensorDiff(path, name, "retyped"))
         else:
-            b_entry = base_t.get(name)
-            use_base = base is not None and b_entry is not None and b_entry.same_layout(old_t[name])
+            base_path, b_entry = base_t.get(name, (None, None))
+            use_base = base is not None and b_entry is not None and b_entry.same_layout(old_entry)
+            base_chunks = (
+                base.chunks(base_path, b_entry) if use_base and base and b_entry else None
+            )
             report.tensors.append(
                 _stats(
-                    path, name, a, b, base if use_base else None, old_t[name], new_t[name], b_entry
+                    path,
+                    name,
+                    a.chunks(old_path, old_entry),
+                    b.chunks(path, new_entry),
+                    base_chunks,
+                    old_entry,
+                    new_entry,
                 )
             )
 
@@ -151,19 +199,17 @@ def _diff_model(report: DiffReport, path: str, a: _Side, b: _Side, base: _Side |
 def _stats(
     path: str,
     name: str,
-    a: _Side,
-    b: _Side,
-    base: _Side | None,
+    old_chunks: Iterator[bytes],
+    new_chunks: Iterator[bytes],
+    base_chunks: Iterator[bytes] | None,
     old: TensorEntry,
     new: TensorEntry,
-    base_entry: TensorEntry | None,
 ) -> TensorDiff:
     changed = total = 0
     diff_sq = old_sq = 0.0
     dot = na = nb = 0.0
     conflicts = both_moved = 0
-    base_chunks = base.chunks(path, base_entry) if base and base_entry else None
-    for old_bytes, new_bytes in zip(a.chunks(path, old), b.chunks(path, new), strict=True):
+    for old_bytes, new_bytes in zip(old_chunks, new_chunks, strict=True):
         x = to_float64(old_bytes, old.dtype)
         y = to_float64(new_bytes, new.dtype)
         changed += int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))

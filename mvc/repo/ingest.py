@@ -19,11 +19,6 @@ from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
 
 
-def tensor_rows(info_shape: tuple[int, ...]) -> int:
-    """Rows of dim 0 as chunking sees them (a 0-d tensor is one row)."""
-    return info_shape[0] if info_shape else 1
-
-
 def ingest_file(
     store: ObjectStore,
     path: Path,

@@ -73,10 +73,6 @@ class Manifest:
     def data_size(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
-    @property
-    def file_size(self) -> int:
-        return 8 + len(self.header_raw) + self.data_size
-
     def tensor(self, name: str) -> TensorEntry:
         for entry in self.tensors:
             if entry.name == name:

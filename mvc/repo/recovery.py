@@ -8,8 +8,8 @@ gone) no live process can own any of these files: they are removed, and the inte
 command can simply be run again.
 
 Files in the work tree are written to a hidden temp name beside the target and renamed
-(`.<name>.<12 hex>.tmp` by the safetensors writer, `.<name>.mvc-tmp-<pid>` by the
-repository); a kill in between leaves that temp file, which would show up as untracked.
+(`.<name>.<12 hex>.tmp`, by `mvc.files.atomic_write`); a kill in between leaves that temp
+file, which would show up as untracked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-_WORKTREE_TEMP = re.compile(r"^\..+\.(?:[0-9a-f]{12}\.tmp|mvc-tmp-\d+)$")
+_WORKTREE_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 _TOP_LEVEL_LOCKS = ("index.lock", "HEAD.lock", "ORIG_HEAD.lock", "packed-refs.lock", "config.lock")
 

@@ -25,7 +25,7 @@ from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import ConflictError, FormatError, MvcError, NotFoundError
-from mvc.formats.safetensors import fsync_dir
+from mvc.files import atomic_write, fsync_dir
 from mvc.repo.ingest import ingest_file, iter_entry_bytes, manifest_ids_only, materialize
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.mutex import repo_lock
@@ -38,7 +38,6 @@ from mvc.store import ObjectStore
 DEFAULT_BRANCH = "main"
 MVC_DIR = "mvc"
 SCRATCH_DIR = "scratch"  # inside MVC_DIR: files built under the lock (see scratch_dir)
-RECORD_DIR = ".mvc"
 
 
 @dataclass(frozen=True)
@@ -522,7 +521,8 @@ class Repo:
                 if update_worktree:
                     # Journal the intent first: if we die while the work tree is half
                     # written, the next command rolls the commit forward (see locked()).
-                    _atomic_write(self._pending_path, f"{old_head or '-'} {sha}\n".encode())
+                    journal = f"{old_head or '-'} {sha}\n".encode()
+                    atomic_write(self._pending_path, journal, mode=0o644)
                     self._apply_commit(old_head, sha, force=False, prewritten=prewritten)
                 self.move_branch(old_head, sha, f"commit: {message.splitlines()[0]}")
                 self._pending_path.unlink(missing_ok=True)
@@ -587,8 +587,9 @@ class Repo:
 
     def set_merge_state(self, heads: list[str], message: str) -> None:
         """Record an uncommitted merge (`merge --no-commit`): the next commit gets these parents."""
-        _atomic_write(self.root / ".git" / "MERGE_HEAD", "".join(f"{h}\n" for h in heads).encode())
-        _atomic_write(self.root / ".git" / "MERGE_MSG", message.encode())
+        heads_text = "".join(f"{h}\n" for h in heads)
+        atomic_write(self.root / ".git" / "MERGE_HEAD", heads_text.encode(), mode=0o644)
+        atomic_write(self.root / ".git" / "MERGE_MSG", message.encode(), mode=0o644)
 
     def _clear_merge_state(self) -> None:
         for name in ("MERGE_HEAD", "MERGE_MSG"):
@@ -640,7 +641,7 @@ class Repo:
                 return self.switch(rev, force=force)
             target = self.resolve(rev)
             self._apply_commit(self.head(), target, force)
-            _atomic_write(self.root / ".git" / "HEAD", f"{target}\n".encode())
+            atomic_write(self.root / ".git" / "HEAD", f"{target}\n".encode(), mode=0o644)
             return target
 
     def _restore_paths(self, rev: str | None, rels: list[str]) -> None:
@@ -808,7 +809,7 @@ class Repo:
         elif is_model_path(rel):
             materialize(self.store, Manifest.from_bytes(data, rel), path)
         else:
-            _atomic_write(path, data, executable=bool(mode & 0o111))
+            atomic_write(path, data, mode=0o755 if mode & 0o111 else 0o644)
 
     # ------------------------------------------------------------------ history
     def log(self, rev: str = "HEAD", max_count: int | None = None) -> list[CommitInfo]:
@@ -920,16 +921,6 @@ def _check_branch_name(name: str) -> None:
     )
     if bad:
         raise MvcError(f"'{name}' is not a valid branch name")
-
-
-def _atomic_write(path: Path, data: bytes, executable: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.mvc-tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o755 if executable else 0o644)
-    os.replace(tmp, path)
 
 
 _STORAGE_ERRNOS = {

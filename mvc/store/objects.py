@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mvc.errors import CorruptObjectError, NotFoundError
+from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
 from mvc.store import codecs
 from mvc.store.chunking import PIECE_BYTES
@@ -44,7 +44,6 @@ MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
-TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
 
@@ -93,14 +92,6 @@ def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryvie
     if view.nbytes != raw_size:
         raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
     return view
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ObjectStore:
@@ -408,19 +399,8 @@ class ObjectStore:
         folder = path.parent
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(folder.parent)
-        tmp = folder / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
-        try:
-            with open(tmp, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(folder)
+            fsync_dir(folder.parent)
+        atomic_write(path, chunks, prefix=TEMP_PREFIX)
 
     # -- parallelism -------------------------------------------------------------------------
 

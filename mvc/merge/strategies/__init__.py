@@ -1,8 +1,13 @@
-"""The strategy registry: every merge rule by name (see docs/merge-semantics.md)."""
+"""The strategy registry: every merge rule by name (see docs/merge-semantics.md).
+
+A new strategy is one module under ``mvc/merge/strategies/`` and one line in the tuple
+below (docs/architecture.md, "Adding a strategy"); everything else is derived from it.
+"""
 
 from __future__ import annotations
 
 from mvc.errors import MvcError
+from mvc.merge.declare import Param
 from mvc.merge.strategies.base import (
     Chunk,
     ModelJob,
@@ -22,24 +27,48 @@ from mvc.merge.strategies.slerp import Slerp
 from mvc.merge.strategies.task_arithmetic import TaskArithmetic
 from mvc.merge.strategies.ties import Ties
 
-_REGISTRY: dict[str, Strategy] = {
-    s.name: s
-    for s in (
-        Ties(),
-        Consensus(),
-        TaskArithmetic(),
-        Linear(),
-        DareTies(),
-        DareLinear(),
-        Breadcrumbs(),
-        Slerp(),
-        Ours(),
-        Theirs(),
-    )
-}
+_REGISTRY: dict[str, Strategy] = {}
+# Every declared parameter by name (the union over strategies): one name, one declaration.
+PARAMETERS: dict[str, Param] = {}
+
+
+def register(strategy: Strategy) -> None:
+    """Make ``strategy`` reachable by name; its declarations must agree with the others'
+    (checked before anything is added, so a refused strategy leaves no trace)."""
+    if strategy.name in _REGISTRY:
+        raise ValueError(f"strategy {strategy.name} is registered twice")
+    spellings = {p.spelling: p.name for p in PARAMETERS.values()}
+    for param in strategy.declared():
+        known = PARAMETERS.get(param.name)
+        if known is not None and known != param:
+            raise ValueError(f"{strategy.name} declares parameter {param.name} differently")
+        if spellings.setdefault(param.spelling, param.name) != param.name:
+            raise ValueError(f"{strategy.name}: {param.option} already names another parameter")
+    for param in strategy.declared():
+        PARAMETERS[param.name] = param
+    _REGISTRY[strategy.name] = strategy
+
+
+for _strategy in (
+    Ties(),
+    Consensus(),
+    TaskArithmetic(),
+    Linear(),
+    DareTies(),
+    DareLinear(),
+    Breadcrumbs(),
+    Slerp(),
+    Ours(),
+    Theirs(),
+):
+    register(_strategy)
 
 STRATEGY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-DEFAULT_STRATEGY = "ties"
+
+
+def strategies() -> tuple[Strategy, ...]:
+    """Every registered strategy, in registration order (`mvc merge --list-strategies`)."""
+    return tuple(_REGISTRY.values())
 
 
 def get_strategy(name: str) -> Strategy:
@@ -53,7 +82,7 @@ def get_strategy(name: str) -> Strategy:
 
 
 __all__ = [
-    "DEFAULT_STRATEGY",
+    "PARAMETERS",
     "STRATEGY_NAMES",
     "Chunk",
     "ModelJob",
@@ -63,4 +92,6 @@ __all__ = [
     "TensorSpec",
     "TensorStats",
     "get_strategy",
+    "register",
+    "strategies",
 ]

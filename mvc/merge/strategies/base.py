@@ -22,13 +22,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mvc.errors import MvcError
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.declare import COMMON, Param
 from mvc.merge.device import compute_dtype, is_mergeable
 from mvc.merge.masks import MaskPacker, tall_mask
-from mvc.merge.params import MergeParams
+
+if TYPE_CHECKING:  # MergeParams is built from the registry's declarations
+    from mvc.merge.params import MergeParams
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,6 @@ class TensorStats:
     contributed: list[int]
     conflicts: int = 0
     masks: tuple[bytes, ...] | None = None
-
-    @property
-    def kept_density(self) -> list[float]:
-        return [k / self.numel if self.numel else 0.0 for k in self.kept]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -274,14 +273,34 @@ class TensorJob(ABC):
 
 
 class Strategy(ABC):
-    """A named merge rule; stateless, so one instance serves every tensor."""
+    """A named merge rule; stateless, so one instance serves every tensor.
+
+    A subclass declares everything users and other tools see about it: ``summary`` (one
+    help line), ``formula``, ``parameters`` (its :class:`Param` declarations, besides the
+    ``COMMON`` ones every strategy takes; listing one of those too shows it in the recipe
+    line, as consensus does with its TALL λ), ``presets``, how many branches it takes,
+    whether it reads the merge base, and ``mergekit``/``mergekit_base`` (the mergekit
+    method it exports as, None for none; whose model is mergekit's ``base_model``:
+    ``"base"`` the merge base, ``"first"`` the first branch, ``"none"`` no base_model).
+    See docs/architecture.md, "Adding a strategy".
+    """
 
     name: ClassVar[str]
+    summary: ClassVar[str]
+    formula: ClassVar[str]
+    parameters: ClassVar[tuple[Param, ...]] = ()
     presets: ClassVar[tuple[str | None, ...]] = (None,)
     needs_base: ClassVar[bool] = True
     floats_only: ClassVar[bool] = True
     min_branches: ClassVar[int] = 1
     max_branches: ClassVar[int | None] = None
+    mergekit: ClassVar[str | None] = None
+    mergekit_base: ClassVar[str] = "base"
+
+    @classmethod
+    def declared(cls) -> tuple[Param, ...]:
+        """Every parameter this strategy reads: the common ones, then its own."""
+        return tuple(dict.fromkeys((*COMMON, *cls.parameters)))
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         """Raise MvcError when ``params`` or the branch count do not fit this strategy."""
@@ -300,9 +319,9 @@ class Strategy(ABC):
                 else f"at least {self.min_branches}"
             )
             raise MvcError(f"strategy {self.name} needs {want} branches, got {n_branches}")
-        params.weights_for(n_branches)
-        params.densities_for(n_branches)
-        params.tall_lambdas_for(n_branches)
+        for param in self.declared():
+            if param.per_branch:
+                params.for_branches(param.name, n_branches)
 
     def check_tensor(self, spec: TensorSpec) -> None:
         if self.floats_only and not is_mergeable(spec.dtype):

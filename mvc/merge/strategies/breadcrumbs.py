@@ -9,9 +9,9 @@ ranks of equal magnitudes ordered by flat index. Both cuts are exact rank select
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT, Param
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
     Chunk,
@@ -23,6 +23,21 @@ from mvc.merge.strategies.base import (
 )
 from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.ties import apply_lambda
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+
+GAMMA = Param(
+    "gamma",
+    float,
+    0.01,
+    "Breadcrumbs: fraction of largest |τ| dropped.",
+    mergekit="gamma",
+    low=0.0,
+    high=1.0,
+    high_open=True,
+)
 
 
 class BreadcrumbsJob(TensorJob):
@@ -62,7 +77,14 @@ class BreadcrumbsJob(TensorJob):
 
 class Breadcrumbs(Strategy):
     name = "breadcrumbs"
+    summary = "Drop each task vector's largest |τ| (outliers) and its smallest, then add."
+    formula = (
+        "τ̂_i = τ_i where |τ_i| ranks in the band below the top γ, of width density; "
+        "θ = θ_base + λ·Σ w_i·τ̂_i"
+    )
+    parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE)
     presets = (None, "mergekit")
+    mergekit = "breadcrumbs"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return BreadcrumbsJob(params, spec, masks)

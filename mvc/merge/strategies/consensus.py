@@ -9,10 +9,10 @@ The masks m_i are also what lineage stores for this strategy.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mvc.merge.declare import DENSITY, NORMALIZE, TALL_LAMBDA, WEIGHT, Param
 from mvc.merge.masks import tall_mask
-from mvc.merge.params import MergeParams
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
     Chunk,
@@ -24,6 +24,31 @@ from mvc.merge.strategies.base import (
 )
 from mvc.merge.strategies.task_arithmetic import sole_changes, weighted_sum
 from mvc.merge.strategies.ties import apply_lambda, elect_and_merge, trim_count
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+
+K = Param(
+    "k",
+    int,
+    None,
+    "Consensus: keep elements in ≥ k masks (default 1 for two branches, else 2).",
+    mergekit=None,
+    low=0,
+    optional=True,
+)
+ALPHA = Param(
+    "alpha", float, 1.0, "Consensus: scale of the kept multi-task vector.", mergekit=None
+)
+ON = Param(
+    "on",
+    str,
+    "sum",
+    "Consensus: τ_MTL from the sum or from the TIES merge.",
+    mergekit=None,
+    choices=("sum", "ties"),
+)
 
 
 class ConsensusJob(TensorJob):
@@ -85,6 +110,12 @@ class ConsensusJob(TensorJob):
 
 class Consensus(Strategy):
     name = "consensus"
+    summary = "Keep only the elements at least k branches own (TALL masks)."
+    formula = (
+        "τ_MTL = Σ w_i·τ_i (on=ties: the TIES merge); m_i = |τ_i| > λ_i·|τ_MTL − τ_i|; "
+        "θ = θ_base + α·τ_MTL ⊙ [Σ m_i ≥ k]"
+    )
+    parameters = (K, ALPHA, TALL_LAMBDA, ON, WEIGHT, DENSITY, NORMALIZE)
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)

@@ -12,14 +12,17 @@ name, branch, element). Survivors are rescaled:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvc.merge.arrays import Array
 from mvc.merge.exact import ExactSum
-from mvc.merge.params import MergeParams
 from mvc.merge.rng import keep_mask
 from mvc.merge.strategies.base import Chunk, Pass, TensorSpec
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 _NORM_EPS = 1e-7
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -17,6 +17,9 @@ from mvc.merge.strategies.base import (
 from mvc.merge.strategies.dare import DareDrop
 from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.ties import apply_lambda
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 class DareLinearJob(TensorJob):
@@ -39,7 +42,11 @@ class DareLinearJob(TensorJob):
 
 class DareLinear(Strategy):
     name = "dare_linear"
+    summary = "DARE's random drop and rescale, then task arithmetic."
+    formula = "τ̂_i = τ_i ⊙ Bernoulli(density) / density; θ = θ_base + λ·Σ w_i·τ̂_i"
+    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE)
     presets = (None, "mergekit", "peft")
+    mergekit = "dare_linear"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return DareLinearJob(params, spec, masks)

@@ -7,9 +7,9 @@ the default preset follows the design's table and takes the weighted mean like `
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -20,6 +20,9 @@ from mvc.merge.strategies.base import (
 )
 from mvc.merge.strategies.dare import DareDrop
 from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 class DareTiesJob(TensorJob):
@@ -46,7 +49,14 @@ class DareTiesJob(TensorJob):
 
 class DareTies(Strategy):
     name = "dare_ties"
+    summary = "DARE's random drop and rescale, then TIES' sign election and mean."
+    formula = (
+        "τ̂_i = τ_i ⊙ Bernoulli(density) / density; s = sign Σ w_i·τ̂_i; "
+        "θ = θ_base + λ·Σ_{sign τ̂_i = s} w_i·τ̂_i / Σ_{sign τ̂_i = s} w_i"
+    )
+    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE)
     presets = (None, "mergekit", "peft")
+    mergekit = "dare_ties"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return DareTiesJob(params, spec, masks)

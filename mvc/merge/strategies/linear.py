@@ -5,10 +5,10 @@ Accumulated in branch order (w_i·θ_i rounded, then added), then divided by Σ 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvc.errors import MvcError
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import NORMALIZE, WEIGHT
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -17,6 +17,9 @@ from mvc.merge.strategies.base import (
     TensorSpec,
     resolved_normalize,
 )
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 class LinearJob(TensorJob):
@@ -32,8 +35,13 @@ class LinearJob(TensorJob):
 
 class Linear(Strategy):
     name = "linear"
+    summary = "Weighted average of the branches' weights (the base is not used)."
+    formula = "θ = Σ w_i·θ_i / Σ w_i  (no division without normalize)"
+    parameters = (WEIGHT, NORMALIZE)
     presets = (None, "mergekit")
     needs_base = False
+    mergekit = "linear"
+    mergekit_base = "none"
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)

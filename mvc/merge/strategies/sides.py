@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array
-from mvc.merge.params import PRESETS, MergeParams
+from mvc.merge.declare import PRESETS
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 class SideJob(TensorJob):
@@ -28,6 +31,8 @@ class SideJob(TensorJob):
 
 class Ours(Strategy):
     name = "ours"
+    summary = "Take HEAD's tensor as it is (any dtype, exact bytes)."
+    formula = "θ = θ_HEAD"
     presets = PRESETS
     needs_base = False
     floats_only = False
@@ -38,6 +43,8 @@ class Ours(Strategy):
 
 class Theirs(Strategy):
     name = "theirs"
+    summary = "Take the other branch's tensor as it is (two branches, any dtype)."
+    formula = "θ = θ_theirs"
     presets = PRESETS
     needs_base = False
     floats_only = False

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mvc.merge.declare import Param
 from mvc.merge.exact import ExactSum
-from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import Chunk, Pass, Step, Strategy, TensorJob, TensorSpec
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 DOT_THRESHOLD = 0.9995
 NORM_EPS = 1e-8
+
+T = Param("t", float, 0.5, "Slerp interpolation factor.", mergekit="t", low=0.0, high=1.0)
 
 
 class _DotPass(Pass):
@@ -61,10 +66,15 @@ class SlerpJob(TensorJob):
 
 class Slerp(Strategy):
     name = "slerp"
+    summary = "Spherical interpolation between exactly two branches' weights."
+    formula = "Ω = ∠(θ_1, θ_2); θ = sin((1−t)Ω)/sin Ω·θ_1 + sin(tΩ)/sin Ω·θ_2 (linear if |cos Ω| > 0.9995)"
+    parameters = (T,)
     presets = (None, "mergekit")
     needs_base = False
     min_branches = 2
     max_branches = 2
+    mergekit = "slerp"
+    mergekit_base = "first"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return SlerpJob(params, spec, masks)

@@ -6,10 +6,10 @@ is the only one that changed the element and w_i = λ = 1 (mathematically identi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array, ArrayOps
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import LAMBDA, NORMALIZE, WEIGHT
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -19,6 +19,9 @@ from mvc.merge.strategies.base import (
     resolved_normalize,
 )
 from mvc.merge.strategies.ties import apply_lambda
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 def weighted_sum(hats: tuple[Array, ...], weights: tuple[float, ...], normalize: bool) -> Array:
@@ -58,7 +61,11 @@ class TaskArithmeticJob(TensorJob):
 
 class TaskArithmetic(Strategy):
     name = "task_arithmetic"
+    summary = "Add the weighted sum of the task vectors to the base."
+    formula = "θ = θ_base + λ·Σ w_i·τ_i  (÷ Σ w_i with normalize)"
+    parameters = (WEIGHT, LAMBDA, NORMALIZE)
     presets = (None, "mergekit", "peft")
+    mergekit = "task_arithmetic"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return TaskArithmeticJob(params, spec, masks=masks)

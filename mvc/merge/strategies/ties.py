@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array, ArrayOps
-from mvc.merge.params import MergeParams
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT
 from mvc.merge.select import Cut, RankQuery, Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
     Chunk,
@@ -33,6 +33,9 @@ from mvc.merge.strategies.base import (
     TensorSpec,
     resolved_normalize,
 )
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
 
 
 def trim_count(density: float, numel: int, preset: str | None) -> int:
@@ -234,7 +237,14 @@ class PaperModelJob(ModelJob):
 
 class Ties(Strategy):
     name = "ties"
+    summary = "Trim each task vector to its largest |τ|, elect a sign, average the agreeing."
+    formula = (
+        "τ̂_i = τ_i ⊙ top(|τ_i|, density); s = sign Σ w_i·τ̂_i; "
+        "θ = θ_base + λ·Σ_{sign τ̂_i = s} w_i·τ̂_i / Σ_{sign τ̂_i = s} w_i"
+    )
+    parameters = (DENSITY, WEIGHT, LAMBDA, NORMALIZE)
     presets = (None, "mergekit", "peft", "paper")
+    mergekit = "ties"
 
     def model_job(self, params: MergeParams, specs: list[TensorSpec]) -> ModelJob | None:
         return PaperModelJob(params, specs) if params.preset == "paper" else None

@@ -10,14 +10,14 @@ prove a merge made this way (use `mvc merge` for auditable merges).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvc.errors import FormatError, MvcError
+from mvc.files import atomic_write
+from mvc.gitdriver.filter import GitContext, read_manifest
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import Planner
-from mvc.remote.gitfilter import GitContext, read_manifest
 from mvc.repo.ingest import ingest_file
 from mvc.repo.manifest import Manifest
 
@@ -106,7 +106,5 @@ def merge_file(
     )
     merged = executor.run(plan)[path]
     data = merged.to_bytes() if isinstance(merged, Manifest) else merged
-    tmp = ours.with_name(ours.name + ".mvc-merge")
-    tmp.write_bytes(data)
-    os.replace(tmp, ours)
+    atomic_write(ours, data)
     return []

@@ -20,7 +20,7 @@ from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import MvcError, NotFoundError
-from mvc.remote.gitfilter import store_dir
+from mvc.gitdriver.filter import store_dir
 
 ATTRIBUTES_LINE = "*.safetensors filter=mvc diff=mvc merge=mvc -text"
 

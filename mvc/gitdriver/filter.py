@@ -23,21 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.index import IndexEntry
+from dulwich.protocol import Protocol
 from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import strict_loads
-from mvc.remote.pktline import (
-    FLUSH,
-    ProtocolError,
-    iter_content,
-    read_keys,
-    read_text_list,
-    write_content,
-    write_text_list,
-)
 from mvc.repo.ingest import ingest_file, iter_file_chunks, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry, is_manifest_doc
 from mvc.repo.repository import MVC_DIR
@@ -202,17 +194,78 @@ def run_once(ctx: GitContext, command: str, path: str, stdin: BinaryIO, stdout: 
 
 
 # ------------------------------------------------------------------ long-running process
+#: The largest pkt-line payload git sends or accepts.
+MAX_PAYLOAD = 65516
+
+
+class ProtocolError(MvcError):
+    """The other end broke the pkt-line framing or the filter handshake."""
+
+
+class Packets:
+    """git's filter protocol (lists of text lines, and content streams, each ended by a
+    flush) over dulwich's pkt-line framing."""
+
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self._stdout = stdout
+        self._proto = Protocol(stdin.read, stdout.write)
+
+    def _read(self) -> bytes | None:
+        """The next payload, or None for a flush; EOFError when git closed the pipe."""
+        try:
+            return self._proto.read_pkt_line()
+        except HangupException:
+            raise EOFError("pkt-line stream ended") from None
+        except GitProtocolError as err:
+            raise ProtocolError(f"bad pkt-line framing: {err}") from None
+
+    def read_list(self) -> list[str]:
+        """Text packets up to the next flush, each without its trailing newline."""
+        lines = []
+        while (payload := self._read()) is not None:
+            lines.append(payload.decode("utf-8").removesuffix("\n"))
+        return lines
+
+    def read_keys(self) -> dict[str, str]:
+        """A flush-terminated list of `key=value` lines, as git sends per-file requests."""
+        return dict(line.partition("=")[::2] for line in self.read_list())
+
+    def read_content(self) -> Iterator[bytes]:
+        """Binary payloads up to the next flush (a file's content)."""
+        while (payload := self._read()) is not None:
+            yield payload
+
+    def write_list(self, lines: Iterable[str]) -> None:
+        """Text lines (newline-terminated) followed by a flush."""
+        for line in lines:
+            self._proto.write_pkt_line(f"{line}\n".encode())
+        self.flush()
+
+    def write_content(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """Split `pieces` into packets; the caller ends the stream with `flush`."""
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            for start in range(0, len(view), MAX_PAYLOAD):
+                self._proto.write_pkt_line(bytes(view[start : start + MAX_PAYLOAD]))
+
+    def flush(self) -> None:
+        """A flush packet, pushed out to git at once."""
+        self._proto.write_pkt_line(None)
+        self._stdout.flush()
+
+
 def serve(ctx: GitContext, stdin: BinaryIO, stdout: BinaryIO, errors: IO[str] = sys.stderr) -> None:
     """Answer git's filter requests until it closes our stdin."""
-    _handshake(stdin, stdout)
+    packets = Packets(stdin, stdout)
+    _handshake(packets)
     while True:
         try:
-            request = read_keys(stdin)
+            request = packets.read_keys()
         except EOFError:
             return
         command, path = request.get("command", ""), request.get("pathname", "")
         with ctx.spool() as spool:
-            for payload in iter_content(stdin):
+            for payload in packets.read_content():
                 spool.write(payload)
             spool.flush()
             try:
@@ -224,30 +277,30 @@ def serve(ctx: GitContext, stdin: BinaryIO, stdout: BinaryIO, errors: IO[str] = 
                     raise ProtocolError(f"git asked for an unknown filter command {command!r}")
             except (MvcError, OSError) as err:
                 _report(errors, err)
-                write_text_list(stdout, ["status=error"])
+                packets.write_list(["status=error"])
                 continue
-            write_text_list(stdout, ["status=success"])
+            packets.write_list(["status=success"])
             try:
-                write_content(stdout, output)
+                packets.write_content(output)
             except (MvcError, OSError) as err:
-                stdout.write(FLUSH)
+                packets.flush()
                 _report(errors, err)
-                write_text_list(stdout, ["status=error"])
+                packets.write_list(["status=error"])
                 continue
-            stdout.write(FLUSH)
-            write_text_list(stdout, [])  # an empty list keeps "success"
+            packets.flush()
+            packets.write_list([])  # an empty list keeps "success"
 
 
-def _handshake(stdin: BinaryIO, stdout: BinaryIO) -> None:
+def _handshake(packets: Packets) -> None:
     try:
-        welcome = read_text_list(stdin)
+        welcome = packets.read_list()
         if welcome[:1] != ["git-filter-client"] or "version=2" not in welcome:
             raise ProtocolError(f"unexpected filter handshake {welcome!r}")
-        write_text_list(stdout, ["git-filter-server", "version=2"])
-        offered = set(read_text_list(stdin))
+        packets.write_list(["git-filter-server", "version=2"])
+        offered = set(packets.read_list())
     except EOFError:
         raise ProtocolError("git closed the filter pipe during the handshake") from None
-    write_text_list(stdout, [c for c in ("capability=clean", "capability=smudge") if c in offered])
+    packets.write_list([c for c in ("capability=clean", "capability=smudge") if c in offered])
 
 
 def _report(errors: IO[str], err: BaseException) -> None:

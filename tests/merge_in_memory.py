@@ -1,15 +1,16 @@
-"""In-memory drivers of the chunked strategy protocol.
+"""In-memory drivers of the chunked strategy protocol, for tests.
 
 They run exactly what the streaming executor runs (statistics passes over row chunks, then
-a per-chunk combine) over torch tensors already in memory, so tests, ``mvc verify`` on
-small models and the Python API share one code path with the executor. Each chunk goes to
-the chosen backend (numpy on the CPU) as its raw bytes, as the executor's chunks do.
+a per-chunk combine) over torch tensors already in memory, so strategy tests and the
+mergekit/PEFT oracles exercise the executor's code path without a repository. Each chunk
+goes to the chosen backend (numpy on the CPU) as its raw bytes, as the executor's chunks do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from mvc.errors import MvcError
@@ -140,3 +141,9 @@ def merge_tensors(
             model_context=context,
         )
     return merged, stats
+
+
+def unpack_mask(data: bytes, numel: int) -> np.ndarray:
+    """The bool mask (flat) of ``numel`` elements packed by ``MaskPacker``."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little", count=numel)
+    return bits.astype(bool)
