@@ -10,10 +10,10 @@ import torch
 from adapter_helpers import adapter_repo, lora_deltas, make_adapter, peft_model, tokens
 from merge_in_memory import merge_tensor
 
+from mvc.lineage.records import find_merge_record
 from mvc.lineage.verify import verify
 from mvc.merge import MergeOptions, MergeParams, merge
 from mvc.merge.adapter_plan import AdapterOptions
-from mvc.merge.record import read_record
 from mvc.merge.strategies import get_strategy
 
 # Two layers keep PEFT's (and our) per-module SVDs quick; the modules are MiniLM's own.
@@ -160,7 +160,7 @@ def test_adapter_merge_verifies_and_is_recorded(plain):
         repo, "verified", strategy="ties", params=MergeParams(density=0.5),
         adapter=AdapterOptions(rank=8),
     )
-    record = read_record(repo, "verified")
+    record = find_merge_record(repo, repo.resolve("verified"))
     assert record["adapters"]["options"]["combine"] == "svd"
     assert "adapter/adapter_model.safetensors" not in record["files"]
     report = verify(repo, "verified")

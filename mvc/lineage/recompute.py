@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from mvc.merge.adapter_plan import (
     AdapterOptions,
     adapter_folders_to_merge,
-    merge_adapters,
     without_folders,
 )
 from mvc.merge.layout import LayoutChoice, align_revisions
@@ -159,6 +158,8 @@ def recompute(
     )
     files = aligned.finish(executor.run(plan))
     if adapters:
+        from mvc.merge.adapter_merge import merge_adapters
+
         options = AdapterOptions(**recipe.adapter) if recipe.adapter else None
         target = store if store is not None else repo.store
         adapter_files, _ = merge_adapters(

@@ -44,11 +44,11 @@ from mvc.merge.adapters import (
     read_side,
 )
 from mvc.merge.device import resolve_device
-from mvc.merge.executor import branch_params
 from mvc.merge.lora import Factors, concatenate, factorize
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import SIDE_STRATEGIES
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
+from mvc.repo import Repo
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.state_dicts import load_tensor, store_tensor
 from mvc.store import ObjectStore
@@ -133,7 +133,7 @@ class AdapterMerge:
         else:
             ancestor = torch.zeros(out, inp)
         thetas = [sides[i].delta(self.store, module) for i in changed]
-        params = branch_params(self.params, changed, len(sides))
+        params = self.params.for_subset(changed, len(sides))
         merged, stats = merge_tensor(self.strategy, params, ancestor, thetas, module)
         return merged, {"branches": changed, "stats": stats.to_record()}
 
@@ -207,7 +207,7 @@ class AdapterMerge:
         changed: list[int],
         merged: torch.Tensor,
     ) -> Factors:
-        weights = branch_params(self.params, changed, len(sides)).weights_for(len(changed))
+        weights = self.params.for_subset(changed, len(sides)).weights_for(len(changed))
         anc_c, branch_c = _cat_coefficients(self.strategy, self.params, weights)
         parts = []
         if base is not None and module in base.layout.modules and anc_c:
@@ -254,7 +254,7 @@ class AdapterMerge:
                     "base model is not in the merge base",
                     hint="commit the base model, or merge with --strategy ours|theirs",
                 )
-            params = branch_params(self.params, changed, len(sides))
+            params = self.params.for_subset(changed, len(sides))
             merged, stats = merge_tensor(
                 self.strategy,
                 params,
@@ -397,3 +397,31 @@ def _manifest(entries: Mapping[str, TensorEntry], metadata: dict[str, str]) -> M
     header = build_header(specs, metadata)
     ordered = tuple(entries[info.name] for info in plan_layout(specs))
     return Manifest(header_raw=header, tensors=ordered)
+
+
+def merge_adapters(
+    repo: Repo,
+    store: ObjectStore,
+    base: str,
+    folders: list[str],
+    base_files: Mapping[str, bytes],
+    branch_files: Sequence[Mapping[str, bytes]],
+    strategy: str,
+    params: MergeParams,
+    options: AdapterOptions | None,
+) -> tuple[dict[str, Manifest | bytes], dict[str, Any]]:
+    """The merged adapter files (and, with ``into="model"``, the base model file) and the
+    record of how each module was merged."""
+    job = AdapterMerge(
+        store,
+        folders,
+        base_files,
+        branch_files,
+        repo.model_files(base),
+        strategy,
+        params,
+        options or AdapterOptions(),
+    )
+    files = {path: content for path, content in job.run().items() if content is not None}
+    record = {"options": (options or AdapterOptions()).to_record(), "folders": job.records}
+    return files, record

@@ -10,15 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mvc.errors import MvcError
 from mvc.formats.peft import adapter_folders, config_path, weights_path
-
-if TYPE_CHECKING:
-    from mvc.merge.params import MergeParams
-    from mvc.repo import Manifest, Repo
-    from mvc.store import ObjectStore
 
 SVD_METHODS = ("auto", "exact", "randomized")
 COMBINES = ("svd", "cat")
@@ -71,35 +66,3 @@ def without_folders(files: Mapping[str, bytes], folders: Sequence[str]) -> dict[
     """``files`` without the two adapter files of each folder (the planner never sees them)."""
     drop = {p for f in folders for p in (config_path(f), weights_path(f))}
     return {p: v for p, v in files.items() if p not in drop}
-
-
-
-
-def merge_adapters(
-    repo: Repo,
-    store: ObjectStore,
-    base: str,
-    folders: list[str],
-    base_files: Mapping[str, bytes],
-    branch_files: Sequence[Mapping[str, bytes]],
-    strategy: str,
-    params: MergeParams,
-    options: AdapterOptions | None,
-) -> tuple[dict[str, Manifest | bytes], dict[str, Any]]:
-    """The merged adapter files (and, with ``into="model"``, the base model file) and the
-    record of how each module was merged; torch is imported only here."""
-    from mvc.merge.adapter_merge import AdapterMerge
-
-    job = AdapterMerge(
-        store,
-        folders,
-        base_files,
-        branch_files,
-        repo.model_files(base),
-        strategy,
-        params,
-        options or AdapterOptions(),
-    )
-    files = {path: content for path, content in job.run().items() if content is not None}
-    record = {"options": (options or AdapterOptions()).to_record(), "folders": job.records}
-    return files, record

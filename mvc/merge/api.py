@@ -11,7 +11,6 @@ from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.merge.adapter_plan import (
     AdapterOptions,
     adapter_folders_to_merge,
-    merge_adapters,
     without_folders,
 )
 from mvc.merge.arrays import ArrayOps, TorchOps
@@ -129,6 +128,8 @@ def merge(
         try:
             files = aligned.finish(executor.run(plan))
             if adapters:
+                from mvc.merge.adapter_merge import merge_adapters  # torch, only for adapters
+
                 adapter_files, adapter_record = merge_adapters(
                     repo, repo.store, base, adapters, aligned.base_files, aligned.branch_files,
                     options.strategy, params, options.adapter,
