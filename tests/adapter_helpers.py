@@ -104,6 +104,7 @@ def adapter_repo(root: Path, sides: dict[str, dict], *, init: dict | None = None
     """A repository: main = base model (+ adapter at PEFT init when ``init`` is given), then
     one branch per entry of ``sides`` (name -> make_adapter keywords) editing adapter/."""
     repo = Repo.init(root)
+    (repo.root / "README.md").write_text("adapters on MiniLM\n")
     if with_model:
         (repo.root / "model").mkdir()
         shutil.copy(MODEL_DIR / "model.safetensors", repo.root / "model" / "model.safetensors")

@@ -44,7 +44,7 @@ from mvc.merge.adapters import (
     read_side,
 )
 from mvc.merge.device import resolve_device
-from mvc.merge.lora import Factors, concatenate, factorize
+from mvc.merge.lora import Factors, check_rank, concatenate, factorize
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import SIDE_STRATEGIES
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
@@ -151,6 +151,10 @@ class AdapterMerge:
         )
         if self.options.combine == "cat":
             _cat_coefficients(self.strategy, self.params, (1.0,))  # refuse non-linear rules first
+        else:
+            for side in sides:  # refuse an impossible rank before any module is written
+                for module, shape in side.shapes.items():
+                    check_rank(rank, shape, module)
         entries: dict[str, TensorEntry] = {}
         ranks: dict[str, int] = {}
         alphas: dict[str, float] = {}

@@ -71,16 +71,21 @@ def _randomized(target: torch.Tensor, rank: int, name: str) -> tuple[torch.Tenso
     return q @ u_small, s, vh
 
 
+def check_rank(rank: int, shape: tuple[int, int], name: str) -> None:
+    """A rank-r factorisation needs r ≤ min(out, in)."""
+    if rank > min(shape):
+        raise MvcError(
+            f"rank {rank} is larger than module {name} ({shape[0]} × {shape[1]}) allows",
+            hint=f"choose --adapter-rank/--rank of at most {min(shape)}",
+        )
+
+
 def factorize(target: torch.Tensor, rank: int, name: str, method: str = "auto") -> Factors:
     """Rank-``rank`` factors of ``target`` (out × in, fp32) by truncated SVD."""
     if method not in SVD_METHODS:
         raise MvcError(f"unknown SVD method {method!r}", hint=f"use {', '.join(SVD_METHODS)}")
     rows, cols = target.shape
-    if rank > min(rows, cols):
-        raise MvcError(
-            f"rank {rank} is larger than module {name} ({rows} × {cols}) allows",
-            hint=f"choose --adapter-rank/--rank of at most {min(rows, cols)}",
-        )
+    check_rank(rank, (rows, cols), name)
     if method == "auto":
         # The range finder costs O(rows·cols·(rank + oversampling)) per pass against the
         # exact SVD's O(rows·cols·min(rows, cols)); where it is not much cheaper, be exact.
