@@ -3,6 +3,7 @@ where PEFT is exact, and the exact ΔW-space answer where it is not."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -182,3 +183,22 @@ def test_into_model_bakes_the_merged_update(plain):
     assert torch.equal(merged["embeddings.word_embeddings.weight"],
                        base["embeddings.word_embeddings.weight"])
     repo.switch("main")
+
+
+def test_modules_to_save_merge_against_the_base_model_when_the_base_has_no_adapter(tmp_path):
+    saved = {"modules_to_save": ["pooler.dense"], "layers_to_transform": [0]}
+    repo = adapter_repo(tmp_path / "repo", {"a": {"seed": 1, **saved}, "b": {"seed": 2, **saved}})
+    _, folder = merged_on_new_branch(
+        repo, "cat", strategy="task_arithmetic", adapter=AdapterOptions(combine="cat")
+    )
+    exact = {n: make_adapter(tmp_path / n, s, **saved) for n, s in (("a", 1), ("b", 2))}
+    ours = lora_deltas(folder)
+    want = {m: d + lora_deltas(exact["b"])[m] for m, d in lora_deltas(exact["a"]).items()}
+    assert max(rel(ours[m], want[m]) for m in want) <= 1e-6  # no ancestor adapter: ΔW_base = 0
+    base = repo.load_state_dict("main", "model/model.safetensors")["pooler.dense.weight"]
+    key = "base_model.model.pooler.dense.weight"
+    a, b = (repo.load_state_dict(n, "adapter/adapter_model.safetensors")[key] for n in "ab")
+    merged = repo.load_state_dict("cat", "adapter/adapter_model.safetensors")[key]
+    assert torch.allclose(merged, base + (a - base) + (b - base), atol=1e-6)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["pooler.dense"]
