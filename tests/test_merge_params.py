@@ -6,7 +6,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from model_factory import fine_tuned, random_weights, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import MvcError
@@ -99,11 +99,8 @@ def test_for_subset_restricts_every_per_branch_parameter():
 @pytest.fixture
 def three(tmp_path, monkeypatch):
     """main = base; a, b and c each fine-tune the same tensors."""
-    repo = Repo.init(tmp_path / "work")
     base = random_weights(0, rows=8, cols=4)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "work", base)
     for seed, name in enumerate("abc", start=1):
         repo.switch(name, create=True, start="main")
         write_model_folder(repo.root / "model", fine_tuned(base, seed=seed))
@@ -122,6 +119,8 @@ def test_help_and_list_show_every_declaration():
     text = runner.invoke(cli, ["merge", "--help"], terminal_width=200).output
     for param in PARAMETERS.values():
         assert param.option in text, param.name
+    for strategy in strategies():
+        assert f"{strategy.name}: {strategy.summary}" in text
     listing = runner.invoke(cli, ["merge", "--list-strategies"])
     assert listing.exit_code == 0, listing.output
     for strategy in strategies():
@@ -152,6 +151,20 @@ def test_bad_parameters_are_one_line_errors_before_anything_is_written(three, ar
     lines = result.output.strip().splitlines()
     assert lines[0] == f"mvc: error: {message}"
     assert len([line for line in lines if not line.startswith("hint:")]) == 1
+    assert _state(three) == before
+
+
+def test_too_few_branches_for_a_method_is_refused_before_anything_is_written(three):
+    before = _state(three)
+    result = CliRunner().invoke(cli, ["merge", "a", "--no-ff", "-q", "-s", "model_stock"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy model_stock needs at least 2 branches, got 1"
+    )
+    result = CliRunner().invoke(cli, ["merge", "a", "b", "c", "-q", "-s", "nuslerp"])
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy nuslerp needs exactly 2 branches, got 3"
+    )
     assert _state(three) == before
 
 

@@ -42,6 +42,8 @@ def _param_option(param):
         kind = str if param.by_name else param.kind
         return click.option(param.option, param.name, type=kind, multiple=True, help=text)
     kind = click.Choice(param.choices) if param.choices else param.kind
+    if param.size > 1:
+        kind = str  # "A,B": MergeParams splits and checks it
     return click.option(param.option, param.name, type=kind, default=None, help=text)
 
 
@@ -53,8 +55,9 @@ def _list_strategies(ctx: click.Context, _param, value: bool) -> None:
         click.echo(f"    {strategy.formula}")
         most = "" if strategy.max_branches is None else f", at most {strategy.max_branches}"
         presets = ", ".join(p for p in strategy.presets if p) or "none"
+        base = "reads the merge base" if strategy.needs_base else "ignores the merge base"
         click.echo(
-            f"    branches: at least {strategy.min_branches}{most}; presets: {presets}; "
+            f"    branches: at least {strategy.min_branches}{most}; {base}; presets: {presets}; "
             f"mergekit: {strategy.mergekit or 'none'}"
         )
         for param in strategy.parameters:
@@ -216,7 +219,13 @@ def report(result, as_json: bool) -> None:
             )
 
 
-@click.command()
+def _epilog() -> str:
+    """The strategies, one line each, under `mvc merge --help` (click keeps \b blocks as written)."""
+    lines = [f"  {s.name}: {s.summary}" for s in strategies()]
+    return "\b\nStrategies (formulas and parameters: --list-strategies):\n" + "\n".join(lines)
+
+
+@click.command(epilog=_epilog())
 @click.argument("branches", nargs=-1, required=True)
 @click.option("-m", "--message", default=None, help="Merge commit message.")
 @click.option("--no-commit", is_flag=True, help="Stage the result; commit it yourself.")

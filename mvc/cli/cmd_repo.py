@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
 
 from mvc.cli.output import emit_json, open_repo
-from mvc.errors import MvcError
 from mvc.repo.adapters import adapters_for_paths
 
 
@@ -124,18 +122,23 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
         if oneline:
             click.echo(_summary(c, recipes))
             continue
-        click.echo(f"commit {c.id}")
-        if len(c.parents) > 1:
-            click.echo("Merge: " + " ".join(p[:12] for p in c.parents))
-        click.echo(f"Author: {c.author}")
-        click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
-        if c.id in recipes:
-            click.echo(f"Recipe: {recipes[c.id]}")
-        _echo_adapters(adapters[c.id])
-        click.echo("")
-        for line in c.message.splitlines():
-            click.echo(f"    {line}")
-        click.echo("")
+        _echo_commit(c, recipes.get(c.id), adapters[c.id])
+
+
+def _echo_commit(c, recipe: str | None, adapters: dict[str, str]) -> None:
+    """The commit block of `log` and `show`: id, parents of a merge, author, date, message."""
+    click.echo(f"commit {c.id}")
+    if len(c.parents) > 1:
+        click.echo("Merge: " + " ".join(p[:12] for p in c.parents))
+    click.echo(f"Author: {c.author}")
+    click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
+    if recipe:
+        click.echo(f"Recipe: {recipe}")
+    _echo_adapters(adapters)
+    click.echo("")
+    for line in c.message.splitlines():
+        click.echo(f"    {line}")
+    click.echo("")
 
 
 def _summary(c, recipes: dict[str, str]) -> str:
@@ -184,18 +187,7 @@ def show(rev: str, as_json: bool) -> None:
     if as_json:
         emit_json(dict(info.to_json(), changes=changes, recipe=recipe, adapters=adapters))
         return
-    click.echo(f"commit {info.id}")
-    if len(info.parents) > 1:
-        click.echo("Merge: " + " ".join(p[:12] for p in info.parents))
-    click.echo(f"Author: {info.author}")
-    click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(info.date))}")
-    if recipe:
-        click.echo(f"Recipe: {recipe}")
-    _echo_adapters(adapters)
-    click.echo("")
-    for line in info.message.splitlines():
-        click.echo(f"    {line}")
-    click.echo("")
+    _echo_commit(info, recipe, adapters)
     for path, state in sorted(changes.items()):
         click.echo(f"  {state:<9} {path}")
 
@@ -357,9 +349,19 @@ def fsck(as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def gc(as_json: bool) -> None:
+@click.option(
+    "--prune-promised",
+    is_flag=True,
+    help="Lazy clone: also drop local copies the remote holds and the checkout does not need.",
+)
+def gc(as_json: bool, prune_promised: bool) -> None:
     """Delete store objects no commit, index entry or merge record references."""
-    report = open_repo().gc()
+    if prune_promised:
+        from mvc.remote.prune import prune_promised as prune
+
+        report = prune(open_repo())
+    else:
+        report = open_repo().gc()
     data = {"kept": report.kept, "deleted": report.deleted, "freed_bytes": report.freed_bytes}
     if as_json:
         emit_json(data)
@@ -375,12 +377,9 @@ def gc(as_json: bool) -> None:
 @click.argument("dest", type=click.Path(), required=False)
 def import_(source: str, dest: str | None) -> None:
     """Convert a pickle checkpoint (.bin/.pt) to safetensors with torch's weights_only loader."""
-    from mvc.formats.hf import convert_pickle_checkpoint
+    from mvc.formats.hf import import_checkpoint
 
-    target = Path(dest) if dest else Path(source).with_suffix(".safetensors")
-    if target.exists():
-        raise MvcError(f"{target} already exists")
-    convert_pickle_checkpoint(Path(source), target)
+    target = import_checkpoint(source, dest)
     click.echo(f"wrote {target}; add it with `mvc add {target}`")
 
 

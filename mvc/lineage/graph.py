@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from mvc.lineage.records import (
     find_merge_record,
     find_provenance,
-    is_locked,
     merge_recipe_text,
     parent_label,
     provenance_text,
     recipe,
 )
+from mvc.repo.records import is_locked
 
 if TYPE_CHECKING:
     from mvc.repo import Repo

@@ -47,8 +47,8 @@ from mvc.merge.device import resolve_device
 from mvc.merge.lora import Factors, check_rank, concatenate, factorize
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import SIDE_STRATEGIES
+from mvc.merge.recipe import Recipe
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
-from mvc.repo import Repo
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.state_dicts import load_tensor, store_tensor
 from mvc.store import ObjectStore
@@ -404,28 +404,19 @@ def _manifest(entries: Mapping[str, TensorEntry], metadata: dict[str, str]) -> M
 
 
 def merge_adapters(
-    repo: Repo,
     store: ObjectStore,
-    base: str,
+    base_models: Mapping[str, Manifest],
     folders: list[str],
     base_files: Mapping[str, bytes],
     branch_files: Sequence[Mapping[str, bytes]],
-    strategy: str,
-    params: MergeParams,
-    options: AdapterOptions | None,
+    recipe: Recipe,
 ) -> tuple[dict[str, Manifest | bytes], dict[str, Any]]:
     """The merged adapter files (and, with ``into="model"``, the base model file) and the
-    record of how each module was merged."""
+    merge record's ``adapters`` entry: the options and how each module was merged."""
+    options = recipe.adapter or AdapterOptions()
     job = AdapterMerge(
-        store,
-        folders,
-        base_files,
-        branch_files,
-        repo.model_files(base),
-        strategy,
-        params,
-        options or AdapterOptions(),
+        store, folders, base_files, branch_files, base_models, recipe.strategy, recipe.params,
+        options,
     )
     files = {path: content for path, content in job.run().items() if content is not None}
-    record = {"options": (options or AdapterOptions()).to_record(), "folders": job.records}
-    return files, record
+    return files, {"options": options.to_record(), "folders": job.records}

@@ -42,6 +42,12 @@ class AdapterOptions:
     def to_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> AdapterOptions | None:
+        """The options a merge record's ``adapters`` entry names (None: no adapter merged)."""
+        options = (record.get("adapters") or {}).get("options")
+        return cls(**options) if options is not None else None
+
 
 def adapter_folders_to_merge(
     base_files: Mapping[str, bytes], branch_files: Sequence[Mapping[str, bytes]]

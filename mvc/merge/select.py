@@ -272,30 +272,40 @@ class Request:
     count: int
 
 
-class KeyPass:
-    """One pass over the chunks feeding every branch's magnitude keys to a callback."""
+def branch_magnitude_keys(chunk) -> list[Array]:
+    """Each branch's |τ| as keys: what magnitude trims rank."""
+    return [magnitude_keys(chunk.ops, m) for m in chunk.magnitudes()]
 
-    def __init__(self, consume, sample: bool = False) -> None:
+
+class KeyPass:
+    """One pass over the chunks feeding every key array of a chunk to a callback."""
+
+    def __init__(self, consume, sample: bool = False, keys=branch_magnitude_keys) -> None:
         self._consume = consume
         self.sample = sample
+        self._keys = keys
 
     def update(self, chunk) -> None:
-        keys = [magnitude_keys(chunk.ops, m) for m in chunk.magnitudes()]
-        self._consume(keys, chunk)
+        self._consume(self._keys(chunk), chunk)
 
 
 class Selection:
     """Runs rank requests over a tensor's chunks and turns them into exact :class:`Cut` s.
 
     Drive it with ``yield from selection.passes()`` inside a job's plan; afterwards
-    ``cuts[i]`` is the cut for ``requests[i]``.
+    ``cuts[i]`` is the cut for ``requests[i]``. ``keys`` maps a chunk to the key arrays a
+    request's ``branch`` indexes (default: each branch's |τ|); any non-negative float
+    statistic, viewed with :func:`magnitude_keys`, ranks the same way.
     """
 
-    def __init__(self, requests: list[Request], numel: int, dtype: str) -> None:
+    def __init__(
+        self, requests: list[Request], numel: int, dtype: str, keys=branch_magnitude_keys
+    ) -> None:
         self.requests = requests
         self.numel = numel
         self.bits = key_bits(dtype)
         self.cuts: list[Cut] = []
+        self._keys = keys
 
     def passes(self) -> Iterator[KeyPass]:
         n = self.numel
@@ -310,7 +320,8 @@ class Selection:
                 query.update(chunk.ops, keys[self.requests[i].branch], chunk.whole)
 
         while not all(query.done for query in queries.values()):
-            yield KeyPass(feed, sample=all(q.sampling for q in queries.values() if not q.done))
+            sample = all(q.sampling for q in queries.values() if not q.done)
+            yield KeyPass(feed, sample=sample, keys=self._keys)
             for query in queries.values():
                 query.end_pass()
 
@@ -342,7 +353,7 @@ class Selection:
                     equal = keys[self.requests[i].branch] == cuts[i].value
                     counts[i].append(chunk.ops.count_nonzero(equal))
 
-            yield KeyPass(count)
+            yield KeyPass(count, keys=self._keys)
             order = sorted(range(len(starts)), key=starts.__getitem__)
             for i in split:
                 running = 0

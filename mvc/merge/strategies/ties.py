@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT
+from mvc.merge.lines import LINES
 from mvc.merge.select import Cut, RankQuery, Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
     Chunk,
@@ -242,7 +243,7 @@ class Ties(Strategy):
         "τ̂_i = τ_i ⊙ top(|τ_i|, density); s = sign Σ w_i·τ̂_i; "
         "θ = θ_base + λ·Σ_{sign τ̂_i = s} w_i·τ̂_i / Σ_{sign τ̂_i = s} w_i"
     )
-    parameters = (DENSITY, WEIGHT, LAMBDA, NORMALIZE)
+    parameters = (DENSITY, WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft", "paper")
     mergekit = "ties"
 
