@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.errors import ConflictError, MvcError
 from mvc.formats.peft import config_path, weights_path
-from mvc.lineage.records import (
-    PROVENANCE_KIND,
-    PROVENANCE_PATH,
-    PROVENANCE_VERSION,
-    encode_provenance,
-    is_locked,
-)
+from mvc.lineage.records import PROVENANCE_PATH, PROVENANCE_RECORD, is_locked
 from mvc.merge.adapters import bake_manifest, find_adapter, find_base_model, oriented, read_side
 from mvc.merge.planner import RECORD_PREFIX
 
@@ -94,14 +88,13 @@ def bake(repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str 
             )
         files, details = baked_files(repo, repo.store, sha, folder)
         provenance: Mapping[str, Any] = {
-            "mvc": PROVENANCE_KIND,
-            "schema_version": PROVENANCE_VERSION,
+            **PROVENANCE_RECORD.header(),
             "kind": "bake",
             "bake_of": sha,
             **details,
             "commit_parents": [sha],
         }
-        files[PROVENANCE_PATH] = encode_provenance(provenance)
+        files[PROVENANCE_PATH] = PROVENANCE_RECORD.encode(provenance)
         text = message or f"Bake {details['adapter'] or '.'}/ into {details['model']}"
         commit = repo.commit_tree(files, [sha], text)
     return BakeResult(
