@@ -186,3 +186,31 @@ def test_unsupported_architectures_are_one_line_errors():
     router = {**original, "model.layers.0.mlp.gate.weight": torch.zeros(4, 64)}
     with pytest.raises(MvcError, match="mlp.gate.weight"):
         plan_for(router, config, KEY)
+
+
+def test_an_attacker_with_the_base_undoes_the_stream_transform(minilm_model):
+    """The documented limit: weight matching finds P, Procrustes finds Q, from embeddings."""
+    config, base = minilm_model
+    gen = torch.Generator().manual_seed(3)
+    name = "embeddings.word_embeddings.weight"
+    tuned = {**base, name: base[name] + 0.02 * base[name].std() * torch.randn(base[name].shape, generator=gen)}
+    plan = plan_for(tuned, config, KEY)
+    locked = lock_tensors(tuned, config, KEY)[name].double()
+    e_base = base[name].double()
+    guess = (locked.T @ e_base).argmax(1).numpy()  # locked column i ~ base column perm[i]
+    found = float(np.mean(guess == plan.stream_op.perm))
+    config, base = tiny_model("llama")
+    name = "model.embed_tokens.weight"
+    delta = 0.02 * base[name].std() * torch.randn(base[name].shape, generator=gen)
+    tuned = {**base, name: base[name] + delta}
+    plan = plan_for(tuned, config, KEY)
+    locked = lock_tensors(tuned, config, KEY)[name].double()
+    u, _, vt = torch.linalg.svd(locked.T @ base[name].double())
+    q_hat = u @ vt  # argmin ‖E_base Qᵀ − E_locked‖ over orthogonal Q
+    q = torch.from_numpy(plan.stream_op.matrix)
+    recovered = locked @ q_hat - base[name].double()
+    cosine = torch.nn.functional.cosine_similarity(recovered.flatten(), delta.double().flatten(), dim=0).item()
+    print(f"permutation entries found {found:.3f}; rotation error {(q_hat - q).norm().item():.3g}, "
+          f"recovered delta cosine {cosine:.3f}")
+    assert found == 1.0
+    assert (q_hat - q).norm() < 0.3 and cosine > 0.7  # 97 tokens only; real vocabularies fit better
