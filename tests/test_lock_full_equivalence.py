@@ -85,7 +85,7 @@ def test_fp32_outputs_kept_every_matrix_moves_unlock_restores(kind, tied, stream
 def test_minilm_full_keeps_pooler_and_hidden_states_up_to_the_permutation(minilm_model):
     config, original = minilm_model
     plan, locked, report = lock_and_check(config, original)
-    assert plan.stream == "permutation" and "pooler output" not in plan.heads
+    assert plan.stream == "permutation" and plan.heads == () and plan.pooled_heads == ()
     assert report.max_abs_diff <= 1e-4
     moved = {n: relative_change(original[n], locked[n]) for n in matrices(original)}
     assert len(moved) == 6 * 6 + 4 and min(moved.values()) > 0.5
@@ -214,3 +214,12 @@ def test_an_attacker_with_the_base_undoes_the_stream_transform(minilm_model):
           f"recovered delta cosine {cosine:.3f}")
     assert found == 1.0
     assert (q_hat - q).norm() < 0.3 and cosine > 0.7  # 97 tokens only; real vocabularies fit better
+
+
+def test_a_zero_norm_weight_cannot_be_folded():
+    config, original = tiny_model("llama")
+    name = "model.layers.1.post_attention_layernorm.weight"
+    zeroed = {**original, name: original[name].clone()}
+    zeroed[name][3] = 0.0
+    with pytest.raises(MvcError, match="post_attention_layernorm.weight' has zero"):
+        plan_for(zeroed, config, KEY)
