@@ -3,12 +3,13 @@
 The lock streams tensor by tensor and checks equivalence one module at a time, so its peak
 memory should follow the largest tensor (the embedding and the LM head, which are the same
 at both sizes here: only the number of layers changes), not the model. The peer is what a
-whole-model lock has to do first: load the safetensors file into torch
-(``safetensors.torch.load_file``), whose memory grows with the model.
+whole-model lock has to do first: hold every tensor in torch (``safetensors.torch.load_file``
+and a copy of each tensor, since the file is mapped lazily), whose memory grows with the
+model.
 
 Models: random-init LLaMA (GQA, RoPE, untied head, so the stream is rotated and the norms are
-folded) in bf16, written block by block, never held in memory. ``--quick`` (the default
-here): hidden 512, 2 and 8 layers. ``--full``: hidden 2048, intermediate 5632, 32000
+folded) in bf16, written block by block, never held in memory. The default (short): hidden
+1024, intermediate 2816, 16000 tokens, 4 and 16 layers (155 and 420 MiB). ``--full``: hidden 2048, intermediate 5632, 32000
 tokens, 6 and 22 layers (TinyLlama's 1.1B shape at 22 layers).
 
 Run: ``.venv/bin/python -m benchmarks.lock_memory [--full]``.
@@ -124,9 +125,14 @@ def _measure(work: Path, shape: LlamaShape) -> tuple[float, dict[str, Run]]:
     run([mvc, "commit", "-m", "base"], cwd=repo, env=GIT_ENV)
     key = work / "bench.key"
     run([mvc, "keygen", str(key)], cwd=repo, env=GIT_ENV)
-    load = "from safetensors.torch import load_file; load_file('model/model.safetensors')"
+    # load_file maps the file lazily; cloning makes torch hold the model, as a lock that
+    # loads every tensor (mvc before issue 14) does.
+    load = (
+        "from safetensors.torch import load_file; "
+        "held = [t.clone() for t in load_file('model/model.safetensors').values()]"
+    )
     runs = {
-        "load into torch (peer: whole-model lock)": run([sys.executable, "-c", load], cwd=repo),
+        "hold the model in torch (peer)": run([sys.executable, "-c", load], cwd=repo),
         "mvc lock (level full)": run([mvc, "lock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV),
         "mvc unlock": run([mvc, "unlock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV),
     }
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         dims, layers = dict(hidden=2048, intermediate=5632, vocab=32000, heads=32, kv_heads=4), (6, 22)
     else:
-        dims, layers = dict(hidden=512, intermediate=1408, vocab=8000, heads=8, kv_heads=2), (2, 8)
+        dims, layers = dict(hidden=1024, intermediate=2816, vocab=16000, heads=16, kv_heads=4), (4, 16)
     measured = []
     for n in layers:
         with tempfile.TemporaryDirectory(prefix="mvc-bench-lock-") as tmp:
