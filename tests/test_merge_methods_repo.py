@@ -160,3 +160,49 @@ def test_mergekit_reproduces_exported_merges(repo, tmp_path):
             torch.testing.assert_close(
                 outputs[name].float(), value.float(), rtol=1e-6, atol=1e-6, msg=strategy
             )
+
+
+def _state(repo: Repo):
+    return repo.head(), set(repo.store.ids()), sorted(p.name for p in repo.scratch_dir().iterdir())
+
+
+def test_cli_takes_the_new_parameters_and_records_them(repo, monkeypatch):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+    from mvc.lineage.records import merge_record
+
+    monkeypatch.chdir(repo.root)
+    args = ["merge", "a", "b", "-q", "-s", "della", "--density", "0.5", "--epsilon", "0.1"]
+    result = CliRunner().invoke(cli, [*args, "--lines", "0.5,0.25"])
+    assert result.exit_code == 0, result.output
+    _, record = merge_record(repo, "HEAD")
+    assert record["params"]["lines"] == [0.5, 0.25] and record["params"]["epsilon"] == 0.1
+    log = CliRunner().invoke(cli, ["log", "-n", "1"]).output
+    assert "della" in log and "epsilon 0.1" in log and "lines" in log
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["a", "b", "c", "-s", "nuslerp"], "strategy nuslerp needs exactly 2 branches, got 3"),
+        (["a", "b", "c", "-s", "slerp"], "strategy slerp needs exactly 2 branches, got 3"),
+        (["a", "b", "-s", "della", "--density", "0.5", "--epsilon", "0.6"], "density ± epsilon"),
+        (["a", "b", "-s", "sce", "--select-topk", "1.5"], "select topk must be in (0, 1]"),
+        (["a", "b", "-s", "ties", "--lines", "0.5"], "lines takes 2 numbers"),
+        (["a", "b", "-s", "linear", "--lines", "0.5,0.5"], "--lines scales task vectors"),
+        (["a", "b", "-s", "karcher", "--max-iter", "0"], "max iter must be"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_nothing(repo, monkeypatch, args, message):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+
+    monkeypatch.chdir(repo.root)
+    before = _state(repo)
+    result = CliRunner().invoke(cli, ["merge", *args, "-q"])
+    assert result.exit_code == 1, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("mvc: error: ") and message in first, result.output
+    assert _state(repo) == before
