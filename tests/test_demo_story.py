@@ -26,7 +26,7 @@ def test_demo_keeps_gains_audits_and_locks(tmp_path):
     # A locked model answers like the original; merging it destroys its task (issue 5).
     locked_row = next(label for label in rows if label.endswith("(locked)"))
     locked_task = locked_row.split()[1]
-    assert rows[locked_row] == rows[f"branch {locked_task}"]
+    assert rows[locked_row][locked_task] == rows[f"branch {locked_task}"][locked_task]
     assert report.locked_retention < 0.5
     # Storage: each fine-tune commit adds at most 0.40 of the raw fp32 file (issue 2).
     fine_tunes = [(stored, raw) for label, stored, raw in report.storage if label != "base"]

@@ -34,7 +34,7 @@ def locked_repo(tmp_path_factory):
     base = repo.commit("base")
     key = root.parent / f"{root.name}.key"
     keygen(key)
-    locked = lock_commit(repo, "HEAD", key)
+    locked = lock_commit(repo, "HEAD", key, level="attention")
     return repo, base, locked, key
 
 
@@ -203,7 +203,7 @@ def test_cli_keygen_lock_unlock_round_trip(tmp_path, monkeypatch):
 
     result = runner.invoke(cli, ["lock", "HEAD", "--key", str(key), "-m", "release"])
     assert result.exit_code == 0, result.output
-    assert "locked model (llama, 8 tensors" in result.output
+    assert "locked model (llama, level full, stream rotation, 21 tensors" in result.output
     locked = repo.head()
     assert repo.commit_info(locked).message.strip() == "release"
     assert is_locked(repo, locked)

@@ -13,8 +13,8 @@ from model_factory import fine_tuned, write_model_folder, write_safetensors_np
 from mvc.errors import FormatError, MvcError
 from mvc.formats.hf import INDEX_NAME, parse_size
 from mvc.lineage.blame import blame
+from mvc.lineage.records import merge_record
 from mvc.merge import MergeOptions, MergeParams, merge
-from mvc.merge.record import read_record
 from mvc.repo import Repo
 from mvc.repo.diff import diff_revisions
 from mvc.repo.models import model_view, sharded_layout
@@ -87,7 +87,7 @@ def test_resharded_branch_merges_tensor_for_tensor_like_one_layout(tmp_path, bf1
     index = index_of(other, "HEAD")
     view = model_view(other.files("HEAD"), "model")
     assert index["weight_map"] == {n: p.split("/")[-1] for n, p in view.where.items()}
-    record = read_record(other, "HEAD")
+    record = merge_record(other, "HEAD")[1]
     decisions = {
         n: d["action"] for f in record["files"].values() for n, d in f.get("tensors", {}).items()
     }
@@ -274,3 +274,58 @@ def test_minilm_resharded_fine_tune_merges_like_one_layout(tmp_path):
     assert merged[0] == merged[1]
     assert sorted(repo.tree_files("HEAD")) == sorted(repo.tree_files("topic") | {".mvc/merge.json": 0})
     assert verify(repo, "HEAD", device="cpu").ok
+
+
+def test_reshard_stores_no_tensor_and_round_trips(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+    from mvc.repo.reshard import reshard
+
+    repo = Repo.init(tmp_path / "r")
+    weights = llama_weights(0, hidden=64, inter=128, vocab=512, layers=4)
+    write_layout(repo.root / "model", weights, 1)
+    repo.add([repo.root / "model"])
+    repo.commit("one file")
+    before = tensors(repo, "HEAD")
+    objects = set(repo.store.ids())
+    result = reshard(repo, repo.root / "model", parse_size("200KB"))
+    assert len(result.shards) > 3 and set(repo.store.ids()) == objects
+    assert tensors(repo, "HEAD") == before
+    assert 0 < result.bytes_added < 0.01 * result.model_bytes
+    assert repo.fsck() == [] and repo.status().clean
+    on_disk = sorted(f"model/{p.name}" for p in (repo.root / "model").glob("*.safetensors"))
+    assert on_disk == sorted(result.shards)
+    assert index_of(repo, "HEAD")["metadata"]["total_size"] == result.model_bytes
+    with pytest.raises(MvcError, match="already in this layout"):
+        reshard(repo, repo.root / "model", parse_size("200KB"))
+    # Back to one file through the CLI, which prints what it added.
+    monkeypatch.chdir(repo.root)
+    out = CliRunner().invoke(cli, ["reshard", "model", "--max-shard-size", "1GB"])
+    assert out.exit_code == 0, out.output
+    assert "in 1 shard(s); added" in out.output and "reused" in out.output
+    assert repo.tree_files("HEAD").keys() == repo.tree_files("HEAD~2").keys()
+    assert tensors(repo, "HEAD") == before
+    assert not (repo.root / "model" / INDEX_NAME).exists()
+
+
+def test_extract_rebuilds_a_parent_saved_in_another_layout(tmp_path):
+    from mvc.lineage.extract import extract
+
+    repo = build(tmp_path, "x", (3, 2, 3), False)
+    merge(repo, ["sent"])
+    result = extract(repo, "HEAD", "sent", out_dir=tmp_path / "out")
+    # Compared with `sent` tensor by name although `sent` keeps them in two other files.
+    assert result.relative_l2 is not None and 0 < result.relative_l2 < 0.5
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "out" / "model"
+    assert len(list(out.glob("*.safetensors"))) == 3  # the merge's layout
+    rebuilt = {k: v for p in out.glob("*.safetensors") for k, v in load_file(str(p)).items()}
+    repo.switch("sent")
+    original = {
+        k: v for p in (repo.root / "model").glob("*.safetensors") for k, v in load_file(str(p)).items()
+    }
+    name = "model.layers.1.self_attn.q_proj.weight"  # changed by `sent` alone
+    assert np.array_equal(rebuilt[name], original[name])
+    assert rebuilt.keys() == original.keys()

@@ -123,14 +123,39 @@ def push(
 
 @click.command()
 @click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("branches", nargs=-1)
+@click.option(
+    "--all-objects", is_flag=True, help="A lazy clone: fetch every missing tensor object too."
+)
+@click.option("--depth", type=int, default=None, help="Stop history N commits below each tip.")
 @_endpoint
 @_quiet
 @_json
-def fetch(remote_name: str, endpoint: str | None, quiet: bool, as_json: bool) -> None:
-    """Receive REMOTE's branches as remote-tracking branches REMOTE/BRANCH."""
+def fetch(
+    remote_name: str,
+    branches: tuple[str, ...],
+    all_objects: bool,
+    depth: int | None,
+    endpoint: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Receive REMOTE's branches as remote-tracking branches REMOTE/BRANCH.
+
+    From a lazy clone's promisor, tensor objects come only for BRANCHES (default: the
+    checked-out branch); the rest is fetched when needed, or now with --all-objects.
+    """
     from mvc.remote import fetch as fetch_remote
 
-    report = fetch_remote(open_repo(), remote_name, endpoint=endpoint, quiet=quiet or as_json)
+    report = fetch_remote(
+        open_repo(),
+        remote_name,
+        branches=list(branches) or None,
+        all_objects=all_objects,
+        depth=depth,
+        endpoint=endpoint,
+        quiet=quiet or as_json,
+    )
     if as_json:
         emit_json(report.to_json())
     else:
@@ -195,13 +220,26 @@ def pull(
 @click.command()
 @click.argument("url")
 @click.argument("directory", required=False)
+@click.option("--full", is_flag=True, help="Fetch every tensor object, not only the checkout's.")
+@click.option("--depth", type=int, default=None, help="Keep only the last N commits of history.")
 @_endpoint
 @_quiet
-def clone(url: str, directory: str | None, endpoint: str | None, quiet: bool) -> None:
-    """Copy a remote into a new folder and check out its default branch."""
+def clone(
+    url: str,
+    directory: str | None,
+    full: bool,
+    depth: int | None,
+    endpoint: str | None,
+    quiet: bool,
+) -> None:
+    """Copy a remote into a new folder and check out its default branch.
+
+    Lazy by default: all history, but only the tensor objects of the checked-out commit;
+    the rest comes from the remote when a command needs it. --full fetches everything.
+    """
     from mvc.remote import clone as clone_remote
 
-    result = clone_remote(url, directory, endpoint=endpoint, quiet=quiet)
+    result = clone_remote(url, directory, endpoint=endpoint, full=full, depth=depth, quiet=quiet)
     if result.resumed and not quiet:
         click.echo("resumed an interrupted clone")
     _echo_report(result.report, "received", quiet)

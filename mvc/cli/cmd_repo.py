@@ -310,14 +310,20 @@ def checkout(ctx: click.Context, revs: tuple[str, ...], force: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def fsck(as_json: bool) -> None:
-    """Verify every commit, manifest and stored object."""
-    repo = open_repo()
-    problems = repo.fsck()
+    """Verify every commit, manifest and stored object (promised objects are not errors)."""
+    from mvc.repo.maintenance import fsck_report
+
+    report = fsck_report(open_repo())
+    problems = report.problems
     if as_json:
-        emit_json({"ok": not problems, "problems": problems})
+        emit_json({"ok": not problems, "problems": problems, "promised": len(report.promised)})
     else:
         for problem in problems:
             click.echo(problem)
+        if report.promised:
+            click.echo(
+                f"fsck: {len(report.promised)} object(s) missing, promised by {report.promisor}"
+            )
         if not problems:
             click.echo("fsck: everything verified")
     if problems:

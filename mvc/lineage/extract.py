@@ -33,6 +33,7 @@ from mvc.lineage.records import (
     parent_label,
 )
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
+from mvc.merge.layout import Aligned, LayoutChoice, align
 from mvc.merge.planner import RECORD_PREFIX
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.repo.worktree import checked_path, is_model_path
@@ -130,8 +131,13 @@ def extract(
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise MvcError(f"{target} exists and is not an empty folder", hint="choose another -o")
         result.out_dir = target
-    plans = _plan(repo, sha, record, index)
-    parent_models = _stored_parent(repo, result.parent_commit) if compare else None
+    merged = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
+    base_files, parent_files = repo.files(record["base"]), repo.files(result.parent_commit)
+    if record.get("layout"):  # the merge rewrote shards: see base and parent in its layout
+        aligned = align(base_files, [parent_files], merged, LayoutChoice(sha))
+        base_files, parent_files = aligned.base_files, aligned.branch_files[0]
+    plans = _plan(merged, base_files, record, index)
+    parent_models = _stored_parent(repo, parent_files) if compare else None
     errors = _Errors()
     files: dict[str, Manifest | bytes] = {}
     for path, item in plans.items():
@@ -162,20 +168,18 @@ def extract(
     return result
 
 
-def _stored_parent(repo: Repo, commit: str) -> dict[str, Manifest] | None:
+def _stored_parent(repo: Repo, files: Mapping[str, bytes]) -> dict[str, Manifest] | None:
     """The parent's manifests when every object they need is still in the store."""
-    models = repo.model_files(commit)
+    models = Aligned.manifests(files)
     if all(repo.store.has(oid) for m in models.values() for oid in m.object_ids()):
         return models
     return None
 
 
 def _plan(
-    repo: Repo, sha: str, record: Mapping[str, Any], index: int
+    merged: Mapping[str, bytes], base: Mapping[str, bytes], record: Mapping[str, Any], index: int
 ) -> dict[str, bytes | tuple[bytes, list[_Plan]]]:
     """Per output file: its bytes, or its header and the plan of each tensor in data order."""
-    merged = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
-    base = repo.files(record["base"])
     recorded: Mapping[str, Any] = record["files"]
     out: dict[str, bytes | tuple[bytes, list[_Plan]]] = {}
     for path, data in sorted(merged.items()):

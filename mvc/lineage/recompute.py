@@ -90,12 +90,16 @@ class ScratchStore:
     def has(self, oid: str) -> bool:
         return self.real.has(oid) or self.scratch.has(oid)
 
+    def prefetch(self, oids) -> None:
+        self.real.prefetch(oids)
+
     def get(self, oid: str, known: Mapping[str, bytes] | None = None) -> bytes:
-        store = self.real if self.real.has(oid) else self.scratch
+        # The scratch folder first: a miss in the real store may fetch from its promisor.
+        store = self.scratch if self.scratch.has(oid) else self.real
         return store.get(oid, known)
 
     def get_view(self, oid: str, known: Mapping[str, bytes] | None = None) -> memoryview:
-        store = self.real if self.real.has(oid) else self.scratch
+        store = self.scratch if self.scratch.has(oid) else self.real
         return store.get_view(oid, known)
 
     def put(

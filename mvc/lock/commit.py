@@ -42,6 +42,7 @@ from mvc.lock.seal import seal, unseal
 from mvc.lock.symmetries import DEFAULT_LEVEL, LockTransform, build
 from mvc.lock.transform import apply_one, matching
 from mvc.repo import Chunk, Manifest, TensorEntry
+from mvc.repo.models import model_view
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -92,7 +93,9 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
             config = json.loads(files[config_path])
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        models[directory] = _Model(directory, config, manifests)
+        view = model_view(files, directory, manifests)  # one model: refuses an ambiguous one
+        assert view is not None
+        models[directory] = _Model(directory, config, dict(view.shards))
     for directory, manifests in loose.items():
         owner = _owner(directory, models)
         if owner is not None:

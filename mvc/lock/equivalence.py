@@ -13,7 +13,7 @@ compared on what the lock preserves:
 
 Padded positions are excluded: their values are meaningless and amplify fp32 kernel noise.
 For fp32 weights the tolerance is 1e-4. For 16-bit weights it is measured, not assumed:
-the original weights are re-rounded with noise of one epsilon on every tensor the lock
+the original weights are re-rounded with half an epsilon of noise on every tensor the lock
 rewrites, and the lock may move outputs at most a few times as far as that does; for
 causal LMs the top-1 token must agree about as often as it does under that noise.
 
@@ -145,7 +145,8 @@ def _top1(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float
 
 
 def _noisy(loader: Loader, rewritten: Collection[str]) -> Loader:
-    """``loader`` with every rewritten 16-bit tensor re-rounded after one epsilon of noise."""
+    """``loader`` with every rewritten 16-bit tensor re-rounded after half an epsilon of
+    relative noise: about as far as the lock's single cast moves each weight."""
 
     def load(name: str) -> torch.Tensor:
         tensor = loader(name)
@@ -154,7 +155,7 @@ def _noisy(loader: Loader, rewritten: Collection[str]) -> Loader:
         gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
         u = torch.rand(tensor.shape, generator=gen, dtype=torch.float64) * 2 - 1
         eps = torch.finfo(tensor.dtype).eps
-        return (tensor.double() * (1 + eps * u)).to(tensor.dtype)
+        return (tensor.double() * (1 + eps / 2 * u)).to(tensor.dtype)
 
     return load
 

@@ -87,6 +87,8 @@ class Executor:
     def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
         """The merged file set: manifests for model files, bytes for everything else."""
         self.check(plan)
+        models = [self.base, *self.branches]  # a lazy clone fetches their objects in one batch
+        self.store.prefetch(oid for m in models for f in m.values() for oid in f.object_ids())
         output: dict[str, Manifest | bytes] = {}
         total = sum(
             self.base[path].tensor(t.name).nbytes

@@ -62,15 +62,20 @@ def receive_git(
     wants: Iterable[str],
     pool: ThreadPoolExecutor,
     progress: Tally,
+    depth: int | None = None,
+    shallow: set[str] | None = None,
 ) -> dict[str, ShaFile]:
     """Fetch everything reachable from `wants` that is not local; return the trees/commits.
 
-    The returned objects are not written yet (see `write_graph`); blobs already are.
+    The returned objects are not written yet (see `write_graph`); blobs already are. With
+    `depth`, history stops `depth` commits below each wanted commit; the commits whose
+    parents were left out are added to `shallow` (git's `.git/shallow`).
     """
     store = repo.git.object_store
     held: dict[str, ShaFile] = {}
     frontier = [w for w in dict.fromkeys(wants) if w.encode() not in store]
     seen = set(frontier)
+    generation = dict.fromkeys(frontier, 1)  # how far below a wanted commit (depth only)
 
     def one(sha: str) -> ShaFile:
         data = transport.get(git_object_key(sha))
@@ -85,8 +90,20 @@ def receive_git(
         for obj in pool.map(one, frontier):
             if isinstance(obj, Blob):
                 continue
-            held[obj.id.decode()] = obj
-            for child in children(obj):
+            sha = obj.id.decode()
+            held[sha] = obj
+            following_of = children(obj)
+            if depth is not None and isinstance(obj, Commit):
+                below = generation.get(sha, 1)
+                if below >= depth and obj.parents:
+                    following_of = [obj.tree.decode()]
+                    if shallow is not None:
+                        shallow.add(sha)
+                else:
+                    for parent in obj.parents:
+                        key = parent.decode()
+                        generation[key] = min(generation.get(key, below + 1), below + 1)
+            for child in following_of:
                 if child not in seen and child.encode() not in store:
                     seen.add(child)
                     following.append(child)

@@ -89,6 +89,7 @@ def iter_entry_bytes(store: ObjectStore, entry: TensorEntry) -> Iterator[bytes]:
 
 def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
     """Write the byte-identical safetensors file for `manifest` (atomically)."""
+    store.prefetch(manifest.object_ids())  # a lazy clone's missing chunks, in one batch
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, manifest.header_raw, iter_file_chunks(store, manifest))
 

@@ -1,14 +1,24 @@
-"""The bridge between torch state_dicts and manifests (imports torch lazily, via formats)."""
+"""The bridge between torch state_dicts and manifests (imports torch lazily, via formats).
+
+`Repo.commit_state_dict` and `Repo.load_state_dict` import this module on first use, so
+the fast commands never load the torch bridge.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from mvc.errors import MvcError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import build_header, plan_layout
 from mvc.formats.torch_io import state_dict_specs, tensor_bytes, to_torch
+from mvc.repo.commits import commit_tree
+from mvc.repo.core import RepoCore
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.repo.refs import head
+from mvc.repo.trees import files, manifest
+from mvc.repo.worktree import checked_path, is_model_path
 from mvc.store import ObjectStore
 from mvc.store.chunking import row_chunks
 
@@ -56,3 +66,29 @@ def state_dict_from_manifest(store: ObjectStore, manifest: Manifest) -> dict[str
         data = b"".join(store.get(chunk.oid) for chunk in entry.chunks)
         result[entry.name] = to_torch(bytearray(data), entry.dtype, entry.shape)
     return result
+
+
+def commit_state_dict(
+    repo: RepoCore,
+    state_dict: Mapping[str, Any],
+    path: str,
+    message: str,
+    metadata: Mapping[str, str] | None = None,
+) -> str:
+    """Commit a torch state_dict as the model file `path` without writing it first."""
+    rel = checked_path(path)
+    if not is_model_path(rel):
+        raise MvcError(f"'{path}' must end in .safetensors")
+    with repo.locked():
+        current = head(repo)
+        tree: dict[str, Manifest | bytes] = dict(files(repo, current)) if current else {}
+        previous = {}
+        if rel in tree and isinstance(tree[rel], bytes):
+            previous = Manifest.from_bytes(tree[rel], rel).by_name()
+        tree[rel] = manifest_from_state_dict(repo.store, state_dict, previous, metadata)
+        return commit_tree(repo, tree, [current] if current else [], message)
+
+
+def load_state_dict(repo: RepoCore, rev: str, path: str) -> dict[str, Any]:
+    """A model file of a commit as a dict of torch tensors."""
+    return state_dict_from_manifest(repo.store, manifest(repo, rev, path))

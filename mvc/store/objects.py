@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
@@ -30,6 +29,7 @@ from mvc.formats.dtypes import get_dtype
 from mvc.store import codecs
 from mvc.store.chunking import PIECE_BYTES
 from mvc.store.codecs import Codec, CodecError
+from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
     HEADER_PREFIX_MAX,
@@ -44,7 +44,6 @@ MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
-STALE_TEMP_SECONDS = 3600
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
 
 
@@ -61,11 +60,11 @@ class ObjectInfo:
     raw_size: int
 
 
-@dataclass(frozen=True)
-class GcReport:
-    kept: int
-    deleted: int
-    freed_bytes: int
+class Promisor(Protocol):
+    """Where objects this store lacks can be fetched from (a lazy clone's remote; see
+    ``mvc.remote.promisor``). ``fetch`` stores them (bases first) or raises ``MvcError``."""
+
+    def fetch(self, oids: Sequence[str]) -> None: ...
 
 
 class PutRequest(NamedTuple):
@@ -103,6 +102,8 @@ class ObjectStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._local = threading.local()
+        # Set by the remote layer in a lazy clone: every read of a missing object asks it.
+        self.promisor: Promisor | None = None
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -138,15 +139,32 @@ class ObjectStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def prefetch(self, oids: Iterable[str]) -> None:
+        """Fetch, in one parallel batch, those of ``oids`` that are promised, not here."""
+        missing = [oid for oid in dict.fromkeys(oids) if not self.has(oid)]
+        if missing and self.promisor is not None:
+            self.promisor.fetch(missing)
+
+    def _present(self, oid: str) -> Path:
+        """The object's file; a missing one is fetched from the promisor when there is one.
+
+        Every read of the store comes through here, so a lazy clone fetches on demand
+        whatever a command reads, without the command knowing.
+        """
+        path = self.path(oid)
+        if not path.is_file() and self.promisor is not None:
+            self.promisor.fetch([oid])
+        return path
+
     def read_raw(self, oid: str) -> bytes:
         """The stored (encoded) file, as a remote sends it."""
         try:
-            return self.path(oid).read_bytes()
+            return self._present(oid).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"object {oid} not found") from None
 
     def _header(self, oid: str) -> tuple[ObjectHeader, int]:
-        path = self.path(oid)
+        path = self._present(oid)
         try:
             with open(path, "rb") as f:
                 prefix = f.read(HEADER_PREFIX_MAX)
@@ -424,53 +442,9 @@ class ObjectStore:
 
     # -- garbage collection --------------------------------------------------------------------
 
-    def _depth_for_gc(self, oid: str) -> int:
-        try:
-            return self._header(oid)[0].depth
-        except (CorruptObjectError, NotFoundError):
-            return MAX_DELTA_DEPTH + 1  # unreadable: nothing can decode through it anyway
-
     def gc(self, live: Iterable[str]) -> GcReport:
-        """Delete every object not in ``live`` nor a delta base of a live object.
+        """Delete every object not in ``live`` nor a delta base of a live object (see
+        ``mvc.store.gc``); the caller holds the repository lock."""
+        from mvc.store.gc import collect_garbage
 
-        Also removes temp files left by crashed writers more than an hour ago. The caller
-        must hold the repository lock: an object put during gc is not in ``live``.
-        """
-        keep: set[str] = set()
-        for oid in live:
-            current: str | None = oid
-            while current is not None and current not in keep and self.has(current):
-                keep.add(current)
-                try:
-                    current = self._header(current)[0].base
-                except CorruptObjectError:
-                    current = None
-        kept = deleted = freed = 0
-        garbage = []
-        for oid in self.ids():
-            if oid in keep:
-                kept += 1
-            else:
-                garbage.append(oid)
-        # Deepest deltas first: a gc killed midway never leaves an object without its base.
-        garbage.sort(key=self._depth_for_gc, reverse=True)
-        for oid in garbage:
-            path = self.path(oid)
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            deleted += 1
-            freed += size
-        cutoff = time.time() - STALE_TEMP_SECONDS
-        if self.objects.is_dir():
-            for tmp in self.objects.glob(f"*/{TEMP_PREFIX}*"):
-                try:
-                    st = tmp.stat()
-                    if st.st_mtime < cutoff:
-                        tmp.unlink()
-                        freed += st.st_size
-                except FileNotFoundError:
-                    continue
-        return GcReport(kept, deleted, freed)
+        return collect_garbage(self, live)
