@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                 ["branch", *(f"{branch_row[t.name]:.3f}" for t in tasks)],
             ],
         )
-        rows = [
-            quality(repo, tasks, heads, base_row, branch_row, name, name, {}) for name in names
-        ]
+        rows = []
+        for name in names:  # each row printed as it comes: the whole table takes minutes
+            rows.append(quality(repo, tasks, heads, base_row, branch_row, name, name, {}))
+            print(" | ".join(map(str, rows[-1])), flush=True)
         if not args.methods:  # the demo's own recipe, for reference
             rows.append(
                 quality(
