@@ -66,7 +66,7 @@ BASE_METHODS = [
     ("ram", {"threshold": 0.02}, {"epsilon": 0.02}),
     ("ramplus_tl", {"r": 0.3, "cap": 0.5}, {"r": 0.3, "alpha": 0.5}),
     ("multislerp", {}, {}),
-    ("multislerp", {"normalize": False}, {"normalize_weights": False}),
+    ("multislerp", {"normalize_weights": False}, {"normalize_weights": False}),
 ]
 WEIGHTED = {"breadcrumbs_ties", "multislerp"}
 

@@ -120,7 +120,20 @@ def test_export_names_mergekit_method_and_parameters(repo, strategy, params):
             assert declared.mergekit in flat, (name, doc)
 
 
-@pytest.mark.slow  # mergekit's import and merges: about 25 s on these cores
+def test_every_exported_parameter_is_one_mergekit_takes():
+    """mergekit refuses unknown parameters: each declaration's mergekit name must be one."""
+    merge_methods = pytest.importorskip("mergekit.merge_methods")
+    from mvc.merge.strategies import strategies
+
+    for strategy in strategies():
+        if strategy.mergekit is None:
+            continue
+        known = {p.name for p in merge_methods.get(strategy.mergekit).spec.parameters}
+        for param in strategy.parameters:
+            assert param.mergekit is None or param.mergekit in known, (strategy.name, param.name)
+
+
+@pytest.mark.slow  # mergekit's import and merges: about 40 s on these cores
 def test_mergekit_reproduces_exported_merges(repo, tmp_path):
     pytest.importorskip("mergekit")
     import torch
@@ -133,17 +146,21 @@ def test_mergekit_reproduces_exported_merges(repo, tmp_path):
     paths = {"base": str(checkout(repo, base, tmp_path / "base"))}
     for name in "abc":
         paths[name] = str(checkout(repo, name, tmp_path / name))
-    for strategy, params in [
-        ("model_stock", {}),
-        ("sce", {"select_topk": 0.5}),
-        ("ramplus_tl", {"r": 0.2}),
-        ("breadcrumbs_ties", {"density": 0.5, "weights": (0.5, 0.3, 0.2)}),
+    three = ["a", "b", "c"]
+    for strategy, params, branches in [
+        ("model_stock", {}, three),
+        ("sce", {"select_topk": 0.5}, three),
+        ("ramplus_tl", {"r": 0.2}, three),
+        ("breadcrumbs_ties", {"density": 0.5, "weights": (0.5, 0.3, 0.2)}, three),
+        ("karcher", {}, three),
+        ("nuslerp", {"weights": (0.3, 0.7)}, ["a", "b"]),
+        ("nearswap", {"distance": 0.004}, ["a", "b"]),
     ]:
         repo.switch(f"kit-{strategy}", create=True, start=base)
         options = MergeOptions(
             strategy=strategy, params=MergeParams(preset="mergekit", **params), all_tensors=True
         )
-        sha = merge(repo, ["a", "b", "c"], options).commit
+        sha = merge(repo, branches, options).commit
         doc = yaml.safe_load(export(repo, sha, "mergekit", paths))
         out = tmp_path / f"out-{strategy}"
         run_merge(
