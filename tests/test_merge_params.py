@@ -6,6 +6,8 @@ import math
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
@@ -195,3 +197,27 @@ def test_parameters_reach_the_record_and_its_recipe_line(three):
     _, record = merge_record(three, "HEAD")
     assert record["params"]["gamma"] == 0.1 and record["params"]["density"] == 0.5
     assert MergeParams.from_record(record["params"]).gamma == 0.1
+
+
+def test_the_parameter_table_in_the_docs_names_every_declaration():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "merge-semantics.md").read_text()
+    for param in PARAMETERS.values():
+        assert f"| `{param.name}` | `{param.option}` |" in doc, param.name
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5) | st.booleans())
+def test_a_range_check_accepts_exactly_its_declared_range(value):
+    from mvc.merge.strategies.breadcrumbs import GAMMA
+
+    for param, inside in (
+        (PARAMETERS["density"], lambda v: 0 < v <= 1),
+        (GAMMA, lambda v: 0 <= v < 1),
+    ):
+        number = not isinstance(value, bool) and math.isfinite(value)
+        if number and inside(value):
+            assert param.check(value) == value
+        else:
+            with pytest.raises(MvcError, match=f"^{param.label} must be"):
+                param.check(value)
