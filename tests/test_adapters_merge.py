@@ -202,3 +202,20 @@ def test_modules_to_save_merge_against_the_base_model_when_the_base_has_no_adapt
     assert torch.allclose(merged, base + (a - base) + (b - base), atol=1e-6)
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["modules_to_save"] == ["pooler.dense"]
+
+
+def test_octopus_merge_where_head_has_no_adapter(tmp_path):
+    """HEAD never had the adapter (nor the base): it does not contribute, the others sum."""
+    repo = adapter_repo(
+        tmp_path / "repo", {"a": {"seed": 1, **SMALL}, "b": {"seed": 2, **SMALL}}
+    )
+    repo.switch("docs", create=True, start="main")
+    (repo.root / "README.md").write_text("a note\n")
+    repo.commit("docs", all=True)
+    merge(repo, ["a", "b"], MergeOptions(strategy="task_arithmetic",
+                                         adapter=AdapterOptions(combine="cat")))
+    exact = {n: make_adapter(tmp_path / n, s, **SMALL) for n, s in (("a", 1), ("b", 2))}
+    want = {m: d + lora_deltas(exact["b"])[m] for m, d in lora_deltas(exact["a"]).items()}
+    ours = lora_deltas(repo.root / "adapter")
+    assert max(rel(ours[m], want[m]) for m in want) <= 1e-6
+    assert (repo.root / "README.md").read_text() == "a note\n"

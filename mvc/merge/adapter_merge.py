@@ -53,6 +53,8 @@ from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.state_dicts import load_tensor, store_tensor
 from mvc.store import ObjectStore
 
+Sides = list[AdapterSide | None]  # one per contributing branch (None: it has no adapter)
+
 
 @dataclass
 class AdapterMerge:
@@ -80,7 +82,7 @@ class AdapterMerge:
         base = read_side(self.base_files, folder)
         sides = [read_side(files, folder) for files in self.branch_files]
         where = folder or "."
-        if any(s is None for s in sides):
+        if base is not None and any(s is None for s in sides):
             raise ConflictError(
                 f"adapter {where}/: deleted on one branch, modified on another",
                 hint="restore it on the branch that deleted it, or merge with --strategy ours",
@@ -88,8 +90,10 @@ class AdapterMerge:
         present: list[AdapterSide] = [s for s in sides if s is not None]
         _check_compatible(present + ([base] if base else []), where)
         if self.strategy in SIDE_STRATEGIES:
-            source = 0 if self.strategy == "ours" else len(present) - 1
+            source = 0 if self.strategy == "ours" else len(sides) - 1
             self.records[folder] = {"action": "one-sided", "source": source}
+            if sides[source] is None:
+                return {config_path(folder): None, weights_path(folder): None}
             return {
                 config_path(folder): self.branch_files[source][config_path(folder)],
                 weights_path(folder): Manifest.from_bytes(
@@ -102,15 +106,15 @@ class AdapterMerge:
         record: dict[str, Any] = {"modules": {}}
         self.records[folder] = record
         if self.options.into == "model":
-            return self._into_model(folder, base, present, modules, record)
-        return self._into_adapter(folder, base, present, modules, record)
+            return self._into_model(folder, base, sides, modules, record)
+        return self._into_adapter(folder, base, sides, modules, record)
 
     def _decide(
-        self, module: str, base: AdapterSide | None, sides: list[AdapterSide]
+        self, module: str, base: AdapterSide | None, sides: Sides
     ) -> tuple[str, list[int]]:
         """(action, branch indices) for one module under the three-way rules."""
         anc = base.identity(module) if base else None
-        ids = [s.identity(module) for s in sides]
+        ids = [s.identity(module) if s is not None else None for s in sides]
         changed = [i for i, v in enumerate(ids) if v != anc]
         if not changed:
             return "base", []
@@ -124,7 +128,7 @@ class AdapterMerge:
         return "resolve", changed
 
     def _merged_delta(
-        self, module: str, base: AdapterSide | None, sides: list[AdapterSide], changed: list[int]
+        self, module: str, base: AdapterSide | None, sides: Sides, changed: list[int]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The strategy on the changed branches' ΔWs, against the ancestor's ΔW."""
         out, inp = sides[changed[0]].shapes[module]
@@ -142,17 +146,18 @@ class AdapterMerge:
         self,
         folder: str,
         base: AdapterSide | None,
-        sides: list[AdapterSide],
+        sides: Sides,
         modules: list[str],
         record: dict[str, Any],
     ) -> dict[str, Manifest | bytes | None]:
+        present = [s for s in sides if s is not None]
         rank = self.options.rank or max(
-            s.config.rank_for(m) for s in sides for m in s.layout.modules
+            s.config.rank_for(m) for s in present for m in s.layout.modules
         )
         if self.options.combine == "cat":
             _cat_coefficients(self.strategy, self.params, (1.0,))  # refuse non-linear rules first
         else:
-            for side in sides:  # refuse an impossible rank before any module is written
+            for side in present:  # refuse an impossible rank before any module is written
                 for module, shape in side.shapes.items():
                     check_rank(rank, shape, module)
         entries: dict[str, TensorEntry] = {}
@@ -191,11 +196,11 @@ class AdapterMerge:
             item.update(rank=factors.rank, method=factors.method, error=factors.error)
             record["modules"][module] = item
         record["full"] = self._full_tensors(base, sides, entries)
-        template = sides[0].config.raw
-        saved = sorted({m for s in sides for m in s.config.modules_to_save})
+        template = present[0].config.raw
+        saved = sorted({m for s in present for m in s.config.modules_to_save})
         common = Counter(ranks.values()).most_common(1)[0][0] if ranks else rank
         config = output_config(
-            template, common, ranks, alphas, sorted(ranks), saved, sides[0].config.fan_in_fan_out
+            template, common, ranks, alphas, sorted(ranks), saved, present[0].config.fan_in_fan_out
         )
         wpath = weights_path(folder)
         return {
@@ -207,7 +212,7 @@ class AdapterMerge:
         self,
         module: str,
         base: AdapterSide | None,
-        sides: list[AdapterSide],
+        sides: Sides,
         changed: list[int],
         merged: torch.Tensor,
     ) -> Factors:
@@ -225,11 +230,11 @@ class AdapterMerge:
     def _full_tensors(
         self,
         base: AdapterSide | None,
-        sides: list[AdapterSide],
+        sides: Sides,
         entries: dict[str, TensorEntry],
     ) -> dict[str, Any]:
         """modules_to_save and biases: the ordinary three-way rules, tensor by tensor."""
-        names = sorted(set().union(*(s.layout.full for s in sides)))
+        names = sorted(set().union(*(s.layout.full for s in sides if s is not None)))
         record = {}
         for name in names:
             anc = _entry(base, name)
@@ -282,11 +287,12 @@ class AdapterMerge:
         self,
         folder: str,
         base: AdapterSide | None,
-        sides: list[AdapterSide],
+        sides: Sides,
         modules: list[str],
         record: dict[str, Any],
     ) -> dict[str, Manifest | bytes | None]:
-        path, targets = find_base_model(self.base_models, sides[0], "the merge base")
+        first = next(s for s in sides if s is not None)
+        path, targets = find_base_model(self.base_models, first, "the merge base")
         record["model"] = path
         decisions = {m: self._decide(m, base, sides) for m in modules}
 
@@ -300,7 +306,7 @@ class AdapterMerge:
                 record["modules"][module] = {"action": action}
                 assert side is not None
                 merged = side.delta(self.store, module)
-            return oriented(sides[0].config.fan_in_fan_out, merged)
+            return oriented(first.config.fan_in_fan_out, merged)
 
         deltas = {
             targets[m]: (lambda m=m: update(m))
@@ -346,7 +352,7 @@ def _entry(side: AdapterSide | None, name: str) -> TensorEntry | None:
     return side.manifest.tensor(name)
 
 
-def _check_compatible(sides: list[AdapterSide], where: str) -> None:
+def _check_compatible(sides: Sides, where: str) -> None:
     """Refuse adapters that cannot share a weight space: other bases, shapes, layouts."""
     first = sides[0]
     for side in sides[1:]:
