@@ -8,6 +8,7 @@ goes to the chosen backend (numpy on the CPU) as its raw bytes, as the executor'
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from mvc.errors import MvcError
 from mvc.formats.torch_io import dtype_name, tensor_bytes, to_torch
 from mvc.merge.arrays import ArrayOps
 from mvc.merge.device import resolve_device
+from mvc.merge.lines import count_layers
 from mvc.merge.params import MergeParams
 from mvc.merge.strategies.base import Chunk, Strategy, TensorSpec, TensorStats
 
@@ -74,15 +76,17 @@ def merge_tensor(
     device: str | ArrayOps = "cpu",
     masks: bool = False,
     model_context: object = None,
+    n_layers: int = 0,
 ) -> tuple[torch.Tensor, TensorStats]:
     """Merge one tensor through the chunked protocol; returns (merged on CPU, stats).
 
     ``chunk_rows`` splits dim 0 (None: one chunk). With ``masks`` the stats carry each
     branch's packed TALL mask. Strategies with model-wide statistics need
-    ``model_context`` (use :func:`merge_tensors`).
+    ``model_context`` (use :func:`merge_tensors`); ``n_layers`` is the model's block count
+    ``--lines`` places a layer by (:func:`merge_tensors` counts it).
     """
     ops = resolve_device(device)
-    spec = _spec(name, base, thetas)
+    spec = dataclasses.replace(_spec(name, base, thetas), n_layers=n_layers)
     if base is None and strategy.needs_base:
         raise MvcError(f"strategy {strategy.name} needs the merge base of {name}")
     job = strategy.tensor_job(params, spec, model_context, masks=masks)
@@ -128,6 +132,7 @@ def merge_tensors(
                     p.update(specs[n], chunk)
         context = model_job.context()
     merged, stats = {}, {}
+    n_layers = count_layers(names)
     for n in names:
         merged[n], stats[n] = merge_tensor(
             strategy,
@@ -139,6 +144,7 @@ def merge_tensors(
             device=ops,
             masks=masks,
             model_context=context,
+            n_layers=n_layers,
         )
     return merged, stats
 

@@ -279,6 +279,9 @@ def test_registry_and_strategy_checks():
         "slerp",
         "ours",
         "theirs",
+        *("breadcrumbs_ties", "della", "della_linear", "sce", "model_stock", "nuslerp"),
+        *("multislerp", "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl"),
+        *("tsv", "iso_c", "iso_cts", "pcb"),
     }
     with pytest.raises(MvcError) as err:
         get_strategy("average")

@@ -98,12 +98,12 @@ def test_touch_without_change_is_clean(repo):
 def test_readding_unchanged_model_costs_a_stat(repo, monkeypatch):
     write_model_folder(repo.root / "model", random_weights(0))
     commit_folder(repo, "base")
-    import mvc.repo.repository as repository
+    import mvc.repo.changes as changes
 
     def refuse(*args, **kwargs):
         raise AssertionError("an unchanged file was re-read")
 
-    monkeypatch.setattr(repository, "ingest_file", refuse)
+    monkeypatch.setattr(changes, "ingest_file", refuse)
     assert repo.add([repo.root / "model"]) == []
 
 

@@ -84,6 +84,9 @@ _endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for t
     "-f", "--force", is_flag=True, help="Overwrite the remote branch even if it diverged."
 )
 @click.option("-u", "--set-upstream", is_flag=True, help="Make REMOTE/BRANCH the upstream.")
+@click.option(
+    "--paranoid", is_flag=True, help="Decode and verify every object again before sending it."
+)
 @_endpoint
 @_quiet
 @_json
@@ -92,18 +95,15 @@ def push(
     branch: str | None,
     force: bool,
     set_upstream: bool,
+    paranoid: bool,
     endpoint: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Send BRANCH (default: current) and the objects it needs to REMOTE (default: origin)."""
     from mvc.remote import push as push_branch
-    from mvc.remote import upstream
 
     repo = open_repo()
-    current = repo.current_branch()
-    tracked = upstream(repo, current) if current else None
-    remote_name = remote_name or (tracked[0] if tracked else "origin")
     report = push_branch(
         repo,
         remote_name,
@@ -111,6 +111,7 @@ def push(
         force,
         endpoint=endpoint,
         set_upstream_branch=set_upstream,
+        paranoid=paranoid,
         quiet=quiet or as_json,
     )
     if as_json:
@@ -123,14 +124,39 @@ def push(
 
 @click.command()
 @click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("branches", nargs=-1)
+@click.option(
+    "--all-objects", is_flag=True, help="A lazy clone: fetch every missing tensor object too."
+)
+@click.option("--depth", type=int, default=None, help="Stop history N commits below each tip.")
 @_endpoint
 @_quiet
 @_json
-def fetch(remote_name: str, endpoint: str | None, quiet: bool, as_json: bool) -> None:
-    """Receive REMOTE's branches as remote-tracking branches REMOTE/BRANCH."""
+def fetch(
+    remote_name: str,
+    branches: tuple[str, ...],
+    all_objects: bool,
+    depth: int | None,
+    endpoint: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Receive REMOTE's branches as remote-tracking branches REMOTE/BRANCH.
+
+    From a lazy clone's promisor, tensor objects come only for BRANCHES (default: the
+    checked-out branch); the rest is fetched when needed, or now with --all-objects.
+    """
     from mvc.remote import fetch as fetch_remote
 
-    report = fetch_remote(open_repo(), remote_name, endpoint=endpoint, quiet=quiet or as_json)
+    report = fetch_remote(
+        open_repo(),
+        remote_name,
+        branches=list(branches) or None,
+        all_objects=all_objects,
+        depth=depth,
+        endpoint=endpoint,
+        quiet=quiet or as_json,
+    )
     if as_json:
         emit_json(report.to_json())
     else:
@@ -195,13 +221,26 @@ def pull(
 @click.command()
 @click.argument("url")
 @click.argument("directory", required=False)
+@click.option("--full", is_flag=True, help="Fetch every tensor object, not only the checkout's.")
+@click.option("--depth", type=int, default=None, help="Keep only the last N commits of history.")
 @_endpoint
 @_quiet
-def clone(url: str, directory: str | None, endpoint: str | None, quiet: bool) -> None:
-    """Copy a remote into a new folder and check out its default branch."""
+def clone(
+    url: str,
+    directory: str | None,
+    full: bool,
+    depth: int | None,
+    endpoint: str | None,
+    quiet: bool,
+) -> None:
+    """Copy a remote into a new folder and check out its default branch.
+
+    Lazy by default: all history, but only the tensor objects of the checked-out commit;
+    the rest comes from the remote when a command needs it. --full fetches everything.
+    """
     from mvc.remote import clone as clone_remote
 
-    result = clone_remote(url, directory, endpoint=endpoint, quiet=quiet)
+    result = clone_remote(url, directory, endpoint=endpoint, full=full, depth=depth, quiet=quiet)
     if result.resumed and not quiet:
         click.echo("resumed an interrupted clone")
     _echo_report(result.report, "received", quiet)

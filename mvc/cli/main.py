@@ -23,7 +23,9 @@ COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_repo",
     "mvc.cli.cmd_history",
     "mvc.cli.cmd_merge",
+    "mvc.cli.cmd_models",
     "mvc.cli.cmd_lock",
+    "mvc.cli.cmd_adapters",
     "mvc.cli.cmd_lineage",
     "mvc.cli.cmd_remote",
     "mvc.cli.cmd_git",
@@ -49,12 +51,19 @@ class MvcGroup(click.Group):
 @click.group(cls=MvcGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("-C", "directory", default=None, help="Run as if mvc was started in this folder.")
+@click.option(
+    "--offline",
+    is_flag=True,
+    envvar="MVC_OFFLINE",
+    help="Never fetch missing objects of a lazy clone; name them instead.",
+)
 @click.version_option(package_name="mvc")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, directory: str | None) -> None:
+def cli(ctx: click.Context, debug: bool, directory: str | None, offline: bool) -> None:
     """mvc: Git for model weights with real merge semantics."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    ctx.obj["offline"] = offline
     if directory:
         import os
 

@@ -14,7 +14,25 @@ def emit_json(data: Any) -> None:
 
 
 def open_repo():
-    """The repository containing the current directory."""
+    """The repository containing the current directory.
+
+    A lazy clone gets its promisor remote attached, so whatever the command reads that is
+    not here is fetched (or, with `mvc --offline`, named in the error); the command ends
+    with one line saying what was fetched.
+    """
+    from mvc.remote.promisor import attach
     from mvc.repo import Repo
 
-    return Repo.open(".")
+    repo = Repo.open(".")
+    ctx = click.get_current_context(silent=True)
+    offline = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("offline"))
+    promisor = attach(repo, offline=offline)
+    if promisor is not None and ctx is not None:
+
+        def summarize() -> None:
+            line = promisor.summary()
+            if line:
+                click.echo(line, err=True)
+
+        ctx.call_on_close(summarize)
+    return repo

@@ -30,9 +30,9 @@ from dulwich.repo import Repo as GitRepo
 
 from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.jsonutil import strict_loads
+from mvc.repo.core import MVC_DIR
 from mvc.repo.ingest import ingest_file, iter_file_chunks, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry, is_manifest_doc
-from mvc.repo.repository import MVC_DIR
 from mvc.store import ObjectStore
 
 COPY_BYTES = 1 << 20

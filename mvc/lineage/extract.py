@@ -24,17 +24,16 @@ import numpy as np
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
 from mvc.lineage.records import (
-    PROVENANCE_KIND,
     PROVENANCE_PATH,
-    PROVENANCE_VERSION,
-    encode_provenance,
+    PROVENANCE_RECORD,
     merge_record,
     parent_index,
     parent_label,
 )
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
-from mvc.merge.planner import RECORD_PREFIX
+from mvc.merge.layout import LayoutChoice, align
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import checked_path, is_model_path
 
 if TYPE_CHECKING:
@@ -117,9 +116,12 @@ def extract(
     branch: str | None = None,
     compare: bool = True,
 ) -> ExtractResult:
-    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`."""
+    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`.
+
+    With neither, the folder is `extract-<parent>` (in the current directory).
+    """
     if out_dir is None and branch is None:
-        raise MvcError("extract needs an output folder or a branch to commit to")
+        out_dir = f"extract-{parent}"
     sha, record = merge_record(repo, rev)
     index = parent_index(record, parent, repo)
     result = ExtractResult(
@@ -130,8 +132,13 @@ def extract(
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise MvcError(f"{target} exists and is not an empty folder", hint="choose another -o")
         result.out_dir = target
-    plans = _plan(repo, sha, record, index)
-    parent_models = _stored_parent(repo, result.parent_commit) if compare else None
+    merged = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
+    base_files, parent_files = repo.files(record["base"]), repo.files(result.parent_commit)
+    if record.get("layout"):  # the merge rewrote shards: see base and parent in its layout
+        aligned = align(base_files, [parent_files], merged, LayoutChoice(sha))
+        base_files, parent_files = aligned.base_files, aligned.branch_files[0]
+    plans = _plan(merged, base_files, record, index)
+    parent_models = _stored_parent(repo, parent_files) if compare else None
     errors = _Errors()
     files: dict[str, Manifest | bytes] = {}
     for path, item in plans.items():
@@ -162,20 +169,18 @@ def extract(
     return result
 
 
-def _stored_parent(repo: Repo, commit: str) -> dict[str, Manifest] | None:
+def _stored_parent(repo: Repo, files: Mapping[str, bytes]) -> dict[str, Manifest] | None:
     """The parent's manifests when every object they need is still in the store."""
-    models = repo.model_files(commit)
+    models = {p: Manifest.from_bytes(b, p) for p, b in files.items() if is_model_path(p)}
     if all(repo.store.has(oid) for m in models.values() for oid in m.object_ids()):
         return models
     return None
 
 
 def _plan(
-    repo: Repo, sha: str, record: Mapping[str, Any], index: int
+    merged: Mapping[str, bytes], base: Mapping[str, bytes], record: Mapping[str, Any], index: int
 ) -> dict[str, bytes | tuple[bytes, list[_Plan]]]:
     """Per output file: its bytes, or its header and the plan of each tensor in data order."""
-    merged = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
-    base = repo.files(record["base"])
     recorded: Mapping[str, Any] = record["files"]
     out: dict[str, bytes | tuple[bytes, list[_Plan]]] = {}
     for path, data in sorted(merged.items()):
@@ -214,6 +219,12 @@ def _plan_tensors(
             if index not in branches:
                 plans.append(_Plan(base[tensor.name]))
                 continue
+            if item.get("appended") is not None:
+                raise MvcError(
+                    f"cannot extract {path}::{tensor.name}: a parent appended rows to it, and "
+                    "its masks cover only the rows the base has",
+                    hint="check out that parent's commit instead, or unmerge the merge",
+                )
             masks = item.get("masks")
             if not masks:
                 raise MvcError(
@@ -320,8 +331,7 @@ def _commit(
 ) -> str:
     """Commit the extracted model as branch `branch`, child of the merge, with provenance."""
     provenance = {
-        "mvc": PROVENANCE_KIND,
-        "schema_version": PROVENANCE_VERSION,
+        **PROVENANCE_RECORD.header(),
         "kind": "extract",
         "extract_of": sha,
         "parent": {
@@ -332,7 +342,7 @@ def _commit(
         "commit_parents": [sha],
         "store_objects": [],
     }
-    files = {**files, PROVENANCE_PATH: encode_provenance(provenance)}
+    files = {**files, PROVENANCE_PATH: PROVENANCE_RECORD.encode(provenance)}
     message = f"Extract {parent_label(record, index)} from {sha[:12]}"
     commit = repo.commit_tree(files, [sha], message, update_ref=False, update_worktree=False)
     repo.create_branch(branch, commit)

@@ -34,6 +34,8 @@ class Param:
     and ``mergekit_default`` a value mergekit assumes, left out of the export too.
     ``by_name``: the CLI also takes ``NAME=V`` per branch (`--weight math=0.7`).
     ``unset`` says what ``None`` means for an optional parameter (help and listings).
+    ``size`` > 1 makes the value a tuple of that many numbers, each in the range, which
+    users write comma-separated (``--lines 0.2,0.8``).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Param:
     mergekit_default: Any = _OMIT
     by_name: bool = False
     unset: str = "the strategy's own"  # what None means, for an optional parameter
+    size: int = 1  # > 1: a fixed number of values, written A,B (LiNeS' α,β)
 
     @property
     def spelling(self) -> str:
@@ -82,6 +85,11 @@ class Param:
 
     def range_text(self) -> str:
         """The valid values, as the error and the help print them."""
+        if self.size > 1:
+            return f"{self.size} numbers A,B, each {self._range_one()}"
+        return self._range_one()
+
+    def _range_one(self) -> str:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.kind is bool:
@@ -103,11 +111,25 @@ class Param:
             if self.optional:
                 return None
             raise MvcError(f"{self.label} needs a value")
+        if self.size > 1:
+            return self._several(value)
         if self.per_branch and isinstance(value, (list, tuple)):
             if not value:
                 raise MvcError(f"{self.label} needs at least one value")
             return tuple(self._one(v) for v in value)
         return self._one(value)
+
+    def _several(self, value: Any) -> tuple[Any, ...]:
+        if isinstance(value, str):
+            try:
+                value = [float(v) for v in value.split(",")]
+            except ValueError:
+                raise MvcError(f"{self.label} takes {self.size} numbers A,B, got {value!r}") from None
+        if not isinstance(value, (list, tuple)):
+            self._one(value)  # a bad number says so first
+        if not isinstance(value, (list, tuple)) or len(value) != self.size:
+            raise MvcError(f"{self.label} takes {self.size} numbers A,B, got {value!r}")
+        return tuple(self._one(v) for v in value)
 
     def _one(self, value: Any) -> Any:
         if self.kind is bool:

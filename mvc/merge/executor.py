@@ -25,6 +25,7 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import RowWriter, build_header, plan_layout
 from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.lines import count_layers
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
 from mvc.merge.strategies import Chunk, TensorSpec, TensorStats, get_strategy
@@ -86,6 +87,8 @@ class Executor:
     def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
         """The merged file set: manifests for model files, bytes for everything else."""
         self.check(plan)
+        models = [self.base, *self.branches]  # a lazy clone fetches their objects in one batch
+        self.store.prefetch(oid for m in models for f in m.values() for oid in f.object_ids())
         output: dict[str, Manifest | bytes] = {}
         total = sum(
             self.base[path].tensor(t.name).nbytes
@@ -120,6 +123,8 @@ class Executor:
         """Every resolved tensor's strategy, parameters (with its rule's overrides), branch
         count and dtype, checked before the first tensor is read, so bad input stops the
         merge with nothing written."""
+        # LiNeS places a tensor by depth among the model's numbered blocks.
+        self._n_layers = count_layers(t.name for f in plan.files.values() for t in f.tensors)
         seen: set[tuple[str, int, tuple[int, ...]]] = set()
         for path, file_plan in plan.files.items():
             for decision in file_plan.tensors:
@@ -185,7 +190,7 @@ class Executor:
             if d.action != "deleted"
             and (
                 entry := self.base[file_plan.path].tensor(d.name)
-                if d.action == "resolve"
+                if d.action == "resolve" and d.entry is None
                 else d.entry
             )
             is not None
@@ -201,8 +206,11 @@ class Executor:
 
     def _copy_entry(self, sink: RowWriter, entry: TensorEntry) -> None:
         """Write a tensor taken as it is into the output file (decoded from the store)."""
-        for chunk in entry.chunks:
-            sink.write(entry.name, chunk.start, self.store.get_view(chunk.oid))
+        self._copy_chunks(sink, entry.name, entry.chunks)
+
+    def _copy_chunks(self, sink: RowWriter, name: str, chunks: Sequence[StoredChunk]) -> None:
+        for chunk in chunks:
+            sink.write(name, chunk.start, self.store.get_view(chunk.oid))
 
     # ------------------------------------------------------------------ tensors
     def _model_context(self, plan: MergePlan) -> Any:
@@ -243,7 +251,9 @@ class Executor:
 
     def _spec(self, path: str, decision: TensorDecision) -> TensorSpec:
         entry = self.base[path].tensor(decision.name)
-        return TensorSpec(decision.name, entry.shape, entry.dtype, len(decision.branches))
+        return TensorSpec(
+            decision.name, entry.shape, entry.dtype, len(decision.branches), self._n_layers
+        )
 
     def _resolve(
         self, path: str, decision: TensorDecision, sink: RowWriter | None = None
@@ -265,10 +275,15 @@ class Executor:
                 for chunk in slices:
                     current_pass.update(chunk)
         writes = []
+        grown = decision.entry  # set when a branch appended rows: the output's shape
         for loaded, slices in source(False):
             parts = [self.ops.to_bytes(job.combine(chunk)) for chunk in slices]
             merged = parts[0] if len(parts) == 1 else b"".join(parts)
             layout = base_entry.chunks[loaded.index]
+            if grown is not None and loaded.index == len(base_entry.chunks) - 1:
+                layout = grown.chunks[loaded.index]  # the shared rows, then appended ones
+                tail = self.store.get_view(layout.oid)[memoryview(merged).nbytes :]
+                merged = b"".join((merged, tail))
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
             oid = self._writer.put(
                 merged,
@@ -281,6 +296,10 @@ class Executor:
             if sink is not None:
                 size = memoryview(merged).nbytes
                 self._writer.submit(sink.write, decision.name, layout.start, merged, nbytes=size)
+        appended = grown.chunks[len(base_entry.chunks) :] if grown is not None else ()
+        if sink is not None and appended:
+            self._writer.submit(self._copy_chunks, sink, decision.name, appended)
+        out = grown or base_entry
         stats = job.stats()
         mask_write = None
         if stats.masks is not None:
@@ -294,7 +313,7 @@ class Executor:
         def finish() -> TensorEntry:
             stored = tuple(StoredChunk(lay.start, lay.stop, oid.result()) for lay, oid in writes)
             entry = TensorEntry(
-                decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, stored
+                decision.name, out.dtype, out.shape, out.nbytes, stored + tuple(appended)
             )
             mask_id = None if mask_write is None else mask_write.result()
             self.results[(path, decision.name)] = TensorResult(
@@ -400,7 +419,9 @@ class Executor:
         layout = base.chunks[index]
         shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
         known = {layout.oid: self.store.get_view(layout.oid)}
-        raws = [self.store.get_view(e.chunks[index].oid, known=known) for e in inputs]
+        size = known[layout.oid].nbytes
+        # A branch that appended rows has a longer last chunk: its first rows are the base's.
+        raws = [self.store.get_view(e.chunks[index].oid, known=known)[:size] for e in inputs]
         return _Loaded(
             index,
             layout.start,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from mvc.remote.layout import (
     parse_head,
     tensor_object_key,
 )
+from mvc.remote.lazy import checked_out_branches, missing_live_objects
 from mvc.remote.negotiate import (
     git_objects_missing,
     referenced_tensor_ids,
@@ -40,12 +42,14 @@ from mvc.remote.negotiate import (
     remote_tensor_ids,
     with_delta_bases,
 )
+from mvc.remote.promisor import attach as attach_promisor
 from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
 from mvc.remote.refs import ref_sha, remote_refs
 from mvc.remote.tagsync import REMOTE_TAG_PREFIX, push_tags, remote_tags, store_fetched_tags
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
 from mvc.repo import Repo
+from mvc.repo.promised import promisor_remote, set_promisor
 
 if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
     from mvc.merge.api import MergeOptions, MergeResult
@@ -114,22 +118,29 @@ def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str,
 # ---------------------------------------------------------------------------------- push
 def push(
     repo: Repo,
-    remote: str = "origin",
+    remote: str | None = None,
     branch: str | None = None,
     force: bool = False,
     *,
     endpoint: str | None = None,
     set_upstream_branch: bool = False,
+    paranoid: bool = False,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> TransferReport:
     """Send `branch` (default: the current one) and everything it needs, then move its ref.
 
-    Without `force` the remote branch must be an ancestor of ours; with it, the ref is
-    still replaced only if nobody moved it since we looked (a lease, never a blind write).
+    `remote` defaults to the branch's upstream, else origin, as for `pull`. Without
+    `force` the remote branch must be an ancestor of ours; with it, the ref is still
+    replaced only if nobody moved it since we looked (a lease, never a blind write).
+    Tensor objects go as stored, each checked intact by its checksum (verified against its
+    id when it was written); `paranoid` decodes and verifies each one again first.
     """
-    target = resolve_remote(repo, remote, endpoint)
     branch = branch or repo.current_branch()
+    if remote is None:
+        tracked = upstream(repo, branch) if branch else None
+        remote = tracked[0] if tracked else "origin"
+    target = resolve_remote(repo, remote, endpoint)
     if branch is None:
         raise MvcError("HEAD is detached; name the branch to push")
     local_ref = f"refs/heads/{branch}".encode()
@@ -150,7 +161,7 @@ def push(
             )
     with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
         if old != local:
-            _send_objects(repo, transport, local, pool, report, quiet)
+            _send_objects(repo, transport, local, pool, report, quiet, paranoid)
             if not transport.exists(CONFIG_KEY):
                 transport.put(CONFIG_KEY, BARE_CONFIG)
             transport.cas_ref(ref, f"{local}\n".encode(), token)
@@ -177,6 +188,7 @@ def _send_objects(
     pool: ThreadPoolExecutor,
     report: TransferReport,
     quiet: bool,
+    paranoid: bool,
 ) -> None:
     haves = set(remote_branches(transport, pool).values())
     git_ids = git_objects_missing(repo, [local], haves)
@@ -190,7 +202,10 @@ def _send_objects(
 
     def send_tensor(oid: str) -> None:
         data = repo.store.read_raw(oid)
-        repo.store.verify(oid, data)
+        if paranoid:
+            repo.store.verify(oid, data)
+        else:
+            repo.store.check_intact(oid, data)
         transport.put(tensor_object_key(oid), data)
         progress.add(len(data))
 
@@ -220,47 +235,85 @@ def fetch(
     repo: Repo,
     remote: str = "origin",
     *,
+    branches: Sequence[str] | None = None,
+    all_objects: bool = False,
+    depth: int | None = None,
     endpoint: str | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> TransferReport:
     """Receive every remote branch into `refs/remotes/<remote>/<branch>`.
 
-    Every object is verified before it is kept, and the remote-tracking refs move only
-    once everything they reach is stored.
+    Every object is verified before it is kept. From the repository's promisor remote (a
+    lazy clone's) the history comes whole but tensor objects only for `branches` (default:
+    the checked-out one) at their tips; the rest stays promised. `all_objects` fetches
+    every tensor object any reachable commit needs. From any other remote everything
+    comes, and the remote-tracking refs move only once everything they reach is stored.
+    `depth` stops history that many commits below each tip (a shallow repository).
     """
     target = resolve_remote(repo, remote, endpoint)
     if target.name is None:
         raise MvcError(
             "fetch needs a named remote", hint="add it with `mvc remote add NAME URL` first"
         )
+    if depth is not None and depth < 1:
+        raise MvcError(f"--depth must be at least 1, not {depth}")
     transport = target.transport()
     report = TransferReport(target.url)
+    lazy = not all_objects and promisor_remote(repo) == target.name
     # Everything that writes into .git happens under the repository lock, so a fetch killed
     # midway leaves a stale lock that the next command recognises and recovers from.
     with repo.locked(), ThreadPoolExecutor(workers, thread_name_prefix="mvc-fetch") as pool:
-        branches = remote_branches(transport, pool)
+        heads = remote_branches(transport, pool)
+        unknown = sorted(set(branches or ()) - set(heads))
+        if unknown:
+            raise NotFoundError(f"remote '{target.name}' has no branch '{unknown[0]}'")
         tags = remote_tags(transport, pool)
+        shallow: set[str] = set()
         with Tally(_bar(quiet), "receiving history", 0) as history:
-            wants = [*branches.values(), *tags.values()]
-            held = receive_git(repo, transport, wants, pool, history)
-        wanted = [oid for oid in tensor_ids_of(repo, held) if not repo.store.has(oid)]
+            wants = [*heads.values(), *tags.values()]
+            held = receive_git(repo, transport, wants, pool, history, depth, shallow)
+        if lazy:
+            used = branches if branches is not None else checked_out_branches(
+                repo, target.name, heads
+            )
+            ids = tensor_ids_of(repo, held, [heads[b] for b in used])
+        else:
+            ids = tensor_ids_of(repo, held)
+        wanted = [oid for oid in ids if not repo.store.has(oid)]
         with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
             receive_tensors(repo, transport, wanted, pool, objects)
         write_graph(repo, held)
+        if shallow:
+            repo.git.update_shallow([s.encode() for s in shallow], None)
+        _move_tracking_refs(repo, target.name, heads, tags, report)
+        if all_objects:
+            rest = missing_live_objects(repo)
+            with Tally(_bar(quiet), "receiving objects", len(rest)) as completing:
+                receive_tensors(repo, transport, rest, pool, completing)
+            objects.objects += completing.objects
+            objects.bytes += completing.bytes
     report.git_objects = history.objects
     report.tensor_objects = objects.objects
     report.bytes = history.bytes + objects.bytes
-    with repo.locked():
-        for branch, sha in sorted(branches.items()):
-            ref = f"refs/remotes/{target.name}/{branch}".encode()
-            old = repo.git.refs[ref].decode() if ref in repo.git.refs else None
-            if old != sha:
-                repo.git.refs[ref] = sha.encode()
-                report.refs[ref.decode()] = (old, sha)
-        for name, sha in store_fetched_tags(repo, tags).items():
-            report.refs[f"{REMOTE_TAG_PREFIX}{name}"] = (None, sha)
     return report
+
+
+def _move_tracking_refs(
+    repo: Repo,
+    remote: str,
+    heads: dict[str, str],
+    tags: dict[str, str],
+    report: TransferReport,
+) -> None:
+    for branch, sha in sorted(heads.items()):
+        ref = f"refs/remotes/{remote}/{branch}".encode()
+        old = repo.git.refs[ref].decode() if ref in repo.git.refs else None
+        if old != sha:
+            repo.git.refs[ref] = sha.encode()
+            report.refs[ref.decode()] = (old, sha)
+    for name, sha in store_fetched_tags(repo, tags).items():
+        report.refs[f"{REMOTE_TAG_PREFIX}{name}"] = (None, sha)
 
 
 # ---------------------------------------------------------------------------------- clone
@@ -286,17 +339,26 @@ def clone(
     directory: str | None = None,
     *,
     endpoint: str | None = None,
+    full: bool = False,
+    depth: int | None = None,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> CloneResult:
-    """A new repository with `origin` = `url`, every branch fetched, the default checked out.
+    """A new repository with `origin` = `url`, the default branch checked out.
 
-    Running it again on the folder of an interrupted clone of the same URL resumes it.
+    By default the clone is lazy: all history, but only the tensor objects the checked-out
+    commit needs; `origin` is its promisor and the rest is fetched when a command needs it
+    (the returned repository has its promisor attached). `full` fetches everything;
+    `depth` keeps only that many commits of history. Running it again on the folder of
+    an interrupted clone of the same URL resumes it.
     """
     folder = Path(directory or default_clone_dir(url))
     resumed = _resumable(folder, url)
     if not resumed and folder.exists() and any(folder.iterdir()):
         raise MvcError(f"destination path '{folder}' already exists and is not an empty directory")
+    if depth is not None and depth < 1:
+        raise MvcError(f"--depth must be at least 1, not {depth}")
+    head = parse_head(open_transport(url, endpoint).read_ref(HEAD)[0])
     created = not folder.exists()
     if resumed:
         repo = Repo.open(folder)
@@ -304,7 +366,11 @@ def clone(
         repo = Repo.init(folder)
         add_remote(repo, "origin", url, endpoint)
         (folder / ".git" / _CLONING_MARK).write_text(url + "\n")
-    report = fetch(repo, "origin", quiet=quiet, workers=workers)
+        if not full:
+            set_promisor(repo, "origin")
+        if head is not None:  # what the lazy fetch brings tensor objects for
+            repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{head}".encode())
+    report = fetch(repo, "origin", depth=depth, quiet=quiet, workers=workers)
     tracking = {
         ref.decode(): repo.git.refs[b"refs/remotes/origin/" + ref].decode()
         for ref in repo.git.refs.keys(base=b"refs/remotes/origin/")
@@ -316,10 +382,10 @@ def clone(
         raise NotFoundError(
             f"remote {url} has no branches to clone", hint="check the URL, or push to it first"
         )
-    head = parse_head(open_transport(url, endpoint).read_ref(HEAD)[0])
     branch = head if head in tracking else ("main" if "main" in tracking else sorted(tracking)[0])
     repo.create_branch(branch, f"refs/remotes/origin/{branch}", force=True)
     repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
+    attach_promisor(repo, quiet=quiet)
     # A fresh work tree: every file is written (force: nothing there can be lost).
     repo.update_worktree(branch, force=True)
     set_upstream(repo, branch, "origin")

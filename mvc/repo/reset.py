@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
+from mvc.repo.commits import clear_merge_state
 from mvc.repo.staging import Staging
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def reset(repo: Repo, rev: str = "HEAD", mode: str = "mixed") -> str:
         elif mode == "mixed":
             _reset_index(repo, target)
         repo.move_branch(head, target, f"reset: moving to {rev}")
-        repo._clear_merge_state()
+        clear_merge_state(repo)
     return target
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dulwich.objects import Commit, Tag
 
 from mvc.errors import MvcError, NotFoundError
+from mvc.repo.commits import identity
 
 if TYPE_CHECKING:
     from mvc.repo.repository import Repo
@@ -67,7 +68,7 @@ def create_tag(repo: Repo, name: str, rev: str = "HEAD", message: str | None = N
         tag = Tag()
         tag.name = name.encode()
         tag.object = (Commit, sha.encode())
-        tag.tagger = repo._identity()
+        tag.tagger = identity(repo)
         now = int(os.environ.get("MVC_COMMIT_TIME", time.time()))
         tag.tag_time = now
         tag.tag_timezone = -time.timezone if not time.localtime(now).tm_isdst else -time.altzone

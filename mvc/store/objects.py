@@ -10,6 +10,11 @@ the caller already read from the store and hands back (``get(known=...)``).
 Deltas are bounded: an object's depth is the number of deltas between it and a full
 object; a delta that would exceed ``MAX_DELTA_DEPTH`` is stored full instead, so reading
 any object costs at most ``MAX_DELTA_DEPTH + 1`` decodes however long the history.
+
+A delta's base is an object of the same dtype and shape, or the same rows before rows were
+appended (same trailing dims, fewer rows: ``grows_from``); such a base is applied as if
+zero-padded to the object's length, so a chunk that gained rows (new token embeddings)
+stores its old rows as a delta and the new ones as they are.
 """
 
 from __future__ import annotations
@@ -17,22 +22,24 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
 from mvc.store import codecs
+from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
 from mvc.store.codecs import Codec, CodecError
+from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
     HEADER_PREFIX_MAX,
+    MAX_DELTA_DEPTH,
     ObjectHeader,
     pack_header,
     parse_header,
@@ -40,11 +47,9 @@ from mvc.store.objfile import (
     trailer,
 )
 
-MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
-STALE_TEMP_SECONDS = 3600
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
 
 
@@ -61,11 +66,11 @@ class ObjectInfo:
     raw_size: int
 
 
-@dataclass(frozen=True)
-class GcReport:
-    kept: int
-    deleted: int
-    freed_bytes: int
+class Promisor(Protocol):
+    """Where objects this store lacks can be fetched from (a lazy clone's remote; see
+    ``mvc.remote.promisor``). ``fetch`` stores them (bases first) or raises ``MvcError``."""
+
+    def fetch(self, oids: Sequence[str]) -> None: ...
 
 
 class PutRequest(NamedTuple):
@@ -82,18 +87,6 @@ def _corrupt(oid: str, reason: str) -> CorruptObjectError:
     return CorruptObjectError(f"object {oid} is corrupt: {reason}", hint=_FSCK_HINT)
 
 
-def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryview:
-    """``data`` as the bytes of ``oid``, which a delta of ``raw_size`` bytes is applied to.
-
-    A wrong size is the caller's mistake (``known`` holds another object's bytes), not
-    damage in the store, so it is a ``ValueError`` rather than a corrupt delta.
-    """
-    view = memoryview(data).cast("B")
-    if view.nbytes != raw_size:
-        raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
-    return view
-
-
 class ObjectStore:
     """Tensor objects under ``root/objects``; safe to use from many threads and processes."""
 
@@ -103,6 +96,8 @@ class ObjectStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._local = threading.local()
+        # Set by the remote layer in a lazy clone: every read of a missing object asks it.
+        self.promisor: Promisor | None = None
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -138,15 +133,32 @@ class ObjectStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def prefetch(self, oids: Iterable[str]) -> None:
+        """Fetch, in one parallel batch, those of ``oids`` that are promised, not here."""
+        missing = [oid for oid in dict.fromkeys(oids) if not self.has(oid)]
+        if missing and self.promisor is not None:
+            self.promisor.fetch(missing)
+
+    def _present(self, oid: str) -> Path:
+        """The object's file; a missing one is fetched from the promisor when there is one.
+
+        Every read of the store comes through here, so a lazy clone fetches on demand
+        whatever a command reads, without the command knowing.
+        """
+        path = self.path(oid)
+        if not path.is_file() and self.promisor is not None:
+            self.promisor.fetch([oid])
+        return path
+
     def read_raw(self, oid: str) -> bytes:
         """The stored (encoded) file, as a remote sends it."""
         try:
-            return self.path(oid).read_bytes()
+            return self._present(oid).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"object {oid} not found") from None
 
     def _header(self, oid: str) -> tuple[ObjectHeader, int]:
-        path = self.path(oid)
+        path = self._present(oid)
         try:
             with open(path, "rb") as f:
                 prefix = f.read(HEADER_PREFIX_MAX)
@@ -192,6 +204,18 @@ class ObjectStore:
         """
         self._decode(oid, self.read_raw(oid) if stored is None else stored)
 
+    def check_intact(self, oid: str, stored: bytes) -> None:
+        """Raise ``CorruptObjectError`` unless ``stored`` is an undamaged object file.
+
+        The file's xxh3 trailer and frame table only, at memory speed: every object was
+        verified against its id when it was written, so this catches any byte changed since
+        (``verify`` decodes the delta chain too, for when even that is in doubt).
+        """
+        try:
+            parse_object(stored)
+        except CodecError as exc:
+            raise _corrupt(oid, str(exc)) from None
+
     def _decode(
         self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
     ) -> memoryview:
@@ -211,7 +235,7 @@ class ObjectStore:
             if chain and (
                 header.depth != chain[-1][1].depth - 1
                 or header.dtype != chain[-1][1].dtype
-                or header.shape != chain[-1][1].shape
+                or not grows_from(header.shape, chain[-1][1].shape)
             ):
                 raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
             chain.append((current, header, frames))
@@ -219,13 +243,21 @@ class ObjectStore:
                 break
             current = header.base
             if known is not None and current in known:
-                data = _known_bytes(current, known[current], header.raw_size)
+                size = header.raw_size
+                if memoryview(known[current]).nbytes != size:  # a shorter base, or a mistake
+                    base_header, _ = self._header(current)
+                    if not grows_from(base_header.shape, header.shape):
+                        raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
+                    size = base_header.raw_size
+                data = known_bytes(current, known[current], size)
                 break
             try:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
         for current, header, frames in reversed(chain):
+            if data is not None and header.codec.is_delta:
+                data = padded(data, header.raw_size)
             try:
                 data = codecs.decode(
                     header.codec,
@@ -256,7 +288,8 @@ class ObjectStore:
         """Store ``data`` (raw little-endian bytes of a ``dtype`` tensor of ``shape``).
 
         Returns its id at once when it is already stored. With ``base`` (an object of the
-        same dtype and shape, typically the same chunk in the parent commit) XOR and
+        same dtype and shape, or its first rows (``grows_from``), typically the same chunk in
+        the parent commit) XOR and
         subtraction deltas are tried too and the smallest encoding wins; a base that is
         missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
 
@@ -320,14 +353,15 @@ class ObjectStore:
             return None, 0
         try:
             h, _ = self._header(base)
-            if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+            if h.dtype != dtype or not grows_from(h.shape, shape) or h.depth + 1 > MAX_DELTA_DEPTH:
                 return None, 0
+            size = math.prod(shape) * get_dtype(dtype).itemsize
             if base_data is None:
-                return self.get(base), h.depth + 1
+                return padded(self.get_view(base), size), h.depth + 1
             view = memoryview(base_data).cast("B")
-            if object_id(dtype, shape, view) != base:
+            if object_id(dtype, h.shape, view) != base:
                 raise ValueError(f"base_data is not the content of object {base}")
-            return view, h.depth + 1
+            return padded(view, size), h.depth + 1
         except CorruptObjectError:
             # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0
@@ -384,16 +418,22 @@ class ObjectStore:
                     fut.result()
         return [oid for oid, _ in results]
 
-    def write_raw(self, oid: str, stored: bytes) -> None:
+    def write_raw(
+        self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
+    ) -> memoryview | None:
         """Keep an encoded object received from elsewhere, after decoding and verifying it.
 
-        A delta's base must already be stored, so a batch must be written bases first.
+        A delta's base must already be stored, so a batch must be written bases first;
+        ``known`` (as for ``get``) holds the base's bytes when the caller has them, so the
+        base's chain is not decoded again. Returns the decoded bytes (None when the object
+        was here already), for the deltas that come next.
         """
         path = self.path(oid)
         if path.is_file():
-            return
-        self.verify(oid, stored)
+            return None
+        data = self._decode(oid, stored, known)
         self._write_atomic(path, [stored])
+        return data
 
     def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
         folder = path.parent
@@ -424,53 +464,9 @@ class ObjectStore:
 
     # -- garbage collection --------------------------------------------------------------------
 
-    def _depth_for_gc(self, oid: str) -> int:
-        try:
-            return self._header(oid)[0].depth
-        except (CorruptObjectError, NotFoundError):
-            return MAX_DELTA_DEPTH + 1  # unreadable: nothing can decode through it anyway
-
     def gc(self, live: Iterable[str]) -> GcReport:
-        """Delete every object not in ``live`` nor a delta base of a live object.
+        """Delete every object not in ``live`` nor a delta base of a live object (see
+        ``mvc.store.gc``); the caller holds the repository lock."""
+        from mvc.store.gc import collect_garbage
 
-        Also removes temp files left by crashed writers more than an hour ago. The caller
-        must hold the repository lock: an object put during gc is not in ``live``.
-        """
-        keep: set[str] = set()
-        for oid in live:
-            current: str | None = oid
-            while current is not None and current not in keep and self.has(current):
-                keep.add(current)
-                try:
-                    current = self._header(current)[0].base
-                except CorruptObjectError:
-                    current = None
-        kept = deleted = freed = 0
-        garbage = []
-        for oid in self.ids():
-            if oid in keep:
-                kept += 1
-            else:
-                garbage.append(oid)
-        # Deepest deltas first: a gc killed midway never leaves an object without its base.
-        garbage.sort(key=self._depth_for_gc, reverse=True)
-        for oid in garbage:
-            path = self.path(oid)
-            try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            deleted += 1
-            freed += size
-        cutoff = time.time() - STALE_TEMP_SECONDS
-        if self.objects.is_dir():
-            for tmp in self.objects.glob(f"*/{TEMP_PREFIX}*"):
-                try:
-                    st = tmp.stat()
-                    if st.st_mtime < cutoff:
-                        tmp.unlink()
-                        freed += st.st_size
-                except FileNotFoundError:
-                    continue
-        return GcReport(kept, deleted, freed)
+        return collect_garbage(self, live)

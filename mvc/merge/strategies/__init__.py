@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mvc.errors import MvcError
 from mvc.merge.declare import Param
+from mvc.merge.strategies.arcee_fusion import ArceeFusion
 from mvc.merge.strategies.base import (
     Chunk,
     ModelJob,
@@ -17,13 +18,23 @@ from mvc.merge.strategies.base import (
     TensorSpec,
     TensorStats,
 )
-from mvc.merge.strategies.breadcrumbs import Breadcrumbs
+from mvc.merge.strategies.breadcrumbs import Breadcrumbs, BreadcrumbsTies
 from mvc.merge.strategies.consensus import Consensus
 from mvc.merge.strategies.dare_linear import DareLinear
 from mvc.merge.strategies.dare_ties import DareTies
+from mvc.merge.strategies.della import Della, DellaLinear
+from mvc.merge.strategies.karcher import Karcher
 from mvc.merge.strategies.linear import Linear
+from mvc.merge.strategies.model_stock import ModelStock
+from mvc.merge.strategies.multislerp import MultiSlerp
+from mvc.merge.strategies.nearswap import NearSwap
+from mvc.merge.strategies.nuslerp import NuSlerp
+from mvc.merge.strategies.pcb import Pcb
+from mvc.merge.strategies.ram import Ram, RamPlusTl
+from mvc.merge.strategies.sce import Sce
 from mvc.merge.strategies.sides import Ours, Theirs
 from mvc.merge.strategies.slerp import Slerp
+from mvc.merge.strategies.svd import IsoC, IsoCts, Tsv
 from mvc.merge.strategies.task_arithmetic import TaskArithmetic
 from mvc.merge.strategies.ties import Ties
 
@@ -58,6 +69,22 @@ for _strategy in (
     DareLinear(),
     Breadcrumbs(),
     Slerp(),
+    BreadcrumbsTies(),
+    Della(),
+    DellaLinear(),
+    Sce(),
+    ModelStock(),
+    NuSlerp(),
+    MultiSlerp(),
+    Karcher(),
+    NearSwap(),
+    ArceeFusion(),
+    Ram(),
+    RamPlusTl(),
+    Tsv(),
+    IsoC(),
+    IsoCts(),
+    Pcb(),
     Ours(),
     Theirs(),
 ):

@@ -28,6 +28,7 @@ from mvc.errors import MvcError
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import COMMON, Param
 from mvc.merge.device import compute_dtype, is_mergeable
+from mvc.merge.lines import LINES, lines_scale
 from mvc.merge.masks import MaskPacker, tall_mask
 
 if TYPE_CHECKING:  # MergeParams is built from the registry's declarations
@@ -42,6 +43,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str  # safetensors name (F32, BF16, ...)
     n_branches: int
+    n_layers: int = 0  # numbered blocks in the whole model (LiNeS depth), 0 when unknown
 
     @property
     def numel(self) -> int:
@@ -69,6 +71,7 @@ class Chunk:
     base: Array | None
     thetas: tuple[Array, ...]
     ops: ArrayOps
+    tau_scale: float = 1.0  # LiNeS: the job scales this tensor's task vectors (set before use)
 
     @property
     def n_rows(self) -> int:
@@ -103,7 +106,10 @@ class Chunk:
 
     @cached_property
     def _taus(self) -> tuple[Array, ...]:
-        return tuple(t - self.base_c for t in self.thetas_c)
+        taus = tuple(t - self.base_c for t in self.thetas_c)
+        if self.tau_scale != 1.0:
+            taus = tuple(t * self.tau_scale for t in taus)
+        return taus
 
     def magnitudes(self) -> tuple[Array, ...]:
         """|τ_i| (cached per chunk: trims, rank passes and TALL masks all need them)."""
@@ -202,6 +208,7 @@ class TensorJob(ABC):
         self._stats = TensorStats(spec.name, spec.numel, [0] * n, [0] * n, [0] * n)
         self._packers = [MaskPacker() for _ in range(n)] if masks else None
         self._lambdas = params.tall_lambdas_for(n)
+        self.tau_scale = lines_scale(params.lines, spec.name, spec.n_layers)
 
     def plan(self) -> Iterator[Pass]:
         """Statistics passes; the default strategy needs none."""
@@ -213,14 +220,18 @@ class TensorJob(ABC):
     def next_pass(self) -> Pass | None:
         if self._gen is None:
             self._gen = self.plan()
-        return next(self._gen, None)
+        current = next(self._gen, None)
+        if current is None or self.tau_scale == 1.0:
+            return current
+        return _ScaledPass(current, self.tau_scale)
 
     def combine(self, chunk: Chunk) -> Array:
         """The merged rows of ``chunk`` in the tensor's dtype, with the chunk's shape."""
         ops = chunk.ops
+        chunk.tau_scale = self.tau_scale
         result = self.step(chunk)
         out = ops.store(result.out, self.spec.dtype)
-        if result.sole is not None:
+        if result.sole is not None and self.tau_scale == 1.0:
             for sole, theta in zip(result.sole, chunk.thetas, strict=True):
                 out = ops.where(sole, theta.reshape(-1), out)
         self._account(chunk, result, out)
@@ -270,6 +281,19 @@ class TensorJob(ABC):
             self._stats.masks = tuple(p.finish() for p in self._packers)
             self._packers = None
         return self._stats
+
+
+class _ScaledPass(Pass):
+    """A job's pass seeing the LiNeS-scaled task vectors its combine will see."""
+
+    def __init__(self, inner: Pass, scale: float) -> None:
+        self.inner = inner
+        self.scale = scale
+        self.sample = inner.sample
+
+    def update(self, chunk: Chunk) -> None:
+        chunk.tau_scale = self.scale
+        self.inner.update(chunk)
 
 
 class Strategy(ABC):
@@ -322,6 +346,16 @@ class Strategy(ABC):
         for param in self.declared():
             if param.per_branch:
                 params.for_branches(param.name, n_branches)
+        if params.lines is not None and (LINES not in self.declared() or params.preset == "paper"):
+            why = (
+                "with --preset paper trims the whole model first"
+                if LINES in self.declared()
+                else "does not merge task vectors"
+            )
+            raise MvcError(
+                f"--lines scales task vectors; strategy {self.name} {why}",
+                hint="use a task-vector method (ties, task_arithmetic, della, tsv, ...)",
+            )
 
     def check_tensor(self, spec: TensorSpec) -> None:
         if self.floats_only and not is_mergeable(spec.dtype):

@@ -1,5 +1,6 @@
 """Model breadcrumbs: per tensor drop the largest γ fraction of |τ_i| (outliers) and keep the
-next β fraction (β is ``density``), then task arithmetic.
+next β fraction (β is ``density``), then task arithmetic (``breadcrumbs``) or TIES' sign
+election (``breadcrumbs_ties``).
 
 As mergekit's ``magnitude_outliers``: with target = int(β·N), n_top = int(γ·N) and
 n_bot = max(0, N − target − n_top), keep ascending magnitude ranks [n_bot, n_bot + target),
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT, Param
+from mvc.merge.lines import LINES
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
     Chunk,
@@ -22,7 +24,7 @@ from mvc.merge.strategies.base import (
     resolved_normalize,
 )
 from mvc.merge.strategies.task_arithmetic import weighted_sum
-from mvc.merge.strategies.ties import apply_lambda
+from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
 
 if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
@@ -58,7 +60,8 @@ class BreadcrumbsJob(TensorJob):
     def plan(self) -> Iterator:
         yield from self.selection.passes()
 
-    def step(self, chunk: Chunk) -> Step:
+    def trimmed(self, chunk: Chunk) -> tuple:
+        """τ̂_i: each task vector outside its kept magnitude band zeroed."""
         ops, cuts = chunk.ops, self.selection.cuts
         hats = []
         for i, (tau, mag) in enumerate(zip(chunk.taus(), chunk.magnitudes(), strict=True)):
@@ -66,11 +69,32 @@ class BreadcrumbsJob(TensorJob):
             below_low = cuts[2 * i].apply(ops, keys, chunk.flat_start)
             below_high = cuts[2 * i + 1].apply(ops, keys, chunk.flat_start)
             hats.append(tau * (below_high & ~below_low))
-        hats = tuple(hats)
+        return tuple(hats)
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.trimmed(chunk)
         delta = weighted_sum(hats, self.weights, resolved_normalize(self.params, False))
         return Step(
             out=apply_lambda(chunk.base_c, delta, self.params.lambda_),
             kept=tuple(h != 0 for h in hats),
+            signs=hats,
+        )
+
+
+class BreadcrumbsTiesJob(BreadcrumbsJob):
+    """The breadcrumbs band, then TIES' weighted sign election over what survives."""
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.trimmed(chunk)
+        # mergekit sums the agreeing edits; the default takes their weighted mean, as ties does.
+        normalize = resolved_normalize(self.params, self.params.preset != "mergekit")
+        election = elect_and_merge(
+            chunk.ops, hats, self.weights, preset="mergekit", normalize=normalize
+        )
+        return Step(
+            out=apply_lambda(chunk.base_c, election.delta, self.params.lambda_),
+            kept=tuple(h != 0 for h in hats),
+            contributed=election.agree,
             signs=hats,
         )
 
@@ -82,9 +106,24 @@ class Breadcrumbs(Strategy):
         "τ̂_i = τ_i where |τ_i| ranks in the band below the top γ, of width density; "
         "θ = θ_base + λ·Σ w_i·τ̂_i"
     )
-    parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE)
+    parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit")
     mergekit = "breadcrumbs"
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return BreadcrumbsJob(params, spec, masks)
+
+
+class BreadcrumbsTies(Strategy):
+    name = "breadcrumbs_ties"
+    summary = "The breadcrumbs band of each task vector, then TIES' sign election."
+    formula = (
+        "τ̂_i = τ_i where |τ_i| ranks in the band below the top γ, of width density; "
+        "θ = θ_base + λ·Σ_agree w_i·τ̂_i (/ Σ_agree w_i by default)"
+    )
+    parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE, LINES)
+    presets = (None, "mergekit")
+    mergekit = "breadcrumbs_ties"
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return BreadcrumbsTiesJob(params, spec, masks)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mvc.merge.declare import DENSITY, NORMALIZE, TALL_LAMBDA, WEIGHT, Param
+from mvc.merge.lines import LINES
 from mvc.merge.masks import tall_mask
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import (
@@ -115,7 +116,7 @@ class Consensus(Strategy):
         "τ_MTL = Σ w_i·τ_i (on=ties: the TIES merge); m_i = |τ_i| > λ_i·|τ_MTL − τ_i|; "
         "θ = θ_base + α·τ_MTL ⊙ [Σ m_i ≥ k]"
     )
-    parameters = (K, ALPHA, TALL_LAMBDA, ON, WEIGHT, DENSITY, NORMALIZE)
+    parameters = (K, ALPHA, TALL_LAMBDA, ON, WEIGHT, DENSITY, NORMALIZE, LINES)
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -44,7 +45,7 @@ class DareLinear(Strategy):
     name = "dare_linear"
     summary = "DARE's random drop and rescale, then task arithmetic."
     formula = "τ̂_i = τ_i ⊙ Bernoulli(density) / density; θ = θ_base + λ·Σ w_i·τ̂_i"
-    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE)
+    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft")
     mergekit = "dare_linear"
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -54,7 +55,7 @@ class DareTies(Strategy):
         "τ̂_i = τ_i ⊙ Bernoulli(density) / density; s = sign Σ w_i·τ̂_i; "
         "θ = θ_base + λ·Σ_{sign τ̂_i = s} w_i·τ̂_i / Σ_{sign τ̂_i = s} w_i"
     )
-    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE)
+    parameters = (DENSITY, WEIGHT, LAMBDA, SEED, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft")
     mergekit = "dare_ties"
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import LAMBDA, NORMALIZE, WEIGHT
+from mvc.merge.lines import LINES
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
@@ -63,7 +64,7 @@ class TaskArithmetic(Strategy):
     name = "task_arithmetic"
     summary = "Add the weighted sum of the task vectors to the base."
     formula = "θ = θ_base + λ·Σ w_i·τ_i  (÷ Σ w_i with normalize)"
-    parameters = (WEIGHT, LAMBDA, NORMALIZE)
+    parameters = (WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft")
     mergekit = "task_arithmetic"
 

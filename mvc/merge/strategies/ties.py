@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT
-from mvc.merge.select import Cut, RankQuery, Request, Selection, magnitude_keys
+from mvc.merge.lines import LINES
+from mvc.merge.select import (
+    INDEX_ORDER,
+    TORCH_ORDER,
+    Cut,
+    RankQuery,
+    Request,
+    Selection,
+    magnitude_keys,
+)
 from mvc.merge.strategies.base import (
     Chunk,
     ModelJob,
@@ -122,6 +131,7 @@ class TiesJob(TensorJob):
             ],
             spec.numel,
             spec.dtype,
+            tie_order=TORCH_ORDER if self.preset == "mergekit" else INDEX_ORDER,
         )
 
     def plan(self) -> Iterator:
@@ -242,7 +252,7 @@ class Ties(Strategy):
         "τ̂_i = τ_i ⊙ top(|τ_i|, density); s = sign Σ w_i·τ̂_i; "
         "θ = θ_base + λ·Σ_{sign τ̂_i = s} w_i·τ̂_i / Σ_{sign τ̂_i = s} w_i"
     )
-    parameters = (DENSITY, WEIGHT, LAMBDA, NORMALIZE)
+    parameters = (DENSITY, WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft", "paper")
     mergekit = "ties"
 

@@ -1,0 +1,252 @@
+"""DELLA (Deep, Lee et al. 2024, "DELLA-Merging"): MAGPRUNE drops, then TIES or a weighted sum.
+
+MAGPRUNE ranks |τ_i| within each row (the last dimension of a 2-D weight; a 1-D tensor is
+one row) and keeps element j with probability p_j = (d − ε) + 2ε·(rank_j − 1)/(n − 1), so
+large changes survive more often and the mean keep rate is the density d. Survivors are
+rescaled so the expected task vector is unchanged:
+
+- default: each survivor divided by its own p_j (the paper's 1/(1 − drop probability));
+- ``mergekit``: every survivor multiplied by ‖τ_i‖₁ / ‖τ_i ⊙ keep‖₁ over the tensor (skipped
+  when either norm is below 1e-7), mergekit 0.1.5's ``rescale``;
+- ``--no-rescale``: survivors kept as they are.
+
+``della`` then elects signs and takes the weighted mean of the agreeing (``normalize``),
+``della_linear`` takes the weighted sum. The keep draws come from the counter-based
+generator DARE uses (:mod:`mvc.merge.rng`); ranks of equal magnitudes go by index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mvc.errors import MvcError
+from mvc.merge.arrays import Array
+from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT, Param
+from mvc.merge.exact import ExactSum
+from mvc.merge.lines import LINES
+from mvc.merge.rng import stream_key, uniforms
+from mvc.merge.strategies.base import (
+    Chunk,
+    Pass,
+    Step,
+    Strategy,
+    TensorJob,
+    TensorSpec,
+    resolved_normalize,
+)
+from mvc.merge.strategies.task_arithmetic import weighted_sum
+from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
+from mvc.merge.strategies.whole import Gathered, GatherPass
+
+if TYPE_CHECKING:
+    from mvc.merge.params import MergeParams
+
+EPSILON = Param(
+    "epsilon",
+    float,
+    0.15,
+    "DELLA: keep probabilities spread over density ± ε by |τ| rank.",
+    mergekit="epsilon",
+    low=0.0,
+    high=1.0,
+    high_open=True,
+)
+RESCALE = Param(
+    "rescale",
+    bool,
+    None,
+    "DELLA: undo the drop's shrinkage (default on: 1/p per element; mergekit: L1 per tensor).",
+    mergekit="rescale",
+    optional=True,
+)
+_NORM_EPS = 1e-7
+
+
+def rank_fraction(magnitude: np.ndarray) -> np.ndarray:
+    """(rank − 1)/(n − 1) of each |τ| within its row (axis 1), ascending, ties by index; fp32.
+
+    A row of one element sits in the middle (0.5): mergekit's formula is 0/0 there.
+    """
+    n = magnitude.shape[1]
+    order = np.argsort(magnitude, axis=1, kind="stable")
+    ranks = np.argsort(order, axis=1, kind="stable").astype(np.float32)
+    if n == 1:
+        return np.full(magnitude.shape, 0.5, dtype=np.float32)
+    return ranks / np.float32(n - 1)
+
+
+def keep_probabilities(magnitude: np.ndarray, density: float, epsilon: float) -> np.ndarray:
+    """MAGPRUNE's per-element keep probabilities for host |τ| shaped as rows (axis 1), fp32."""
+    return (density - epsilon) + rank_fraction(magnitude) * 2 * epsilon
+
+
+def keep_draws(
+    seed: int, name: str, branch: int, start: int, probs: np.ndarray
+) -> np.ndarray:
+    """True where element ``start + j`` survives (uniform < p_j), from mvc's generator."""
+    u = uniforms(stream_key(seed, name, branch), start, probs.size)
+    return u.reshape(probs.shape) < probs
+
+
+def _rows(spec: TensorSpec, flat: np.ndarray) -> np.ndarray:
+    """Host values shaped as mergekit ranks them: 1-D (and 0-d) tensors as one row."""
+    if len(spec.shape) < 2:
+        return flat.reshape(1, -1)
+    return flat.reshape(-1, *spec.shape[1:])
+
+
+class _L1Pass(Pass):
+    def __init__(self, drop: MagPrune) -> None:
+        self.drop = drop
+
+    def update(self, chunk: Chunk) -> None:
+        ops = chunk.ops
+        for i, (tau, keep) in enumerate(zip(chunk.taus(), self.drop.keeps(chunk), strict=True)):
+            if keep is not None:
+                self.drop.before[i].add(ops.to_numpy(abs(tau)))
+                self.drop.after[i].add(ops.to_numpy(abs(tau * keep)))
+
+
+class MagPrune:
+    """Per-branch MAGPRUNE keep masks (and rescale factors) for one tensor."""
+
+    def __init__(self, params: MergeParams, spec: TensorSpec) -> None:
+        self.params = params
+        self.spec = spec
+        self.densities = params.densities_for(spec.n_branches)
+        self.epsilon = params.epsilon
+        self.rescale = True if params.rescale is None else params.rescale
+        self.l1 = self.rescale and params.preset == "mergekit"
+        self.before = [ExactSum() for _ in self.densities]
+        self.after = [ExactSum() for _ in self.densities]
+        self.scales: list[float | None] = [None] * len(self.densities)
+        self.whole_magnitudes: tuple[np.ndarray, ...] | None = None  # 1-D tensors
+
+    def passes(self) -> Iterator[Pass]:
+        if all(d >= 1 for d in self.densities):
+            return
+        if len(self.spec.shape) < 2:  # one row spanning every chunk: rank it whole
+            gather = GatherPass()
+            yield gather
+            inputs: Gathered = gather.assemble(self.spec)
+            self.whole_magnitudes = tuple(
+                np.abs(t).reshape(1, -1).astype(np.float32) for t in inputs.taus()
+            )
+        if not self.l1:
+            return
+        yield _L1Pass(self)
+        real = np.float64 if self.spec.compute_dtype == "F64" else np.float32
+        for i, d in enumerate(self.densities):
+            before, after = self.before[i].value(), self.after[i].value()
+            if d < 1 and before >= _NORM_EPS and after >= _NORM_EPS:
+                self.scales[i] = float(real(before) / real(after))
+
+    def _probabilities(self, chunk: Chunk, i: int, tau: Array) -> np.ndarray:
+        """Host keep probabilities of the chunk's elements of branch i, flat."""
+        d = self.densities[i]
+        if self.whole_magnitudes is not None:
+            probs = keep_probabilities(self.whole_magnitudes[i], d, self.epsilon).reshape(-1)
+            return probs[chunk.flat_start : chunk.flat_start + chunk.numel]
+        host = np.abs(chunk.ops.to_numpy(tau)).astype(np.float32)
+        return keep_probabilities(_rows(self.spec, host), d, self.epsilon).reshape(-1)
+
+    def keeps_and_probs(self, chunk: Chunk) -> list[tuple[Array, Array] | None]:
+        out: list[tuple[Array, Array] | None] = []
+        ops = chunk.ops
+        dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
+        for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True)):
+            if d >= 1:
+                out.append(None)
+                continue
+            probs = self._probabilities(chunk, i, tau)
+            keep = keep_draws(self.params.seed, self.spec.name, i, chunk.flat_start, probs)
+            out.append((ops.astype(ops.from_numpy(keep), dtype), ops.from_numpy(probs)))
+        return out
+
+    def keeps(self, chunk: Chunk) -> list[Array | None]:
+        return [None if kp is None else kp[0] for kp in self.keeps_and_probs(chunk)]
+
+    def apply(self, chunk: Chunk) -> tuple[Array, ...]:
+        """τ̂_i: pruned and rescaled task vectors of the chunk."""
+        out = []
+        for i, (tau, kp) in enumerate(zip(chunk.taus(), self.keeps_and_probs(chunk), strict=True)):
+            if kp is None:
+                out.append(tau)
+                continue
+            keep, probs = kp
+            masked = tau * keep
+            if not self.rescale:
+                out.append(masked)
+            elif self.l1:
+                out.append(masked if self.scales[i] is None else masked * self.scales[i])
+            else:
+                out.append(masked / probs)
+        return tuple(out)
+
+
+class DellaJob(TensorJob):
+    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool, ties: bool) -> None:
+        super().__init__(params, spec, masks=masks)
+        self.prune = MagPrune(params, spec)
+        self.ties = ties
+        self.normalize = resolved_normalize(params, ties)
+
+    def plan(self) -> Iterator:
+        yield from self.prune.passes()
+
+    def step(self, chunk: Chunk) -> Step:
+        hats = self.prune.apply(chunk)
+        lam = self.params.lambda_
+        kept = tuple(h != 0 for h in hats)
+        if not self.ties:
+            delta = weighted_sum(hats, self.weights, self.normalize)
+            return Step(out=apply_lambda(chunk.base_c, delta, lam), kept=kept, signs=hats)
+        election = elect_and_merge(
+            chunk.ops, hats, self.weights, preset="mergekit", normalize=self.normalize
+        )
+        return Step(
+            out=apply_lambda(chunk.base_c, election.delta, lam),
+            kept=kept,
+            contributed=election.agree,
+            signs=hats,
+        )
+
+
+class Della(Strategy):
+    name = "della"
+    summary = "MAGPRUNE: keep |τ| by rank-weighted chance, rescale, then TIES' sign election."
+    formula = (
+        "p = density − ε + 2ε·rank(|τ_i|)/(n−1) per row; τ̂_i = τ_i ⊙ Bernoulli(p)/p; "
+        "θ = θ_base + λ·Σ_agree w_i·τ̂_i / Σ_agree w_i"
+    )
+    parameters = (DENSITY, EPSILON, WEIGHT, LAMBDA, RESCALE, NORMALIZE, SEED, LINES)
+    presets = (None, "mergekit")
+    mergekit = "della"
+    ties = True
+
+    def check(self, params: MergeParams, n_branches: int) -> None:
+        super().check(params, n_branches)
+        eps = params.epsilon
+        for d in params.densities_for(n_branches):
+            if d < 1 and not (0 < d - eps and d + eps < 1):
+                raise MvcError(
+                    f"{self.name}: density ± epsilon must lie in (0, 1), got density {d}, "
+                    f"epsilon {eps}"
+                )
+
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return DellaJob(params, spec, masks, self.ties)
+
+
+class DellaLinear(Della):
+    name = "della_linear"
+    summary = "MAGPRUNE drops and rescale, then the weighted sum of the task vectors."
+    formula = (
+        "p = density − ε + 2ε·rank(|τ_i|)/(n−1) per row; τ̂_i = τ_i ⊙ Bernoulli(p)/p; "
+        "θ = θ_base + λ·Σ w_i·τ̂_i"
+    )
+    mergekit = "della_linear"
+    ties = False
