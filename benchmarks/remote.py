@@ -25,7 +25,7 @@
    a synthetic BERT fp32 model at two sizes (``benchmarks.synthetic``), next to the growth
    of the model: both stream objects one at a time, so memory should not follow the model.
 
-Run: ``.venv/bin/python -m benchmarks.remote [--quick]``.
+Run: ``.venv/bin/python -m benchmarks.remote [--quick] [--throughput-only]``.
 """
 
 from __future__ import annotations
@@ -282,13 +282,17 @@ def _remote_parent() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="0.17 GB and 0.5 GB models")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="only part 1 (against Git LFS)"
+    )
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-") as tmp,
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-", dir=_remote_parent()) as remotes,
     ):
         _throughput(Path(tmp), Path(remotes))
-    _memory((128, 512) if args.quick else (512, 2048))
+    if not args.throughput_only:
+        _memory((128, 512) if args.quick else (512, 2048))
     return 0
 
 

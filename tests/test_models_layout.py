@@ -345,3 +345,26 @@ def test_extract_rebuilds_a_parent_saved_in_another_layout(tmp_path):
     name = "model.layers.1.self_attn.q_proj.weight"  # changed by `sent` alone
     assert np.array_equal(rebuilt[name], original[name])
     assert rebuilt.keys() == original.keys()
+
+
+def test_two_model_folders_resharded_in_one_merge(tmp_path):
+    repo = Repo.init(tmp_path / "two")
+    weights = {"a": llama_weights(0), "b": llama_weights(1)}
+    for folder, shards in (("a", 3), ("b", 2)):
+        write_layout(repo.root / folder, weights[folder], shards)
+    repo.add([repo.root / "a", repo.root / "b"])
+    repo.commit("base")
+    name = "model.layers.0.mlp.up_proj.weight"
+    for branch, seed, shards in (("x", 1, (1, 3)), ("y", 2, (3, 2))):
+        repo.switch(branch, create=True, start="main")
+        for folder, n in zip(("a", "b"), shards, strict=True):
+            tuned = fine_tuned(weights[folder], seed=seed, scale=1e-2, only=(name,))
+            write_layout(repo.root / folder, tuned, n)
+        repo.add([repo.root / "a", repo.root / "b"])
+        repo.commit(branch)
+    assert merge(repo, ["x"]).commit
+    for folder in ("a", "b"):
+        assert len(model_view(repo.files("HEAD"), folder).shards) == len(
+            model_view(repo.files("y"), folder).shards
+        )
+    assert merge_record(repo, "HEAD")[1]["layout"]["models"] == ["a", "b"]
