@@ -14,6 +14,13 @@ mergekit's arithmetic: the like-for-like comparison). Goal: at most 1/4 of merge
 and at most 1/2 of its peak RSS.
 
 Run: ``.venv/bin/python -m benchmarks.merge_speed [--quick]``.
+
+``--methods all`` (or a comma list) instead times every strategy against ``mergekit-yaml``
+on the MiniLM fine-tunes (``--synthetic``: on the synthetic model too): mvc merges with
+``--all-tensors --preset mergekit`` where the strategy has that preset (its default
+otherwise), and mergekit runs the YAML that ``mvc export --format mergekit`` writes for
+that very merge, so both compute the same recipe. Goal (issue 17): each within 1/3 of
+mergekit's wall time, with flat memory.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from benchmarks.finetune import FineTune, base_model_dir, fine_tuned_dir
 from benchmarks.measure import MIB, print_table
-from benchmarks.merging import MODES, build_repo, mergekit_merge, mvc_merge
+from benchmarks.merging import MODES, build_repo, mergekit_merge, mergekit_run, mvc_merge
 from benchmarks.synthetic import shape_for, write_model
 
 DENSITY = 0.2
@@ -74,10 +83,109 @@ def bench_inputs(label: str, base: Path, a: Path, b: Path, work: Path) -> list[l
     return rows
 
 
+METHOD_TIME_GOAL = 1 / 3
+SKIPPED = ("ours", "theirs")  # no arithmetic to time
+
+
+def _exported_recipe(repo: Path, base: Path, a: Path, b: Path) -> dict:
+    """mvc's own mergekit export of the merge at HEAD, pointed at the three folders."""
+    from mvc.lineage.export import export
+    from mvc.lineage.records import merge_record, parent_label
+    from mvc.repo import Repo
+
+    opened = Repo.open(repo)
+    _, record = merge_record(opened, "HEAD")
+    paths = {"base": str(base), parent_label(record, 0): str(a), parent_label(record, 1): str(b)}
+    return yaml.safe_load(export(opened, "HEAD", "mergekit", paths))
+
+
+def bench_methods(
+    label: str, names: list[str], base: Path, a: Path, b: Path, work: Path
+) -> list[list[object]]:
+    """Per strategy: mvc merge, then mergekit-yaml on its exported recipe (where it has one)."""
+    from mvc.merge.strategies import get_strategy
+
+    setup = build_repo(work, base, a, b)
+    rows: list[list[object]] = []
+    for i, name in enumerate(names):
+        strategy = get_strategy(name)
+        like = "mergekit" in strategy.presets and strategy.mergekit is not None
+        mode = MODES[1] if like else MODES[0]
+        fresh = work / f"mvc-repo-{i}"
+        shutil.copytree(setup.root, fresh, symlinks=True)
+        density = 0.5 if any(p.name == "density" for p in strategy.parameters) else None
+        ours = mvc_merge(fresh, mode, density, f"method-{i}", strategy=name)
+        peer = None
+        if like:
+            peer = mergekit_run(work, _exported_recipe(fresh, base, a, b), f"method-{i}")
+        shutil.rmtree(fresh)
+        rows.append(
+            [
+                label,
+                name,
+                "mergekit" if like else "default",
+                f"{ours.seconds:.1f}",
+                f"{ours.peak_rss_mib:.0f}",
+                f"{peer.seconds:.1f}" if peer else "—",
+                f"{peer.peak_rss_mib:.0f}" if peer else "—",
+                _goal(ours.seconds, peer.seconds, METHOD_TIME_GOAL) if peer else "no peer",
+            ]
+        )
+    return rows
+
+
+def main_methods(args: argparse.Namespace) -> int:
+    from mvc.merge.strategies import strategies
+
+    names = [s.name for s in strategies() if s.name not in SKIPPED]
+    if args.methods != "all":
+        names = [n for n in args.methods.split(",") if n]
+    base = base_model_dir()
+    a = fine_tuned_dir(FineTune(task="sentiment"))
+    b = fine_tuned_dir(FineTune(task="topic"))
+    print(f"merge speed per method: two branches, CPU, {os.cpu_count()} CPUs")
+    rows: list[list[object]] = []
+    with tempfile.TemporaryDirectory(prefix="mvc-bench-methods-") as tmp:
+        work = Path(tmp)
+        size = (a / "model.safetensors").stat().st_size / MIB
+        minilm = work / "minilm"
+        minilm.mkdir()
+        rows += bench_methods(f"MiniLM real ({size:.0f} MiB)", names, base, a, b, minilm)
+        shutil.rmtree(minilm)
+        if args.synthetic:
+            shape = shape_for((128 if args.quick else 700) * MIB)
+            synth = work / "synthetic"
+            models = [
+                write_model(synth / n, shape, seed=1, variant=v)
+                for v, n in enumerate(("base", "a", "b"))
+            ]
+            label = f"synthetic BERT ({shape.nbytes / MIB:.0f} MiB)"
+            rows += bench_methods(label, names, *models, synth)
+    print_table(
+        "Merge per method: wall time and peak RSS, mvc vs mergekit-yaml (fresh process each)",
+        [
+            "inputs",
+            "strategy",
+            "mvc preset",
+            "mvc s",
+            "mvc RSS MiB",
+            "mergekit s",
+            "mergekit RSS MiB",
+            "time / mergekit",
+        ],
+        rows,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 0.17 GB synthetic model")
+    parser.add_argument("--methods", default=None, help="time these strategies (or 'all')")
+    parser.add_argument("--synthetic", action="store_true", help="--methods: synthetic too")
     args = parser.parse_args(argv)
+    if args.methods:
+        return main_methods(args)
     base = base_model_dir()
     a = fine_tuned_dir(FineTune(task="sentiment"))
     b = fine_tuned_dir(FineTune(task="topic"))

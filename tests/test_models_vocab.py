@@ -156,6 +156,12 @@ def test_appended_rows_merge_strategy_on_shared_rows_and_adder_rows_exact(tmp_pa
     assert item["embeddings.weight"]["action"] == "resolve"
     assert item["embeddings.weight"]["appended"] == 1
     assert verify(repo, "HEAD", device="cpu").ok
+    from mvc.errors import MvcError
+    from mvc.lineage.extract import extract
+
+    with pytest.raises(MvcError, match="appended rows to it"):
+        extract(repo, "HEAD", "tokens", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_rows_appended_on_both_sides_are_a_conflict(tmp_path):

@@ -158,6 +158,11 @@ def test_fetch_all_objects_full_and_depth(published, tmp_path):
     assert [c.message for c in shallow.log()] == ["version 5", "version 4"]
     assert snapshot(shallow.root / "model") == snapshot(alice.root / "model")
     assert shallow.fsck() == []
+    # The boundary commit's parent is not here: `show`/`log` list its files as added.
+    from mvc.repo.history import changed_files
+
+    boundary = shallow.log()[-1]
+    assert set(changed_files(shallow, boundary.id).values()) == {"added"}
 
 
 def test_gc_prune_promised_keeps_every_copy_the_remote_lacks(published, tmp_path):

@@ -8,6 +8,7 @@ import time
 import click
 
 from mvc.cli.output import emit_json, open_repo
+from mvc.repo.adapters import adapters_for_paths
 
 
 @click.command()
@@ -42,9 +43,13 @@ def rm(paths: tuple[str, ...], cached: bool) -> None:
 @click.option("-s", "--short", is_flag=True, help="One line per file.")
 def status(as_json: bool, short: bool) -> None:
     """Show staged, unstaged and untracked changes."""
-    st = open_repo().status()
+    repo = open_repo()
+    st = repo.status()
+    adapters = adapters_for_paths(
+        repo, None, [*st.staged, *st.unstaged, *st.untracked]
+    )
     if as_json:
-        emit_json(st.to_json())
+        emit_json(dict(st.to_json(), adapters=adapters))
         return
     if short:
         paths = sorted(set(st.staged) | set(st.unstaged))
@@ -67,6 +72,8 @@ def status(as_json: bool, short: bool) -> None:
         click.echo("Untracked files:")
         for path in st.untracked:
             click.echo(f"  {path}")
+    for folder, description in sorted(adapters.items()):
+        click.echo(f"Adapter {folder or '.'}/: {description}")
     if st.clean and not st.untracked:
         click.echo("nothing to commit, working tree clean")
 
@@ -101,8 +108,11 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
     repo = open_repo()
     commits = repo.log(rev, max_count=max_count)
     recipes = _recipes(repo, commits)
+    adapters = {c.id: _adapters(repo, c.id) for c in commits}
     if as_json:
-        emit_json([dict(c.to_json(), recipe=recipes.get(c.id)) for c in commits])
+        emit_json(
+            [dict(c.to_json(), recipe=recipes.get(c.id), adapters=adapters[c.id]) for c in commits]
+        )
         return
     if graph:
         for line in render_graph(commits, lambda c: _summary(c, recipes)):
@@ -112,10 +122,10 @@ def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bo
         if oneline:
             click.echo(_summary(c, recipes))
             continue
-        _echo_commit(c, recipes.get(c.id))
+        _echo_commit(c, recipes.get(c.id), adapters[c.id])
 
 
-def _echo_commit(c, recipe: str | None) -> None:
+def _echo_commit(c, recipe: str | None, adapters: dict[str, str]) -> None:
     """The commit block of `log` and `show`: id, parents of a merge, author, date, message."""
     click.echo(f"commit {c.id}")
     if len(c.parents) > 1:
@@ -124,6 +134,7 @@ def _echo_commit(c, recipe: str | None) -> None:
     click.echo(f"Date:   {time.strftime('%a %b %d %H:%M:%S %Y', time.localtime(c.date))}")
     if recipe:
         click.echo(f"Recipe: {recipe}")
+    _echo_adapters(adapters)
     click.echo("")
     for line in c.message.splitlines():
         click.echo(f"    {line}")
@@ -133,6 +144,18 @@ def _echo_commit(c, recipe: str | None) -> None:
 def _summary(c, recipes: dict[str, str]) -> str:
     recipe = f"  ({recipes[c.id]})" if c.id in recipes else ""
     return f"{c.id[:12]} {c.message.splitlines()[0] if c.message else ''}{recipe}"
+
+
+def _adapters(repo, commit_id: str) -> dict[str, str]:
+    """The adapters a commit changed (folder -> one-line description)."""
+    from mvc.repo.history import changed_files
+
+    return adapters_for_paths(repo, commit_id, changed_files(repo, commit_id))
+
+
+def _echo_adapters(adapters: dict[str, str]) -> None:
+    for folder, description in sorted(adapters.items()):
+        click.echo(f"Adapter: {folder or '.'}/ ({description})")
 
 
 def _recipes(repo, commits) -> dict[str, str]:
@@ -160,10 +183,11 @@ def show(rev: str, as_json: bool) -> None:
     info = repo.commit_info(rev)
     changes = changed_files(repo, info.id)
     recipe = _recipes(repo, [info]).get(info.id)
+    adapters = adapters_for_paths(repo, info.id, changes)
     if as_json:
-        emit_json(dict(info.to_json(), changes=changes, recipe=recipe))
+        emit_json(dict(info.to_json(), changes=changes, recipe=recipe, adapters=adapters))
         return
-    _echo_commit(info, recipe)
+    _echo_commit(info, recipe, adapters)
     for path, state in sorted(changes.items()):
         click.echo(f"  {state:<9} {path}")
 

@@ -219,6 +219,12 @@ def _plan_tensors(
             if index not in branches:
                 plans.append(_Plan(base[tensor.name]))
                 continue
+            if item.get("appended") is not None:
+                raise MvcError(
+                    f"cannot extract {path}::{tensor.name}: a parent appended rows to it, and "
+                    "its masks cover only the rows the base has",
+                    hint="check out that parent's commit instead, or unmerge the merge",
+                )
             masks = item.get("masks")
             if not masks:
                 raise MvcError(

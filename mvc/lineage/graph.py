@@ -49,7 +49,7 @@ class LineageNode:
     id: str
     parents: tuple[str, ...]
     message: str
-    kind: str  # commit | merge | unmerge | extract
+    kind: str  # commit | merge | unmerge | extract | bake
     branches: list[str] = field(default_factory=list)
     head: bool = False
     locked: bool = False

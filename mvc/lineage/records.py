@@ -177,6 +177,8 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
 def provenance_text(doc: Mapping[str, Any]) -> str:
     if doc.get("kind") == "unmerge":
         return f"unmerge of {doc['unmerge_of'][:12]} dropping {doc['dropped']['name']}"
+    if doc.get("kind") == "bake":
+        return f"bake of {doc['adapter'] or '.'}/ into {doc['model']} from {doc['bake_of'][:12]}"
     return f"extract of {doc['parent']['name']} from {doc['extract_of'][:12]}"
 
 

@@ -161,6 +161,9 @@ def verify(
     from mvc.merge.pipeline import run_on_commits
     from mvc.merge.recipe import Recipe
 
+    provenance = find_provenance(repo, repo.resolve(rev))
+    if provenance is not None and provenance.get("kind") == "bake":
+        return _verify_bake(repo, repo.resolve(rev), provenance, tolerance)
     sha, record = verifiable_record(repo, rev)
     compute_device = resolve_device(device)
     report = VerifyReport(sha, str(record.get("device", "cpu")), str(compute_device), tolerance)
@@ -181,6 +184,23 @@ def verify(
             if not path.startswith(RECORD_PREFIX)
         }
         _compare_files(store, result.files, commit_files, result.results, report)
+    finally:
+        store.close()
+    return report
+
+
+def _verify_bake(
+    repo: Repo, sha: str, provenance: Mapping[str, Any], tolerance: float
+) -> VerifyReport:
+    """Bake the recorded adapter into the recorded source commit again; compare the trees."""
+    from mvc.lineage.bake import baked_files
+
+    report = VerifyReport(sha, "cpu", "cpu", tolerance)
+    store = ScratchStore(repo.store)
+    try:
+        files, _ = baked_files(repo, store, provenance["bake_of"], provenance["adapter"])  # type: ignore[arg-type]
+        committed = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
+        _compare_files(store, files, committed, {}, report)
     finally:
         store.close()
     return report

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError, NotFoundError
+from mvc.merge.adapter_plan import AdapterOptions
 from mvc.merge.arrays import ArrayOps
 from mvc.merge.device import resolve_device
 from mvc.merge.layout import LayoutChoice
@@ -42,6 +43,7 @@ class MergeOptions:
     replay: Mapping[str, Any] | None = None
     layout: str = "ours"  # whose shard layout the result takes: ours | theirs
     max_shard_size: int | None = None  # or cut shards of this many bytes
+    adapter: AdapterOptions | None = None  # how merged LoRA adapters are written back
 
 
 @dataclass
@@ -118,6 +120,7 @@ def merge(
             masks=options.masks,
             layout=LayoutChoice.pick(options.layout, parents, options.max_shard_size),
             operation=options.replay,
+            adapter=options.adapter,
         )
         recipe.check()  # before reading any tree
         inputs = read_commits(repo, recipe, head)  # each read once, HEAD's for the clobber check

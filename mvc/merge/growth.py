@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mvc.repo.manifest import TensorEntry
-from mvc.store.objects import grows_from
+from mvc.store.bases import grows_from
 
 
 def appended_side(

@@ -24,6 +24,7 @@ from mvc.errors import MvcError
 from mvc.repo.manifest import Manifest
 from mvc.repo.models import (
     Layout,
+    ModelView,
     folder_of,
     index_path,
     layout_index,
@@ -84,8 +85,9 @@ class Aligned:
         return output
 
     def record(self) -> dict[str, Any] | None:
-        """The record's ``layout`` entry: present only when a folder was rewritten."""
-        if not self.realigned:
+        """The record's ``layout`` entry: present when the alignment rewrote a folder's
+        shards or its index (so ``verify`` repeats it with the same source)."""
+        if not self.realigned and not self.indexes:
             return None
         return {
             "source": self.choice.source,
@@ -106,7 +108,7 @@ def align(
     ``manifests`` gives a side's already parsed model files (the merge pipeline parses each
     blob once for the alignment, the planner and the executor)."""
 
-    def view(files: Mapping[str, bytes], folder: str):
+    def view(files: Mapping[str, bytes], folder: str) -> ModelView | None:
         return model_view(files, folder, manifests(files) if manifests is not None else None)
 
     aligned = Aligned(dict(base_files), [dict(f) for f in branch_files], choice)
@@ -134,13 +136,13 @@ def align(
             templates = target_view.shards if choice.max_shard_size is None else {}
             first = next(iter(target_view.shards.values()), None)
             metadata = first.header.metadata if first is not None else None
-            for i, view in enumerate(views):
-                if view is not None:
-                    sides[i] = realign(sides[i], view, layout, templates, metadata)
+            for i, side_view in enumerate(views):
+                if side_view is not None:
+                    sides[i] = realign(sides[i], side_view, layout, templates, metadata)
             aligned.realigned.append(folder)
         elif has_index:
-            for i, view in enumerate(views):
-                if view is not None:
+            for i, side_view in enumerate(views):
+                if side_view is not None:
                     sides[i].pop(index_path(folder), None)
         if moved or has_index:
             aligned.indexes[folder] = (layout.index, target_view.index_raw)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mvc.merge.adapter_plan import adapter_folders_to_merge, without_folders
 from mvc.merge.arrays import ArrayOps, TorchOps
 from mvc.merge.executor import Executor, TensorResult
 from mvc.merge.layout import align
@@ -52,6 +53,7 @@ class MergeOutcome:
     record: dict[str, Any] | None = None
     written: dict[str, Path] = field(default_factory=dict)
     layout: dict[str, Any] | None = None  # the record's `layout` entry, when one is due
+    adapters: dict[str, Any] | None = None  # the record's `adapters` entry (LoRA merges)
 
     @property
     def resolved(self) -> int:
@@ -93,9 +95,9 @@ def run(
 
     ``base_files`` and ``branch_files`` (one mapping per contributing branch, in order) map
     paths to stored blobs; with a ``recipe.layout``, ``layout_files`` are the files of its
-    source commit, and every side's model folders are first aligned to that layout. Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and
-    bad parameters :class:`~mvc.errors.MvcError`, both before anything is computed or
-    stored. New objects go into ``store``; with ``scratch``, merged model files are also
+    source commit, and every side's model folders are first aligned to that layout.
+    Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and bad parameters
+    :class:`~mvc.errors.MvcError`, both before anything is computed or stored. New objects go into ``store``; with ``scratch``, merged model files are also
     written there as they are computed (``MergeOutcome.written``).
     """
     recipe.check()
@@ -105,9 +107,10 @@ def run(
         assert layout_files is not None, "a layout needs its source commit's files"
         aligned = align(base_files, branch_files, layout_files, recipe.layout, manifests.models)
         base_files, branch_files = aligned.base_files, aligned.branch_files
+    adapters = adapter_folders_to_merge(base_files, branch_files)
     plan = Planner(
-        base_files,
-        branch_files,
+        without_folders(base_files, adapters),
+        [without_folders(files, adapters) for files in branch_files],
         recipe.strategy,
         recipe.rules,
         recipe.all_tensors,
@@ -128,6 +131,13 @@ def run(
         files = executor.run(plan)
         if aligned is not None:
             files = aligned.finish(files)
+        if adapters:  # LoRA adapters changed on several sides: merged in ΔW space
+            from mvc.merge.adapter_merge import merge_adapters  # torch, only for adapters
+
+            adapter_files, adapter_record = merge_adapters(
+                store, manifests.models(base_files), adapters, base_files, branch_files, recipe
+            )
+            files.update(adapter_files)
     except BaseException:
         for leftover in executor.written.values():
             leftover.unlink(missing_ok=True)
@@ -135,6 +145,8 @@ def run(
     outcome = MergeOutcome(recipe, plan, files, executor.results, device, None, executor.written)
     if aligned is not None:
         outcome.layout = aligned.record()
+    if adapters:
+        outcome.adapters = adapter_record
     if record:
         outcome.record = _record(outcome)
     return outcome
@@ -153,9 +165,10 @@ def run_on_commits(
 ) -> MergeOutcome:
     """:func:`run` over the recipe's commits; ``files`` are those :func:`read_commits`
     read (read here when not given)."""
-    recipe.check()  # before reading any tree
     assert recipe.base is not None
-    files = files if files is not None else read_commits(repo, recipe)
+    if files is None:
+        recipe.check()  # before reading any tree
+        files = read_commits(repo, recipe)
     return run(
         recipe,
         store if store is not None else repo.store,
@@ -262,11 +275,13 @@ def _record(outcome: MergeOutcome) -> dict[str, Any]:
             tensors[decision.name] = item
         entry["tensors"] = tensors
         files[path] = entry
-    layout = {"layout": outcome.layout} if outcome.layout is not None else {}
+    extra: dict[str, Any] = {"layout": outcome.layout} if outcome.layout is not None else {}
+    if outcome.adapters is not None:
+        extra["adapters"] = outcome.adapters
     return {
         **MERGE_RECORD.header(),
         **outcome.recipe.record_fields(),
-        **layout,
+        **extra,
         "device": str(outcome.device),
         "versions": _versions(outcome.device),
         "files": files,

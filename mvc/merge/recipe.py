@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mvc.merge.adapter_plan import AdapterOptions
 from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams, drop_branch
 from mvc.merge.planner import TensorRule
@@ -43,6 +44,7 @@ class Recipe:
     masks: bool = True
     layout: LayoutChoice | None = None
     operation: Mapping[str, Any] | None = None
+    adapter: AdapterOptions | None = None  # how LoRA adapters merged in ΔW space are written
 
     @property
     def branches(self) -> list[str]:
@@ -112,6 +114,7 @@ class Recipe:
             masks=bool(record.get("masks", True)),
             layout=LayoutChoice.from_record(record),
             operation=record.get("operation"),
+            adapter=AdapterOptions.from_record(record),
         )
 
     def without(self, index: int) -> Recipe:
@@ -138,4 +141,5 @@ class Recipe:
             all_tensors=self.all_tensors,
             masks=self.masks,
             layout=self.layout,
+            adapter=self.adapter,
         )

@@ -21,16 +21,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.objects import Blob, Commit, ShaFile
 
 from mvc.errors import CorruptObjectError, FormatError
 from mvc.files import TEMP_PREFIX, atomic_write
 from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
-from mvc.remote.negotiate import SUBMODULE_MODE, children
+from mvc.remote.negotiate import children, tree_tensor_ids
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
-from mvc.repo.references import referenced_objects
 from mvc.store.codecs import CodecError
 from mvc.store.objfile import parse_header
 
@@ -149,28 +148,8 @@ def tensor_ids_of(
             return held[sha]
         return repo.git[sha.encode()] if whole else None
 
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack = []
-    for sha in roots:
-        commit = get(sha)
-        if isinstance(commit, Commit):
-            stack.append((commit.tree.decode(), ""))
-    while stack:
-        tree_sha, prefix = stack.pop()
-        tree = get(tree_sha)
-        if not isinstance(tree, Tree) or tree_sha in done:
-            continue
-        done.add(tree_sha)
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
-    return ids
+    trees = [commit.tree.decode() for sha in roots if isinstance(commit := get(sha), Commit)]
+    return tree_tensor_ids(repo, trees, get)
 
 
 def receive_tensors(

@@ -20,6 +20,7 @@ from mvc.formats.safetensors import Header, read_header
 from mvc.repo.core import RepoCore
 from mvc.repo.ingest import ingest_file, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.models import check_folders_on_disk
 from mvc.repo.refs import current_branch, head
 from mvc.repo.staging import Staging, store_blob
 from mvc.repo.trees import tree_files
@@ -71,6 +72,7 @@ def stage(repo: RepoCore, staging: Staging, rels: list[str]) -> list[str]:
     """
     todo = [rel for rel in rels if not staging.stat_matches(rel, repo.root / rel)]
     headers = _model_headers(repo, todo)
+    check_folders_on_disk(repo.root, todo)  # a model folder must be one unambiguous model
     bases = _DeltaBases(repo, staging)
     changed = []
     for rel in todo:

@@ -17,8 +17,8 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo, write_safetensors
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
+from mvc.store.bases import grows_from
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
-from mvc.store.objects import grows_from
 
 
 def ingest_file(

@@ -32,6 +32,7 @@ from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
 from mvc.store import codecs
+from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
 from mvc.store.codecs import Codec, CodecError
 from mvc.store.gc import GcReport
@@ -84,40 +85,6 @@ class PutRequest(NamedTuple):
 
 def _corrupt(oid: str, reason: str) -> CorruptObjectError:
     return CorruptObjectError(f"object {oid} is corrupt: {reason}", hint=_FSCK_HINT)
-
-
-def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryview:
-    """``data`` as the bytes of ``oid``, which a delta of ``raw_size`` bytes is applied to.
-
-    A wrong size is the caller's mistake (``known`` holds another object's bytes), not
-    damage in the store, so it is a ``ValueError`` rather than a corrupt delta.
-    """
-    view = memoryview(data).cast("B")
-    if view.nbytes != raw_size:
-        raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
-    return view
-
-
-def grows_from(base_shape: Sequence[int], shape: Sequence[int]) -> bool:
-    """True when a tensor of ``base_shape`` is the first rows of one of ``shape``."""
-    base_shape, shape = tuple(base_shape), tuple(shape)
-    if base_shape == shape:
-        return True
-    return (
-        len(base_shape) == len(shape) >= 1
-        and base_shape[1:] == shape[1:]
-        and base_shape[0] <= shape[0]
-    )
-
-
-def _padded(data: bytes | memoryview, size: int) -> memoryview:
-    """``data`` zero-padded to ``size`` bytes (a copy only when it is shorter)."""
-    view = memoryview(data).cast("B")
-    if view.nbytes == size:
-        return view
-    out = bytearray(size)
-    out[: view.nbytes] = view
-    return memoryview(out)
 
 
 class ObjectStore:
@@ -282,7 +249,7 @@ class ObjectStore:
                     if not grows_from(base_header.shape, header.shape):
                         raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
                     size = base_header.raw_size
-                data = _known_bytes(current, known[current], size)
+                data = known_bytes(current, known[current], size)
                 break
             try:
                 buf = self.read_raw(current)
@@ -290,7 +257,7 @@ class ObjectStore:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
         for current, header, frames in reversed(chain):
             if data is not None and header.codec.is_delta:
-                data = _padded(data, header.raw_size)
+                data = padded(data, header.raw_size)
             try:
                 data = codecs.decode(
                     header.codec,
@@ -390,11 +357,11 @@ class ObjectStore:
                 return None, 0
             size = math.prod(shape) * get_dtype(dtype).itemsize
             if base_data is None:
-                return _padded(self.get_view(base), size), h.depth + 1
+                return padded(self.get_view(base), size), h.depth + 1
             view = memoryview(base_data).cast("B")
             if object_id(dtype, h.shape, view) != base:
                 raise ValueError(f"base_data is not the content of object {base}")
-            return _padded(view, size), h.depth + 1
+            return padded(view, size), h.depth + 1
         except CorruptObjectError:
             # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0

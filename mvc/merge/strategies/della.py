@@ -62,7 +62,6 @@ RESCALE = Param(
     mergekit="rescale",
     optional=True,
 )
-DEFAULT_EPSILON = EPSILON.default
 _NORM_EPS = 1e-7
 
 

@@ -8,8 +8,8 @@ weighted mean norm, as mergekit 0.1.5's ``karcher``. The merge base is not used.
 Every iterate is a linear combination of the θ_i, so the iteration runs in float64 on
 their exact Gram matrix (one statistics pass) and each chunk is just Σ c_i·θ_i. mergekit
 iterates in fp32; on nearly collinear weights (real fine-tunes) its angles carry fp32
-cancellation error that this computation does not have. Branch weights (default equal)
-are the mean's weights; ``--preset mergekit`` uses equal ones, as mergekit does.
+cancellation error that this computation does not have. The mean weighs the branches
+equally, as mergekit's does (it takes no weights).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mvc.errors import MvcError
-from mvc.merge.declare import WEIGHT, Param
+from mvc.merge.declare import Param
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
 from mvc.merge.strategies.whole import GramPass
 
@@ -92,8 +91,7 @@ class KarcherJob(TensorJob):
     def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
         super().__init__(params, spec, masks=masks)
         n = spec.n_branches
-        w = np.ones(n) if params.preset == "mergekit" else np.array(self.weights, dtype=float)
-        self.alphas = w / w.sum()
+        self.alphas = np.full(n, 1.0 / n)
         self.c: np.ndarray | None = None
 
     def plan(self) -> Iterator:
@@ -116,18 +114,12 @@ class KarcherJob(TensorJob):
 class Karcher(Strategy):
     name = "karcher"
     summary = "The Riemannian mean of the branches' weights on the hypersphere, rescaled."
-    formula = "m = argmin Σ w_i·d(m, θ_i/‖θ_i‖)² on the sphere (gradient steps); θ = Σ w_i‖θ_i‖·m"
-    parameters = (WEIGHT, MAX_ITER, TOL)
+    formula = "m = argmin Σ_i d(m, θ_i/‖θ_i‖)² on the sphere (gradient steps); θ = mean_i ‖θ_i‖·m"
+    parameters = (MAX_ITER, TOL)
     presets = (None, "mergekit")
     mergekit = "karcher"
     mergekit_base = "none"
     needs_base = False
-
-    def check(self, params: MergeParams, n_branches: int) -> None:
-        super().check(params, n_branches)
-        weights = params.weights_for(n_branches)
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise MvcError("karcher: weights must be >= 0 and not all zero")
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
         return KarcherJob(params, spec, masks)

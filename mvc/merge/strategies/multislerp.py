@@ -6,7 +6,7 @@ averaged there with the weights and mapped back with the exponential map; the re
 rescaled to the weighted mean norm, as mergekit 0.1.5's ``multislerp`` (ε = 1e-8 in the
 same places). Every step is a linear combination of the inputs, so the whole method runs
 on their exact Gram matrix (one statistics pass) and a final Σ c_i·τ_i per chunk.
-Weights are normalised to sum 1 unless ``--no-normalize``.
+Weights are normalised to sum 1 unless ``--no-normalize-weights``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mvc.errors import MvcError
-from mvc.merge.declare import NORMALIZE, WEIGHT
+from mvc.merge.declare import WEIGHT, Param
 from mvc.merge.strategies.base import (
     Chunk,
     Step,
     Strategy,
     TensorJob,
     TensorSpec,
-    resolved_normalize,
 )
 from mvc.merge.strategies.nuslerp import _vectors
 from mvc.merge.strategies.whole import GramPass
@@ -33,6 +32,14 @@ if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
 
 EPS = 1e-8
+NORMALIZE_WEIGHTS = Param(
+    "normalize_weights",
+    bool,
+    True,
+    "Multi-SLERP: scale the weights to sum to 1 first.",
+    mergekit="normalize_weights",
+    mergekit_default=True,
+)
 
 
 def multislerp_coefficients(gram: np.ndarray, weights: np.ndarray, name: str) -> np.ndarray:
@@ -63,7 +70,7 @@ class MultiSlerpJob(TensorJob):
     def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
         super().__init__(params, spec, masks=masks)
         weights = np.array(self.weights, dtype=np.float64)
-        if resolved_normalize(params, True):
+        if params.normalize_weights:
             weights = weights / weights.sum()
         self.w = weights
         self.c: np.ndarray | None = None
@@ -92,14 +99,14 @@ class MultiSlerp(Strategy):
         "m = normalise(Σ w_i·τ̂_i); t = Σ w_i·(τ̂_i − (τ̂_i·m)·m); "
         "θ = θ_base + Σ w_i‖τ_i‖·(cos‖t‖·m + sin‖t‖·t/‖t‖)"
     )
-    parameters = (WEIGHT, NORMALIZE)
+    parameters = (WEIGHT, NORMALIZE_WEIGHTS)
     presets = (None, "mergekit")
     mergekit = "multislerp"
     needs_base = False
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)
-        if resolved_normalize(params, True) and abs(sum(params.weights_for(n_branches))) < 1e-12:
+        if params.normalize_weights and abs(sum(params.weights_for(n_branches))) < 1e-12:
             raise MvcError("multislerp: weights sum to zero; they cannot be normalised")
 
     def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:

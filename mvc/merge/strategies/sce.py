@@ -5,9 +5,9 @@
   (1 keeps everything). Ties go by index.
 - Calculate: branch weights η_i = mean_j τ̂_ij² / Σ_i mean_j τ̂_ij² (uniform when the sum
   is below 1e-6), from exact sums over the tensor.
-- Erase: TIES' sign election on Σ τ̂_i; θ = θ_base + λ·Σ_i η_i m_i τ̂_i / max(Σ_i η_i m_i, 1e-6).
+- Erase: TIES' sign election on Σ τ̂_i; θ = θ_base + Σ_i η_i m_i τ̂_i / max(Σ_i η_i m_i, 1e-6).
 
-The branches' own weights do not enter (as in the paper and mergekit).
+The branches' own weights and λ do not enter (as in the paper and mergekit).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mvc.merge.arrays import Array
-from mvc.merge.declare import LAMBDA, Param
+from mvc.merge.declare import Param
 from mvc.merge.exact import ExactSum
 from mvc.merge.lines import LINES
 from mvc.merge.select import Request, Selection, magnitude_keys
 from mvc.merge.strategies.base import Chunk, Pass, Step, Strategy, TensorJob, TensorSpec
-from mvc.merge.strategies.ties import apply_lambda
 
 if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
@@ -121,7 +120,7 @@ class SceJob(TensorJob):
         num = sum((h * w for h, w in zip(hats[1:], weights[1:], strict=True)), hats[0] * weights[0])
         den = ops.maximum(sum(weights[1:], weights[0]), 1e-6)
         return Step(
-            out=apply_lambda(chunk.base_c, num / den, self.params.lambda_),
+            out=chunk.base_c + num / den,
             kept=tuple(h != 0 for h in hats),
             contributed=agree,
             signs=hats,
@@ -133,9 +132,9 @@ class Sce(Strategy):
     summary = "Select high-variance elements, weight branches by Σ τ², erase sign conflicts."
     formula = (
         "τ̂_i = τ_i ⊙ top(var_i τ, select_topk); η_i ∝ mean τ̂_i²; "
-        "θ = θ_base + λ·Σ_agree η_i·τ̂_i / Σ_agree η_i"
+        "θ = θ_base + Σ_agree η_i·τ̂_i / Σ_agree η_i"
     )
-    parameters = (SELECT_TOPK, LAMBDA, LINES)
+    parameters = (SELECT_TOPK, LINES)
     presets = (None, "mergekit")
     mergekit = "sce"
 

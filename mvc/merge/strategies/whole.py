@@ -84,6 +84,7 @@ class Gathered:
 class GatherPass(Pass):
     def __init__(self) -> None:
         self.parts: list[tuple[int, np.ndarray | None, tuple[np.ndarray, ...]]] = []
+        self.scale = 1.0  # the LiNeS factor the chunks carry
 
     def update(self, chunk: Chunk) -> None:
         ops = chunk.ops
@@ -105,7 +106,7 @@ class GatherPass(Pass):
             joined([p[2][i] for p in self.parts]) for i in range(spec.n_branches)
         )
         self.parts = []
-        return Gathered(base, thetas, getattr(self, "scale", 1.0))
+        return Gathered(base, thetas, self.scale)
 
 
 class WholeTensorJob(TensorJob):
