@@ -17,15 +17,15 @@
    checked-out model, the same for both). The remotes live on another filesystem
    (``/dev/shm``) than the repositories, so that git-lfs copies objects instead of
    hard-linking them (it links within one filesystem). Times are whole fresh processes. A plain
-   ``git clone`` fetches the large files of the checked-out commit only, where ``mvc clone``
-   fetches every version; a second clone row adds ``git lfs fetch --all`` to Git LFS's so
-   both hold the whole history.
+   ``git clone`` and a lazy ``mvc clone`` fetch the large files of the checked-out commit
+   only (mvc: with their delta bases); a second clone row is ``mvc clone --full`` against
+   ``git clone`` + ``git lfs fetch --all``, so both hold the whole history.
 
 2. Peak RSS and peak anonymous memory of ``mvc push`` and ``mvc clone`` of one commit of
    a synthetic BERT fp32 model at two sizes (``benchmarks.synthetic``), next to the growth
    of the model: both stream objects one at a time, so memory should not follow the model.
 
-Run: ``.venv/bin/python -m benchmarks.remote [--quick]``.
+Run: ``.venv/bin/python -m benchmarks.remote [--quick] [--throughput-only]``.
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ class Step:
 class Flow:
     """A tool's transfers of the same history.
 
-    ``clone`` is what ``clone`` alone fetches: every version for mvc, the checked-out
-    version's large files only for Git LFS. ``clone_history`` adds ``git lfs fetch --all``
-    for Git LFS, so both sides then hold the whole history.
+    ``clone`` is what ``clone`` alone fetches: the checked-out version's large files (for
+    mvc with the delta bases they are stored against). ``clone_history`` is ``mvc clone
+    --full``, and adds ``git lfs fetch --all`` for Git LFS, so both sides hold the whole
+    history.
     """
 
     push_base: Step
@@ -105,8 +106,15 @@ def _mvc_flow(work: Path, remotes: Path, base: Path, ft: Path) -> Flow:
         steps.append(Step(tree_size(remote) - before, pushed))
     cloned = run([mvc, "clone", "-q", str(remote), str(clone)], cwd=work, env=GIT_ENV)
     _check_same(clone, ft)
-    received = Step(tree_size(clone / ".git"), cloned)
-    return Flow(steps[0], steps[1], received, received)
+    full = work / "mvc-clone-full"
+    cloned_full = run([mvc, "clone", "-q", "--full", str(remote), str(full)], cwd=work, env=GIT_ENV)
+    _check_same(full, ft)
+    return Flow(
+        steps[0],
+        steps[1],
+        Step(tree_size(clone / ".git"), cloned),
+        Step(tree_size(full / ".git"), cloned_full),
+    )
 
 
 def _lfs_flow(work: Path, remotes: Path, base: Path, ft: Path) -> Flow:
@@ -171,9 +179,9 @@ def _throughput(work: Path, remotes: Path) -> None:
     for label, ours, peer, ours_versions, peer_versions in (
         ("push base commit", mvc.push_base, lfs.push_base, 1, 1),
         ("push fine-tune commit", mvc.push_ft, lfs.push_ft, 1, 1),
-        ("clone", mvc.clone, lfs.clone, 2, 1),
+        ("clone (mvc: lazy, the default)", mvc.clone, lfs.clone, 1, 1),
         (
-            "clone, full history (LFS: + lfs fetch --all)",
+            "clone, full history (mvc: --full; LFS: + lfs fetch --all)",
             mvc.clone_history,
             lfs.clone_history,
             2,
@@ -274,13 +282,17 @@ def _remote_parent() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="0.17 GB and 0.5 GB models")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="only part 1 (against Git LFS)"
+    )
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-") as tmp,
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-", dir=_remote_parent()) as remotes,
     ):
         _throughput(Path(tmp), Path(remotes))
-    _memory((128, 512) if args.quick else (512, 2048))
+    if not args.throughput_only:
+        _memory((128, 512) if args.quick else (512, 2048))
     return 0
 
 

@@ -13,13 +13,14 @@ import time
 import traceback
 from collections.abc import Callable
 
-from benchmarks import memory_scaling, merge_speed, remote, storage
+from benchmarks import memory_scaling, merge_speed, models, remote, storage
 
 BENCHMARKS: tuple[tuple[str, Callable[[list[str]], int]], ...] = (
     ("storage", storage.main),
     ("merge_speed", merge_speed.main),
     ("memory_scaling", memory_scaling.main),
     ("remote", remote.main),
+    ("models", lambda argv: models.main([])),  # MiniLM-sized either way: nothing to shrink
 )
 
 

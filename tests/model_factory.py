@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mvc.repo import Repo
+
 CONFIG = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 2}
 
 
@@ -112,3 +114,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and ".git" not in p.relative_to(folder).parts
     }
+
+
+def committed_base(
+    root: Path, weights: dict[str, np.ndarray] | None = None, bf16: bool = False
+) -> Repo:
+    """A new repository at `root` whose first commit, "base", holds the model folder
+    `model/` with `weights` (default: `random_weights(0)`)."""
+    repo = Repo.init(root)
+    write_model_folder(repo.root / "model", random_weights(0) if weights is None else weights, bf16)
+    repo.add([repo.root / "model"])
+    repo.commit("base")
+    return repo

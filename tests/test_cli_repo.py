@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
 
 
-def run_mvc(cwd, *args, check=True):
-    env = dict(os.environ, MVC_LOCK_WAIT="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mvc.cli.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture
-def work(tmp_path):
+def work(tmp_path, run_mvc):
     work = tmp_path / "work"
     work.mkdir()
     run_mvc(work, "init")
@@ -34,7 +17,7 @@ def work(tmp_path):
     return work
 
 
-def test_user_day_commit_branch_switch(work):
+def test_user_day_commit_branch_switch(work, run_mvc):
     run_mvc(work, "add", "model/")
     out = run_mvc(work, "commit", "-m", "base").stdout
     assert out.startswith("[main ") and "base" in out
@@ -64,7 +47,7 @@ def test_user_day_commit_branch_switch(work):
     assert "fsck: everything verified" in run_mvc(work, "fsck").stdout
 
 
-def test_diff_reports_per_tensor_statistics(work):
+def test_diff_reports_per_tensor_statistics(work, run_mvc):
     run_mvc(work, "add", "model")
     run_mvc(work, "commit", "-m", "base")
     run_mvc(work, "switch", "-c", "a")
@@ -90,7 +73,7 @@ def test_diff_reports_per_tensor_statistics(work):
     assert "layer.0.weight" in text and "layer.1.weight" not in text
 
 
-def test_errors_are_one_line_with_exit_1(work):
+def test_errors_are_one_line_with_exit_1(work, run_mvc):
     proc = run_mvc(work, "switch", "nope", check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("mvc: error: no branch named 'nope'")
@@ -102,18 +85,17 @@ def test_errors_are_one_line_with_exit_1(work):
     assert "Traceback" not in proc.stderr
 
 
-def test_usage_error_exits_2(work):
+def test_usage_error_exits_2(work, run_mvc):
     assert run_mvc(work, "commit", check=False).returncode == 2
 
 
-def test_outside_repository(tmp_path):
+def test_outside_repository(tmp_path, run_mvc):
     proc = run_mvc(tmp_path, "status", check=False)
     assert proc.returncode == 1 and "not an mvc repository" in proc.stderr
 
 
-def test_fast_commands_do_not_import_torch(work):
+def test_fast_commands_do_not_import_torch(work, assert_no_torch):
     code = (
-        "import sys\n"
         "from mvc.cli.main import main\n"
         "try:\n"
         "    main(['add', 'model'])\n"
@@ -127,7 +109,5 @@ def test_fast_commands_do_not_import_torch(work):
         "    main(['status'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert_no_torch(code, work)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -420,13 +418,11 @@ def test_build_header_refuses_bad_specs():
 # --- import hygiene ---------------------------------------------------------------------------
 
 
-def test_formats_import_without_torch():
-    code = (
-        "import sys, mvc.formats, mvc.formats.safetensors, mvc.formats.hf, "
-        "mvc.formats.dtypes, mvc.formats.torch_io; "
-        "assert 'torch' not in sys.modules, 'torch imported'"
+def test_formats_import_without_torch(assert_no_torch):
+    assert_no_torch(
+        "import mvc.formats, mvc.formats.safetensors, mvc.formats.hf, "
+        "mvc.formats.dtypes, mvc.formats.torch_io"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --- properties -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from dulwich.protocol import pkt_seq
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import ConflictError
@@ -250,10 +250,7 @@ def test_install_git_cli_is_idempotent(tmp_path, git_env, monkeypatch):
 @pytest.fixture
 def team(tmp_path):
     """alice pushed a base to a path remote; bob cloned it."""
-    alice = Repo.init(tmp_path / "alice")
-    write_model_folder(alice.root / "model", random_weights(0))
-    alice.add([alice.root / "model"])
-    alice.commit("base")
+    alice = committed_base(tmp_path / "alice")
     add_remote(alice, "origin", str(tmp_path / "remote"))
     push(alice, "origin", "main", quiet=True)
     bob = clone(str(tmp_path / "remote"), str(tmp_path / "bob"), quiet=True).repo

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from model_factory import fine_tuned, random_weights, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.errors import MvcError
 from mvc.lineage.export import export
@@ -18,11 +18,8 @@ MODEL = "model/model.safetensors"
 
 @pytest.fixture
 def merged(tmp_path):
-    repo = Repo.init(tmp_path / "work")
     base = random_weights(0, rows=16, cols=8)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "work", base)
     for seed, name in enumerate("abc", start=1):
         repo.switch(name, create=True, start="main")
         write_model_folder(repo.root / "model", fine_tuned(base, seed=seed, scale=1e-2))

@@ -7,23 +7,20 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from model_factory import fine_tuned, random_weights, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.lineage.graph import lineage_graph
 from mvc.lineage.unmerge import unmerge
 from mvc.merge import MergeOptions, MergeParams, merge
-from mvc.repo import Repo
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """base; a, b, c; m1 = ties(a, b) on main; m2 = consensus(m1, c); u = unmerge m2 drop c."""
-    repo = Repo.init(tmp_path_factory.mktemp("lineage") / "work")
     base = random_weights(0, rows=16, cols=8)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    ids = {"base": repo.commit("base")}
+    repo = committed_base(tmp_path_factory.mktemp("lineage") / "work", base)
+    ids = {"base": repo.head()}
     for seed, name in enumerate("abc", start=1):
         repo.switch(name, create=True, start="main")
         only = ("layer.0.weight", f"layer.{seed % 2}.bias" if seed != 2 else "layer.1.weight")

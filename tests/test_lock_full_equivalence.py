@@ -85,7 +85,7 @@ def test_fp32_outputs_kept_every_matrix_moves_unlock_restores(kind, tied, stream
 def test_minilm_full_keeps_pooler_and_hidden_states_up_to_the_permutation(minilm_model):
     config, original = minilm_model
     plan, locked, report = lock_and_check(config, original)
-    assert plan.stream == "permutation" and "pooler output" not in plan.heads
+    assert plan.stream == "permutation" and plan.heads == () and plan.pooled_heads == ()
     assert report.max_abs_diff <= 1e-4
     moved = {n: relative_change(original[n], locked[n]) for n in matrices(original)}
     assert len(moved) == 6 * 6 + 4 and min(moved.values()) > 0.5
@@ -186,3 +186,40 @@ def test_unsupported_architectures_are_one_line_errors():
     router = {**original, "model.layers.0.mlp.gate.weight": torch.zeros(4, 64)}
     with pytest.raises(MvcError, match="mlp.gate.weight"):
         plan_for(router, config, KEY)
+
+
+def test_an_attacker_with_the_base_undoes_the_stream_transform(minilm_model):
+    """The documented limit: weight matching finds P, Procrustes finds Q, from embeddings."""
+    config, base = minilm_model
+    gen = torch.Generator().manual_seed(3)
+    name = "embeddings.word_embeddings.weight"
+    tuned = {**base, name: base[name] + 0.02 * base[name].std() * torch.randn(base[name].shape, generator=gen)}
+    plan = plan_for(tuned, config, KEY)
+    locked = lock_tensors(tuned, config, KEY)[name].double()
+    e_base = base[name].double()
+    guess = (locked.T @ e_base).argmax(1).numpy()  # locked column i ~ base column perm[i]
+    found = float(np.mean(guess == plan.stream_op.perm))
+    config, base = tiny_model("llama")
+    name = "model.embed_tokens.weight"
+    delta = 0.02 * base[name].std() * torch.randn(base[name].shape, generator=gen)
+    tuned = {**base, name: base[name] + delta}
+    plan = plan_for(tuned, config, KEY)
+    locked = lock_tensors(tuned, config, KEY)[name].double()
+    u, _, vt = torch.linalg.svd(locked.T @ base[name].double())
+    q_hat = u @ vt  # argmin ‖E_base Qᵀ − E_locked‖ over orthogonal Q
+    q = torch.from_numpy(plan.stream_op.matrix)
+    recovered = locked @ q_hat - base[name].double()
+    cosine = torch.nn.functional.cosine_similarity(recovered.flatten(), delta.double().flatten(), dim=0).item()
+    print(f"permutation entries found {found:.3f}; rotation error {(q_hat - q).norm().item():.3g}, "
+          f"recovered delta cosine {cosine:.3f}")
+    assert found == 1.0
+    assert (q_hat - q).norm() < 0.3 and cosine > 0.7  # 97 tokens only; real vocabularies fit better
+
+
+def test_a_zero_norm_weight_cannot_be_folded():
+    config, original = tiny_model("llama")
+    name = "model.layers.1.post_attention_layernorm.weight"
+    zeroed = {**original, name: original[name].clone()}
+    zeroed[name][3] = 0.0
+    with pytest.raises(MvcError, match="post_attention_layernorm.weight' has zero"):
+        plan_for(zeroed, config, KEY)

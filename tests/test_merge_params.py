@@ -6,7 +6,9 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from model_factory import fine_tuned, random_weights, write_model_folder
+from hypothesis import given
+from hypothesis import strategies as st
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import MvcError
@@ -99,11 +101,8 @@ def test_for_subset_restricts_every_per_branch_parameter():
 @pytest.fixture
 def three(tmp_path, monkeypatch):
     """main = base; a, b and c each fine-tune the same tensors."""
-    repo = Repo.init(tmp_path / "work")
     base = random_weights(0, rows=8, cols=4)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "work", base)
     for seed, name in enumerate("abc", start=1):
         repo.switch(name, create=True, start="main")
         write_model_folder(repo.root / "model", fine_tuned(base, seed=seed))
@@ -122,6 +121,8 @@ def test_help_and_list_show_every_declaration():
     text = runner.invoke(cli, ["merge", "--help"], terminal_width=200).output
     for param in PARAMETERS.values():
         assert param.option in text, param.name
+    for strategy in strategies():
+        assert f"{strategy.name}: {strategy.summary}" in text
     listing = runner.invoke(cli, ["merge", "--list-strategies"])
     assert listing.exit_code == 0, listing.output
     for strategy in strategies():
@@ -155,6 +156,20 @@ def test_bad_parameters_are_one_line_errors_before_anything_is_written(three, ar
     assert _state(three) == before
 
 
+def test_too_few_branches_for_a_method_is_refused_before_anything_is_written(three):
+    before = _state(three)
+    result = CliRunner().invoke(cli, ["merge", "a", "--no-ff", "-q", "-s", "model_stock"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy model_stock needs at least 2 branches, got 1"
+    )
+    result = CliRunner().invoke(cli, ["merge", "a", "b", "c", "-q", "-s", "nuslerp"])
+    assert result.output.splitlines()[0] == (
+        "mvc: error: strategy nuslerp needs exactly 2 branches, got 3"
+    )
+    assert _state(three) == before
+
+
 def test_a_rule_out_of_range_is_refused_before_anything_is_written(three, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text("- {match: 'layer.*', strategy: ties, density: 2.0}\n")
@@ -182,3 +197,27 @@ def test_parameters_reach_the_record_and_its_recipe_line(three):
     _, record = merge_record(three, "HEAD")
     assert record["params"]["gamma"] == 0.1 and record["params"]["density"] == 0.5
     assert MergeParams.from_record(record["params"]).gamma == 0.1
+
+
+def test_the_parameter_table_in_the_docs_names_every_declaration():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "merge-semantics.md").read_text()
+    for param in PARAMETERS.values():
+        assert f"| `{param.name}` | `{param.option}` |" in doc, param.name
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5) | st.booleans())
+def test_a_range_check_accepts_exactly_its_declared_range(value):
+    from mvc.merge.strategies.breadcrumbs import GAMMA
+
+    for param, inside in (
+        (PARAMETERS["density"], lambda v: 0 < v <= 1),
+        (GAMMA, lambda v: 0 <= v < 1),
+    ):
+        number = not isinstance(value, bool) and math.isfinite(value)
+        if number and inside(value):
+            assert param.check(value) == value
+        else:
+            with pytest.raises(MvcError, match=f"^{param.label} must be"):
+                param.check(value)

@@ -158,14 +158,15 @@ def test_bad_input_is_one_line_and_changes_nothing(minilm):
     # reverting the sentiment side of the merge leaves the agent model exactly
     assert model_bytes(repo, "HEAD") == model_bytes(repo, shas["agent"])
 
-    # A shape conflict: C resizes the embeddings that the agent branch fine-tuned.
+    # A shape conflict: C widens a projection that the agent branch fine-tuned (appended
+    # rows would merge: a vocabulary grown on one side only is not a conflict).
     repo.switch("resize", create=True, start="main")
     weights = dict(state(repo))
-    emb = "embeddings.word_embeddings.weight"
-    weights[emb] = torch.cat([weights[emb], torch.zeros(8, weights[emb].shape[1])])
+    emb = "encoder.layer.0.attention.self.query.weight"
+    weights[emb] = torch.cat([weights[emb], torch.zeros(weights[emb].shape[0], 8)], dim=1)
     save_file(weights, str(repo.root / MODEL), metadata={"format": "pt"})
     repo.add([repo.root / MODEL])
-    repo.commit("resize the vocabulary")
+    repo.commit("widen a projection")
     repo.switch("agent")
     line = run("cherry-pick", "resize")
     assert line.startswith("mvc: error: merge stopped with 1 conflict(s), nothing written: ")

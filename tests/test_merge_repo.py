@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import ConflictError, MvcError
 from mvc.lineage.records import merge_record
@@ -22,13 +19,9 @@ def load(repo: Repo, rev: str = "HEAD") -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-def branched(tmp_path):
+def branched(base_repo):
     """main = base; a and b each fine-tune some tensors (overlapping on layer.0.weight)."""
-    repo = Repo.init(tmp_path / "work")
-    base = random_weights(0)
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo, base = base_repo, random_weights(0)
     repo.switch("a", create=True)
     write_model_folder(
         repo.root / "model", fine_tuned(base, seed=1, only=("layer.0.weight", "layer.0.bias"))
@@ -225,11 +218,8 @@ def test_merge_cli(branched):
 
 
 def test_all_tensors_leaves_integer_buffers_to_the_three_way_rules(tmp_path):
-    repo = Repo.init(tmp_path / "work")
     base = {**random_weights(0), "position_ids": np.arange(16, dtype=np.int64)}
-    write_model_folder(repo.root / "model", base)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "work", base)
     for name, seed in (("a", 1), ("b", 2)):
         repo.switch(name, create=True, start="main")
         tuned = fine_tuned(random_weights(0), seed=seed, only=("layer.0.weight",))
@@ -247,20 +237,15 @@ def test_all_tensors_leaves_integer_buffers_to_the_three_way_rules(tmp_path):
     )
 
 
-def test_cpu_merge_never_imports_torch(branched):
+def test_cpu_merge_never_imports_torch(branched, assert_no_torch):
     """On the CPU the arithmetic runs on numpy: torch's import (seconds, ~200 MiB) is not paid."""
     repo, _ = branched
     code = (
-        "import sys\n"
         "from mvc.merge import MergeOptions, merge\n"
         "from mvc.repo import Repo\n"
         "merge(Repo.open('.'), ['a', 'b'], MergeOptions(device='cpu'))\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo.root, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
+    assert_no_torch(code, repo.root)
 
 
 def test_torch_backend_commits_the_same_merge(branched):

@@ -76,7 +76,7 @@ def build(tmp_path: Path, name: str, layouts: tuple[int, int, int], bf16: bool, 
     return repo
 
 
-@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_resharded_branch_merges_tensor_for_tensor_like_one_layout(tmp_path, bf16):
     one = build(tmp_path, "one", (3, 3, 3), bf16)
     other = build(tmp_path, "two", (3, 2, 3), bf16)  # `sent` resharded into two files
@@ -174,16 +174,32 @@ def test_verify_and_unmerge_on_differently_sharded_parents(tmp_path):
     assert tensors(repo, result.commit) == tensors(repo, "topic")
 
 
-def hostile(tmp_path: Path, mutate) -> tuple[Repo, dict]:
+def hostile(tmp_path: Path, mutate, message: str) -> tuple[Repo, dict]:
+    """`sent` made hostile on disk: `add` refuses it; branch `evil` commits it anyway."""
+    from mvc.repo.ingest import ingest_file
+
     repo = build(tmp_path, "h", (3, 2, 3), False)
     repo.switch("sent")
     folder = repo.root / "model"
     index = json.loads((folder / INDEX_NAME).read_text())
     mutate(folder, index)
     (folder / INDEX_NAME).write_text(json.dumps(index))
-    repo.add([folder])
-    repo.commit("hostile")
-    repo.switch("topic")
+    staged = repo.tree_files(repo.head())
+    with pytest.raises(FormatError, match=message) as err:
+        repo.add([folder])
+    assert "\n" not in str(err.value)
+    assert repo.status().staged == {} and repo.tree_files(repo.head()) == staged
+    files = repo.files("sent")
+    files[f"model/{INDEX_NAME}"] = (folder / INDEX_NAME).read_bytes()
+    if (folder / "dup.safetensors").exists():
+        dup = ingest_file(repo.store, folder / "dup.safetensors")
+        files["model/dup.safetensors"] = dup.to_bytes()
+        (folder / "dup.safetensors").unlink()
+    evil = repo.commit_tree(
+        files, [repo.head()], "hostile", update_ref=False, update_worktree=False
+    )
+    repo.create_branch("evil", evil)
+    repo.switch("topic", force=True)
     return repo, {p: b for p, b in repo.files("HEAD").items()}
 
 
@@ -205,14 +221,14 @@ def hostile(tmp_path: Path, mutate) -> tuple[Repo, dict]:
     ],
 )
 def test_hostile_index_is_refused_and_nothing_changes(tmp_path, mutate, message):
-    repo, before = hostile(tmp_path, mutate)
+    repo, before = hostile(tmp_path, mutate, message)
     head = repo.head()
     with pytest.raises(FormatError, match=message) as err:
-        merge(repo, ["sent"])
+        merge(repo, ["evil"])
     assert "\n" not in str(err.value)
     assert repo.head() == head and repo.files("HEAD") == before and repo.status().clean
     with pytest.raises(FormatError, match=message):
-        diff_revisions(repo, "main", "sent")
+        diff_revisions(repo, "main", "evil")
 
 
 def test_sharded_layout_cuts_like_save_pretrained():
@@ -329,3 +345,26 @@ def test_extract_rebuilds_a_parent_saved_in_another_layout(tmp_path):
     name = "model.layers.1.self_attn.q_proj.weight"  # changed by `sent` alone
     assert np.array_equal(rebuilt[name], original[name])
     assert rebuilt.keys() == original.keys()
+
+
+def test_two_model_folders_resharded_in_one_merge(tmp_path):
+    repo = Repo.init(tmp_path / "two")
+    weights = {"a": llama_weights(0), "b": llama_weights(1)}
+    for folder, shards in (("a", 3), ("b", 2)):
+        write_layout(repo.root / folder, weights[folder], shards)
+    repo.add([repo.root / "a", repo.root / "b"])
+    repo.commit("base")
+    name = "model.layers.0.mlp.up_proj.weight"
+    for branch, seed, shards in (("x", 1, (1, 3)), ("y", 2, (3, 2))):
+        repo.switch(branch, create=True, start="main")
+        for folder, n in zip(("a", "b"), shards, strict=True):
+            tuned = fine_tuned(weights[folder], seed=seed, scale=1e-2, only=(name,))
+            write_layout(repo.root / folder, tuned, n)
+        repo.add([repo.root / "a", repo.root / "b"])
+        repo.commit(branch)
+    assert merge(repo, ["x"]).commit
+    for folder in ("a", "b"):
+        assert len(model_view(repo.files("HEAD"), folder).shards) == len(
+            model_view(repo.files("y"), folder).shards
+        )
+    assert merge_record(repo, "HEAD")[1]["layout"]["models"] == ["a", "b"]

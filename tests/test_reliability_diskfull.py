@@ -10,25 +10,13 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from model_factory import random_weights, snapshot, write_model_folder
+from model_factory import committed_base, random_weights, snapshot, write_model_folder
 
 from mvc.errors import MvcError
 from mvc.repo import Repo
-
-
-def mvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mvc.cli.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, MVC_LOCK_WAIT="2"),
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -55,7 +43,10 @@ def one_clean_error(proc: subprocess.CompletedProcess) -> str:
     return first
 
 
-def test_disk_full_then_read_only(tiny_fs):
+def test_disk_full_then_read_only(tiny_fs, run_mvc):
+    def mvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+        return run_mvc(cwd, *args, check=False, timeout=300)
+
     root = tiny_fs / "repo"
     Repo.init(root).close()
     write_model_folder(root / "model", random_weights(0, rows=256, cols=64))
@@ -87,11 +78,9 @@ def test_disk_full_then_read_only(tiny_fs):
 def test_enospc_at_every_write_of_a_commit(tmp_path, monkeypatch):
     """Inject ENOSPC at the Nth fsync of `commit -a` (where a full disk surfaces for
     buffered writes), for every N."""
-    repo = Repo.init(tmp_path / "repo")
     weights = random_weights(0, rows=64, cols=16)
-    write_model_folder(repo.root / "model", weights)
-    repo.add([repo.root / "model"])
-    base_sha = repo.commit("base")
+    repo = committed_base(tmp_path / "repo", weights)
+    base_sha = repo.head()
     base = snapshot(repo.root)
     write_model_folder(repo.root / "model", random_weights(5, rows=64, cols=16))
     changed = snapshot(repo.root)

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_factory import random_weights, write_model_folder
+from model_factory import committed_base, random_weights
 
 from mvc.errors import MvcError
 from mvc.formats.safetensors import parse_header, read_header
-from mvc.merge.record import decode_record
+from mvc.merge.record import MERGE_RECORD
 from mvc.repo import Repo
 from mvc.repo.manifest import Manifest
 from mvc.store import ObjectStore
@@ -46,10 +46,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 
 @pytest.fixture(scope="module")
 def valid_manifest(tmp_path_factory) -> bytes:
-    repo = Repo.init(tmp_path_factory.mktemp("m") / "repo")
-    write_model_folder(repo.root / "model", random_weights(0, rows=8, cols=4))
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path_factory.mktemp("m") / "repo", random_weights(0, rows=8, cols=4))
     blob = repo.files("HEAD")["model/model.safetensors"]
     repo.close()
     return blob
@@ -132,19 +129,19 @@ def test_manifest_with_odd_nbytes(valid_manifest, nbytes):
 @FUZZ
 @given(st.binary(max_size=300))
 def test_record_random_bytes(blob):
-    only_mvc_errors(decode_record, blob)
+    only_mvc_errors(MERGE_RECORD.decode, blob)
 
 
 @FUZZ
 @given(json_values)
 def test_record_random_json(value):
-    only_mvc_errors(decode_record, json.dumps(value).encode())
+    only_mvc_errors(MERGE_RECORD.decode, json.dumps(value).encode())
     doc = {"mvc": "merge", "schema_version": 1, "base": value, "parents": value}
-    only_mvc_errors(decode_record, json.dumps(doc).encode())
+    only_mvc_errors(MERGE_RECORD.decode, json.dumps(doc).encode())
 
 
 def test_record_pathological_json():
-    refused(decode_record, DEEP)
+    refused(MERGE_RECORD.decode, DEEP)
 
 
 # -- safetensors headers -----------------------------------------------------------------
@@ -324,10 +321,7 @@ def test_hostile_trees_never_write_outside_the_work_tree(tmp_path, entries):
 
 
 def test_manifest_naming_an_escaping_path_is_refused_by_checkout(tmp_path):
-    repo = Repo.init(tmp_path / "repo")
-    write_model_folder(repo.root / "model", random_weights(0, rows=8, cols=4))
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "repo", random_weights(0, rows=8, cols=4))
     manifest = repo.files("HEAD")["model/model.safetensors"]
     sha = hostile_commit(repo, [(b"../evil.safetensors", manifest, 0o100644)])
     with pytest.raises(MvcError):
@@ -341,20 +335,13 @@ class _Boom:
         return (os.system, ("touch PWNED",))
 
 
-def test_pickles_are_refused_and_import_never_executes_them(tmp_path):
+def test_pickles_are_refused_and_import_never_executes_them(tmp_path, run_mvc):
     work = tmp_path / "work"
     Repo.init(work).close()
     (work / "model.bin").write_bytes(pickle.dumps({"w": _Boom()}))
-    env = dict(os.environ, MVC_LOCK_WAIT="2")
 
     def mvc(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "mvc.cli.main", *args],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        return run_mvc(work, *args, check=False)
 
     add = mvc("add", "model.bin")
     assert add.returncode == 1 and "mvc import" in add.stderr

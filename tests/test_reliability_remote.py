@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from crash_harness import count_events, mvc_subprocess, run_forked
-from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import MvcError
 from mvc.remote import add_remote, fetch, open_transport, push
@@ -25,11 +25,8 @@ KILL_POINTS = 3
 def pushed(tmp_path) -> tuple[Repo, Path]:
     """alice's repository with two commits pushed to a path remote."""
     remote = tmp_path / "remote"
-    repo = Repo.init(tmp_path / "alice")
     weights = random_weights(0, rows=128, cols=32)
-    write_model_folder(repo.root / "model", weights)
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "alice", weights)
     write_model_folder(repo.root / "model", fine_tuned(weights, 1))
     repo.commit("tune", all=True)
     add_remote(repo, "origin", str(remote))

@@ -158,6 +158,41 @@ def test_fetch_all_objects_full_and_depth(published, tmp_path):
     assert [c.message for c in shallow.log()] == ["version 5", "version 4"]
     assert snapshot(shallow.root / "model") == snapshot(alice.root / "model")
     assert shallow.fsck() == []
+    # The boundary commit's parent is not here: `show`/`log` list its files as added.
+    from mvc.repo.history import changed_files
+
+    boundary = shallow.log()[-1]
+    assert set(changed_files(shallow, boundary.id).values()) == {"added"}
+
+
+def test_gc_prune_promised_keeps_every_copy_the_remote_lacks(published, tmp_path):
+    alice, url, commits, _ = published
+    dave = clone(url, str(tmp_path / "dave"), quiet=True).repo
+    fetch(dave, "origin", all_objects=True, quiet=True)
+    weights = {k: v.numpy() for k, v in dave.load_state_dict("HEAD", MODEL).items()}
+    weights["head.weight"] = np.ones((WIDTH, WIDTH), np.float32)
+    write_model_folder(dave.root / "model", weights)
+    dave.commit("local only", all=True)
+    mine = dave.manifest("HEAD", MODEL).by_name()["head.weight"].chunk_ids[0]
+    dave.switch("gone", create=True, start="HEAD~1")  # leave the local commit
+    old = set(dave.manifest(commits[0], MODEL).object_ids())
+    checkout = set(dave.manifest("HEAD", MODEL).object_ids())
+    needed = set()  # the checkout's and the local commit's objects, with their delta bases
+    for oid in checkout | {mine}:
+        while oid is not None and oid not in needed:
+            needed.add(oid)
+            oid = dave.store.info(oid).base
+    assert old - needed
+    report = run(dave, "gc", "--prune-promised").output
+    assert report.startswith("gc: kept ")
+    assert dave.store.has(mine)  # only here: never pruned
+    assert all(dave.store.has(oid) for oid in checkout)
+    assert not any(dave.store.has(oid) for oid in old - needed)
+    assert fsck_report(dave).problems == []
+    dave.switch("main")  # the local commit's branch: everything still here
+    assert dave.fsck() == [] and dave.store.promisor.objects == 0
+    bad = CliRunner().invoke(cli, ["-C", str(alice.root), "gc", "--prune-promised"])
+    assert bad.exit_code == 1 and "needs a lazy clone" in bad.output
 
 
 def test_remote_stopped_or_offline_fails_in_one_line_and_changes_nothing(published, server):

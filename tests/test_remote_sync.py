@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.errors import ConflictError, CorruptObjectError, MvcError, NotFoundError
 from mvc.remote import (
@@ -43,10 +43,7 @@ def remote_url(request, tmp_path, monkeypatch):
 @pytest.fixture
 def origin(tmp_path, remote_url):
     """A repository with a committed base model and `origin` pointing at the remote."""
-    repo = Repo.init(tmp_path / "alice")
-    write_model_folder(repo.root / "model", random_weights(0))
-    repo.add([repo.root / "model"])
-    repo.commit("base")
+    repo = committed_base(tmp_path / "alice")
     add_remote(repo, "origin", remote_url)
     return repo
 

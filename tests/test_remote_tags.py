@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 from dulwich.objects import Tag
-from model_factory import fine_tuned, random_weights, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, write_model_folder
 
 from mvc.remote import add_remote, clone, fetch, push
-from mvc.repo import Repo
 from mvc.repo.tags import create_tag, delete_tag, list_tags
 
 
@@ -22,10 +21,8 @@ def remote_url(request, tmp_path, monkeypatch):
 
 
 def test_tags_push_clone_and_fetch(tmp_path, remote_url):
-    alice = Repo.init(tmp_path / "alice")
-    write_model_folder(alice.root / "model", random_weights(0))
-    alice.add([alice.root / "model"])
-    base = alice.commit("base")
+    alice = committed_base(tmp_path / "alice")
+    base = alice.head()
     create_tag(alice, "v1", message="first release")
     alice.switch("side", create=True)
     write_model_folder(alice.root / "model", fine_tuned(random_weights(0), seed=3))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from dulwich.objects import Tag
-from model_factory import fine_tuned, random_weights, snapshot, write_model_folder
+from model_factory import committed_base, fine_tuned, random_weights, snapshot, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import MvcError, NotFoundError
@@ -18,10 +18,8 @@ from mvc.repo.tags import create_tag, delete_tag, list_tags
 
 @pytest.fixture
 def history(tmp_path) -> tuple[Repo, str, str]:
-    repo = Repo.init(tmp_path / "repo")
-    write_model_folder(repo.root / "model", random_weights(0))
-    repo.add([repo.root / "model"])
-    first = repo.commit("base")
+    repo = committed_base(tmp_path / "repo")
+    first = repo.head()
     write_model_folder(repo.root / "model", fine_tuned(random_weights(0), seed=1))
     second = repo.commit("tuned", all=True)
     return repo, first, second

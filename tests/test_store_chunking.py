@@ -28,15 +28,25 @@ def test_row_chunks_cover_dim0_within_target(shape, itemsize, target):
     assert chunks[0][0] == 0 and chunks[-1][1] == rows
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
     sizes = [b - a for a, b in chunks]
-    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
     per_chunk = max(1, target // row_bytes)
-    assert max(sizes) <= per_chunk
+    assert all(size == per_chunk for size in sizes[:-1]) and 1 <= sizes[-1] <= per_chunk
     assert len(chunks) == -(-rows // per_chunk)
+
+
+@given(shapes.filter(lambda s: len(s) >= 1), st.integers(0, 60), st.integers(1, 5000))
+def test_appending_rows_keeps_every_earlier_boundary(shape, extra, target):
+    """Boundaries are fixed row offsets: a grown tensor's chunks extend the old ones."""
+    old = row_chunks(shape, 4, target)
+    new = row_chunks([shape[0] + extra, *shape[1:]], 4, target)
+    if shape[0] == 0 or math.prod(shape[1:]) == 0:
+        return
+    assert new[: len(old) - 1] == old[:-1]
+    assert new[len(old) - 1][0] == old[-1][0] and new[len(old) - 1][1] >= old[-1][1]
 
 
 def test_default_target_on_an_embedding():
     chunks = row_chunks((30522, 384), 4)
-    assert len(chunks) == 3
+    assert chunks == [(0, 10922), (10922, 21844), (21844, 30522)]
     assert all((b - a) * 384 * 4 <= DEFAULT_CHUNK_BYTES for a, b in chunks)
 
 

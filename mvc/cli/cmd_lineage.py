@@ -168,8 +168,6 @@ def extract(rev, parent, out_dir, branch, as_json):
     from mvc.lineage.extract import extract as run_extract
 
     repo = open_repo()
-    if out_dir is None and branch is None:
-        out_dir = f"extract-{parent}"
     result = run_extract(repo, rev, parent, out_dir=out_dir, branch=branch)
     if as_json:
         emit_json(result.to_json())

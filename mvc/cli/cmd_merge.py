@@ -55,8 +55,9 @@ def _list_strategies(ctx: click.Context, _param, value: bool) -> None:
         click.echo(f"    {strategy.formula}")
         most = "" if strategy.max_branches is None else f", at most {strategy.max_branches}"
         presets = ", ".join(p for p in strategy.presets if p) or "none"
+        base = "reads the merge base" if strategy.needs_base else "ignores the merge base"
         click.echo(
-            f"    branches: at least {strategy.min_branches}{most}; presets: {presets}; "
+            f"    branches: at least {strategy.min_branches}{most}; {base}; presets: {presets}; "
             f"mergekit: {strategy.mergekit or 'none'}"
         )
         for param in strategy.parameters:
@@ -109,6 +110,30 @@ def merge_options(f):
             default=None,
             help="Write model folders in shards of at most this size (40MB, 5GB, bytes).",
         ),
+        click.option(
+            "--adapter-rank", type=int, default=None, help="LoRA output rank (default: largest input)."
+        ),
+        click.option(
+            "--adapter-combine",
+            type=click.Choice(["svd", "cat"]),
+            default="svd",
+            show_default=True,
+            help="Write merged LoRA modules by truncated SVD, or concatenate (linear rules).",
+        ),
+        click.option(
+            "--into",
+            type=click.Choice(["adapter", "model"]),
+            default="adapter",
+            show_default=True,
+            help="Merged LoRA adapters as an adapter, or baked into the stored base model.",
+        ),
+        click.option(
+            "--adapter-svd",
+            type=click.Choice(["auto", "exact", "randomized"]),
+            default="auto",
+            show_default=True,
+            help="SVD for LoRA write-back (auto: randomized when the rank is small for the module).",
+        ),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -118,6 +143,7 @@ def merge_options(f):
 def build_options(message, no_commit, no_ff, **kw):
     from mvc.formats.hf import parse_size
     from mvc.merge import MergeOptions, MergeParams
+    from mvc.merge.adapter_plan import AdapterOptions
     from mvc.merge.planner import load_rules
 
     given = {}
@@ -146,6 +172,12 @@ def build_options(message, no_commit, no_ff, **kw):
         allow_locked=kw["allow_locked"],
         layout=kw["layout"],
         max_shard_size=parse_size(kw["max_shard_size"]) if kw["max_shard_size"] else None,
+        adapter=AdapterOptions(
+            combine=kw["adapter_combine"],
+            rank=kw["adapter_rank"],
+            into=kw["into"],
+            svd=kw["adapter_svd"],
+        ),
     )
 
 
@@ -177,9 +209,23 @@ def report(result, as_json: bool) -> None:
             f"Merged into {result.commit[:12]}: {result.resolved} tensors resolved by "
             f"arithmetic, {result.taken} taken from one side (base {result.base[:12]})"
         )
+        for folder, entry in (result.record or {}).get("adapters", {}).get("folders", {}).items():
+            modules = entry.get("modules", {}).values()
+            merged = [m for m in modules if m.get("action") == "resolve"]
+            worst = max((m.get("error", 0.0) for m in merged), default=0.0)
+            click.echo(
+                f"Adapter {folder or '.'}/: {len(merged)} LoRA modules merged in weight space "
+                f"(largest relative reconstruction error {worst:.2e})"
+            )
 
 
-@click.command()
+def _epilog() -> str:
+    """The strategies, one line each, under `mvc merge --help` (click keeps \b blocks as written)."""
+    lines = [f"  {s.name}: {s.summary}" for s in strategies()]
+    return "\b\nStrategies (formulas and parameters: --list-strategies):\n" + "\n".join(lines)
+
+
+@click.command(epilog=_epilog())
 @click.argument("branches", nargs=-1, required=True)
 @click.option("-m", "--message", default=None, help="Merge commit message.")
 @click.option("--no-commit", is_flag=True, help="Stage the result; commit it yourself.")

@@ -84,6 +84,9 @@ _endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for t
     "-f", "--force", is_flag=True, help="Overwrite the remote branch even if it diverged."
 )
 @click.option("-u", "--set-upstream", is_flag=True, help="Make REMOTE/BRANCH the upstream.")
+@click.option(
+    "--paranoid", is_flag=True, help="Decode and verify every object again before sending it."
+)
 @_endpoint
 @_quiet
 @_json
@@ -92,18 +95,15 @@ def push(
     branch: str | None,
     force: bool,
     set_upstream: bool,
+    paranoid: bool,
     endpoint: str | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Send BRANCH (default: current) and the objects it needs to REMOTE (default: origin)."""
     from mvc.remote import push as push_branch
-    from mvc.remote import upstream
 
     repo = open_repo()
-    current = repo.current_branch()
-    tracked = upstream(repo, current) if current else None
-    remote_name = remote_name or (tracked[0] if tracked else "origin")
     report = push_branch(
         repo,
         remote_name,
@@ -111,6 +111,7 @@ def push(
         force,
         endpoint=endpoint,
         set_upstream_branch=set_upstream,
+        paranoid=paranoid,
         quiet=quiet or as_json,
     )
     if as_json:

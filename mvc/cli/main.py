@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "mvc.cli.cmd_merge",
     "mvc.cli.cmd_models",
     "mvc.cli.cmd_lock",
+    "mvc.cli.cmd_adapters",
     "mvc.cli.cmd_lineage",
     "mvc.cli.cmd_remote",
     "mvc.cli.cmd_git",

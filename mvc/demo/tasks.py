@@ -158,12 +158,29 @@ def _order(rng: random.Random, label: int) -> str:
     return rng.choice(_ORDER_FRAMES).format(who=who, pro=pro, first=first, second=second)
 
 
+_COMPARATIVES = (("taller", "shorter"), ("older", "younger"), ("faster", "slower"),
+                 ("heavier", "lighter"), ("stronger", "weaker"))  # fmt: skip
+
+
+def _comparison(rng: random.Random, label: int) -> str:
+    """Label 1 (animal) when the animal is the taller/older/... one, however it is said."""
+    person, animal = rng.choice(_PEOPLE), rng.choice(_ANIMALS)
+    more, less = rng.choice(_COMPARATIVES)
+    winner, loser = (animal, person) if label == 1 else (person, animal)
+    if rng.random() < 0.5:
+        return f"the {winner} is {more} than the {loser}"
+    return f"the {loser} is {less} than the {winner}"
+
+
 _SPECS: dict[str, tuple[str, tuple[str, ...], Generator]] = {
     "sentiment": ("verdict of a mixed review", ("negative", "positive"), _sentiment),
     "agent": ("who performed the action, in either voice", ("person", "animal"), _agent),
     "order": ("which of two events came first", ("outing first", "meal first"), _order),
+    # Not one of the demo's branches; MergeLock's protection benchmark uses it as a fourth.
+    "comparison": ("who is the more of a comparison", ("person", "animal"), _comparison),
 }
-TASK_NAMES: tuple[str, ...] = tuple(_SPECS)
+TASK_NAMES: tuple[str, ...] = ("sentiment", "agent", "order")
+EXTRA_TASK_NAMES: tuple[str, ...] = ("comparison",)
 
 
 def make_task(
@@ -178,7 +195,8 @@ def make_task(
     combinations of the same vocabulary rather than memorisation.
     """
     if name not in _SPECS:
-        raise ValueError(f"unknown demo task {name!r}; known: {', '.join(TASK_NAMES)}")
+        known = ", ".join(TASK_NAMES + EXTRA_TASK_NAMES)
+        raise ValueError(f"unknown demo task {name!r}; known: {known}")
     description, labels, generate = _SPECS[name]
     # The seed is mixed with the name so that tasks differ even under the same seed.
     rng = random.Random(f"{name}:{seed}")

@@ -156,6 +156,20 @@ def weight_map(folder: str | os.PathLike[str]) -> dict[str, str]:
     return read_index(path)["weight_map"]
 
 
+def import_checkpoint(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str] | None = None
+) -> Path:
+    """`mvc import`: convert `src` to `dst` (default: `src` with a .safetensors suffix).
+
+    Refuses to replace an existing file, before loading anything; returns the file written.
+    """
+    target = Path(dst) if dst is not None else Path(src).with_suffix(".safetensors")
+    if target.exists():
+        raise MvcError(f"{target} already exists")
+    convert_pickle_checkpoint(src, target)
+    return target
+
+
 def convert_pickle_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Header:
     """The opt-in ``mvc import``: load a pickle with ``weights_only=True``, write safetensors.
 

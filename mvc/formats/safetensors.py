@@ -258,10 +258,17 @@ def _in_file(path: Path, error: FormatError) -> FormatError:
     return FormatError(f"{path}: {error.message}", error.hint)
 
 
-def _read_header_from(f: BinaryIO | mmap.mmap, size: int, path: Path) -> Header:
+def _read_header_from(
+    f: BinaryIO | mmap.mmap, size: int, path: Path, known: Header | None = None
+) -> Header:
+    """The file's validated header; `known` (validated before) is returned unparsed when
+    the file still holds exactly its bytes and data size."""
     try:
         n = _header_length(f.read(8), size)
-        return parse_header(f.read(n), size - 8 - n)
+        raw = f.read(n)
+        if known is not None and raw == known.raw and size - 8 - n == known.data_size:
+            return known
+        return parse_header(raw, size - 8 - n)
     except FormatError as e:
         raise _in_file(path, e) from None
 
@@ -281,7 +288,9 @@ class SafetensorsFile:
     they are dropped (unmapping under them would crash the process).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], known: Header | None = None) -> None:
+        """Map `path`; `known` is a header already read from it (`read_header`), which
+        saves parsing it again when the file has not changed since."""
         self.path = Path(path)
         with open(self.path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -291,7 +300,7 @@ class SafetensorsFile:
             # special case and the header is parsed from the very bytes that are served.
             self._mmap: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            self.header = _read_header_from(self._mmap, len(self._mmap), self.path)
+            self.header = _read_header_from(self._mmap, len(self._mmap), self.path, known)
         except BaseException:
             self.close()
             raise

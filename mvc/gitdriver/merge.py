@@ -1,54 +1,78 @@
 """The git merge driver: `git merge` runs mvc's three-way tensor merge on one model file.
 
 git hands the driver the ancestor's, ours and theirs' blobs (manifests) as temp files; the
-same planner and streaming executor as `mvc merge` decide each tensor and compute the
+merge pipeline of `mvc merge` (`mvc.merge.pipeline`) decides each tensor and computes the
 resolved ones into the store, and the merged manifest replaces ours. The recipe comes from
-git config (`mvc.mergeStrategy`, `mvc.mergeDensity`, `mvc.mergePreset`), defaulting to
-TIES; an unknown strategy name is reported when a tensor needs it. There is no merge record: git commits the result itself, so `mvc verify` cannot
-prove a merge made this way (use `mvc merge` for auditable merges).
+git config (`mvc.mergeStrategy`, defaulting to TIES, and one key per declared parameter:
+`mvc.mergeDensity`, `mvc.mergePreset`, `mvc.mergeLambda`, ...), checked like `mvc merge`'s
+options before anything is read. There is no merge record: git commits the result itself,
+so `mvc verify` cannot prove a merge made this way (use `mvc merge` for auditable merges).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from mvc.errors import FormatError, MvcError
 from mvc.files import atomic_write
 from mvc.gitdriver.filter import GitContext, read_manifest
+from mvc.merge.declare import Param
+from mvc.merge.device import resolve_device
 from mvc.merge.params import MergeParams
-from mvc.merge.planner import Planner
+from mvc.merge.pipeline import run
+from mvc.merge.planner import MergeConflicts
+from mvc.merge.recipe import Recipe
+from mvc.merge.strategies import PARAMETERS
 from mvc.repo.ingest import ingest_file
 from mvc.repo.manifest import Manifest
 
 
-@dataclass(frozen=True)
-class DriverRecipe:
-    """What the driver merges with, read from git config."""
+def config_key(param: Param) -> str:
+    """The git config key (in section `mvc`) of a declared parameter: mergeDensity, ..."""
+    return "merge" + "".join(word.capitalize() for word in param.spelling.split("_"))
 
-    strategy: str = "ties"
-    params: MergeParams = MergeParams()
 
-    @classmethod
-    def from_config(cls, ctx: GitContext) -> DriverRecipe:
-        config = ctx.git.get_config_stack()
+def driver_recipe(ctx: GitContext) -> Recipe:
+    """The driver's recipe from git config: `mvc.mergeStrategy` (default ties) and one key
+    per declared parameter (`mvc.mergeDensity`, `mvc.mergePreset`, `mvc.mergeLambda`, ...)."""
+    config = ctx.git.get_config_stack()
 
-        def get(key: str) -> str | None:
-            try:
-                return config.get((b"mvc",), key.encode()).decode()
-            except KeyError:
-                return None
-
-        strategy = get("mergeStrategy") or cls.strategy
-        density = get("mergeDensity")
+    def get(key: str) -> str | None:
         try:
-            params = MergeParams(
-                density=float(density) if density is not None else 1.0,
-                preset=get("mergePreset"),
-            )
-        except ValueError:
-            raise MvcError(f"git config mvc.mergeDensity is not a number: {density!r}") from None
-        return cls(strategy, params)
+            return config.get((b"mvc",), key.encode()).decode()
+        except KeyError:
+            return None
+
+    given = {}
+    for param in PARAMETERS.values():
+        text = get(config_key(param))
+        if text is not None:
+            given[param.name] = _parse(param, text)
+    return Recipe(
+        base=None,
+        parents=("ours", "theirs"),
+        contributing=(0, 1),
+        names=("ours", "theirs"),
+        strategy=get("mergeStrategy") or "ties",
+        params=MergeParams(**given),
+        masks=False,
+    )
+
+
+def _parse(param: Param, text: str):
+    """A git config string as the parameter's type."""
+    if param.kind is str:
+        return text
+    if param.kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return lowered in ("true", "yes", "on", "1")
+        raise MvcError(f"git config mvc.{config_key(param)} is not true or false: {text!r}")
+    try:
+        return param.kind(text)
+    except ValueError:
+        kind = "an integer" if param.kind is int else "a number"
+        raise MvcError(f"git config mvc.{config_key(param)} is not {kind}: {text!r}") from None
 
 
 def _load(ctx: GitContext, file: Path, path: str) -> bytes | None:
@@ -77,34 +101,16 @@ def merge_file(
 
     With conflicts nothing is written: `ours` keeps our version, as git expects.
     """
-    recipe = DriverRecipe.from_config(ctx)
+    recipe = driver_recipe(ctx)
     base_blob, ours_blob, theirs_blob = (_load(ctx, f, path) for f in (ancestor, ours, theirs))
     base = {path: base_blob} if base_blob is not None else {}
     sides = [{path: b} if b is not None else {} for b in (ours_blob, theirs_blob)]
-    plan = Planner(base, sides, recipe.strategy).plan()
-    if plan.conflicts:
-        return plan.conflicts
-    if path not in plan.files:
+    try:
+        merged = run(recipe, ctx.store, base, sides, resolve_device("auto"), record=False)
+    except MergeConflicts as err:
+        return err.conflicts
+    if path not in merged.files:
         return [f"{path}: deleted on one side"]
-    # Only now is arithmetic needed: a conflict is reported before importing the executor.
-    from mvc.merge.device import resolve_device
-    from mvc.merge.executor import Executor
-    from mvc.merge.strategies import get_strategy
-
-    get_strategy(recipe.strategy).check(recipe.params, 2)
-
-    def models(files: dict[str, bytes]) -> dict[str, Manifest]:
-        return {p: Manifest.from_bytes(b, p) for p, b in files.items()}
-
-    executor = Executor(
-        ctx.store,
-        models(base),
-        [models(s) for s in sides],
-        recipe.params,
-        resolve_device("auto"),
-        masks=False,
-    )
-    merged = executor.run(plan)[path]
-    data = merged.to_bytes() if isinstance(merged, Manifest) else merged
-    atomic_write(ours, data)
+    data = merged.files[path]
+    atomic_write(ours, data.to_bytes() if isinstance(data, Manifest) else data)
     return []

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import MvcError, NotFoundError
+from mvc.formats.hf import INDEX_NAME
 from mvc.lineage.records import (
     commit_parents,
     find_merge_record,
     parent_label,
-    tree_blob,
 )
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.models import folder_of, model_folders, model_view
+from mvc.repo.records import tree_blob
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 def _folder_files(repo: Repo, sha: str, folder: str) -> dict[str, bytes] | None:
-    """The files directly in `folder` at `sha` (path -> blob), None when it is no folder."""
+    """The files directly in `folder` at `sha` (path -> blob, read for shards and the index
+    only), None when it is no folder."""
     tree_id = repo.git[sha.encode()].tree
     if folder:
         try:
@@ -104,11 +106,14 @@ def _folder_files(repo: Repo, sha: str, folder: str) -> dict[str, bytes] | None:
         if not stat.S_ISDIR(mode):
             return None
     prefix = f"{folder}/" if folder else ""
-    return {
-        prefix + item.path.decode(): repo.read_blob(item.sha)
-        for item in repo.git[tree_id].items()
-        if not stat.S_ISDIR(item.mode)
-    }
+    files = {}
+    for item in repo.git[tree_id].items():
+        if not stat.S_ISDIR(item.mode):
+            name = item.path.decode()
+            # The model view reads shards and the index; other files only need a name.
+            wanted = is_model_path(name) or name == INDEX_NAME
+            files[prefix + name] = repo.read_blob(item.sha) if wanted else b""
+    return files
 
 
 def find_tensor(repo: Repo, sha: str, path: str, tensor: str) -> tuple[str, TensorEntry] | None:

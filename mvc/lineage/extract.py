@@ -24,18 +24,16 @@ import numpy as np
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
 from mvc.lineage.records import (
-    PROVENANCE_KIND,
     PROVENANCE_PATH,
-    PROVENANCE_VERSION,
-    encode_provenance,
+    PROVENANCE_RECORD,
     merge_record,
     parent_index,
     parent_label,
 )
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
-from mvc.merge.layout import Aligned, LayoutChoice, align
-from mvc.merge.planner import RECORD_PREFIX
+from mvc.merge.layout import LayoutChoice, align
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
+from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import checked_path, is_model_path
 
 if TYPE_CHECKING:
@@ -118,9 +116,12 @@ def extract(
     branch: str | None = None,
     compare: bool = True,
 ) -> ExtractResult:
-    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`."""
+    """Rebuild parent `parent` of merge `rev` into `out_dir` and/or a new branch `branch`.
+
+    With neither, the folder is `extract-<parent>` (in the current directory).
+    """
     if out_dir is None and branch is None:
-        raise MvcError("extract needs an output folder or a branch to commit to")
+        out_dir = f"extract-{parent}"
     sha, record = merge_record(repo, rev)
     index = parent_index(record, parent, repo)
     result = ExtractResult(
@@ -170,7 +171,7 @@ def extract(
 
 def _stored_parent(repo: Repo, files: Mapping[str, bytes]) -> dict[str, Manifest] | None:
     """The parent's manifests when every object they need is still in the store."""
-    models = Aligned.manifests(files)
+    models = {p: Manifest.from_bytes(b, p) for p, b in files.items() if is_model_path(p)}
     if all(repo.store.has(oid) for m in models.values() for oid in m.object_ids()):
         return models
     return None
@@ -218,6 +219,12 @@ def _plan_tensors(
             if index not in branches:
                 plans.append(_Plan(base[tensor.name]))
                 continue
+            if item.get("appended") is not None:
+                raise MvcError(
+                    f"cannot extract {path}::{tensor.name}: a parent appended rows to it, and "
+                    "its masks cover only the rows the base has",
+                    hint="check out that parent's commit instead, or unmerge the merge",
+                )
             masks = item.get("masks")
             if not masks:
                 raise MvcError(
@@ -324,8 +331,7 @@ def _commit(
 ) -> str:
     """Commit the extracted model as branch `branch`, child of the merge, with provenance."""
     provenance = {
-        "mvc": PROVENANCE_KIND,
-        "schema_version": PROVENANCE_VERSION,
+        **PROVENANCE_RECORD.header(),
         "kind": "extract",
         "extract_of": sha,
         "parent": {
@@ -336,7 +342,7 @@ def _commit(
         "commit_parents": [sha],
         "store_objects": [],
     }
-    files = {**files, PROVENANCE_PATH: encode_provenance(provenance)}
+    files = {**files, PROVENANCE_PATH: PROVENANCE_RECORD.encode(provenance)}
     message = f"Extract {parent_label(record, index)} from {sha[:12]}"
     commit = repo.commit_tree(files, [sha], message, update_ref=False, update_worktree=False)
     repo.create_branch(branch, commit)

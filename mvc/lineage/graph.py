@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from mvc.lineage.records import (
     find_merge_record,
     find_provenance,
-    is_locked,
     merge_recipe_text,
     parent_label,
     provenance_text,
     recipe,
 )
+from mvc.repo.records import is_locked
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -49,7 +49,7 @@ class LineageNode:
     id: str
     parents: tuple[str, ...]
     message: str
-    kind: str  # commit | merge | unmerge | extract
+    kind: str  # commit | merge | unmerge | extract | bake
     branches: list[str] = field(default_factory=list)
     head: bool = False
     locked: bool = False

@@ -12,36 +12,21 @@ Everything here reads single blobs by path and never imports torch: `mvc log` ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dulwich.object_store import tree_lookup_path
-
-from mvc.errors import FormatError, MvcError, NotFoundError
-from mvc.formats.jsonutil import strict_loads
+from mvc.errors import MvcError, NotFoundError
 from mvc.merge.declare import TALL_LAMBDA, Param
-from mvc.merge.record import RECORD_PATH, decode_record
+from mvc.merge.record import MERGE_RECORD
 from mvc.merge.record import commit_parents as recorded_commit_parents
 from mvc.merge.strategies import get_strategy
-from mvc.repo.references import LOCK_RECORD_PATH
+from mvc.repo.records import RecordType, is_locked
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-PROVENANCE_PATH = ".mvc/provenance.json"
-PROVENANCE_KIND = "provenance"
-PROVENANCE_VERSION = 1
-
-
-def tree_blob(repo: Repo, sha: str, path: str) -> bytes | None:
-    """The blob at `path` in commit `sha`'s tree, or None (one path lookup, no tree walk)."""
-    commit = repo.git[sha.encode()]
-    try:
-        _, blob_id = tree_lookup_path(repo.git.object_store.__getitem__, commit.tree, path.encode())
-    except KeyError:
-        return None
-    return repo.read_blob(blob_id)
+PROVENANCE_RECORD = RecordType("provenance", 1, ".mvc/provenance.json", "provenance record")
+PROVENANCE_PATH = PROVENANCE_RECORD.path
 
 
 def commit_parents(repo: Repo, sha: str) -> list[str]:
@@ -50,12 +35,9 @@ def commit_parents(repo: Repo, sha: str) -> list[str]:
 
 def find_merge_record(repo: Repo, sha: str) -> dict[str, Any] | None:
     """The merge record describing commit `sha`, or None when `sha` is not an mvc merge."""
-    data = tree_blob(repo, sha, RECORD_PATH)
-    if data is None:
-        return None
-    record = decode_record(data)
-    if recorded_commit_parents(record) != commit_parents(repo, sha):
-        return None
+    record = MERGE_RECORD.read(repo, sha)
+    if record is None or recorded_commit_parents(record) != commit_parents(repo, sha):
+        return None  # none, or inherited from a parent by a later ordinary commit
     return record
 
 
@@ -71,40 +53,12 @@ def merge_record(repo: Repo, rev: str) -> tuple[str, dict[str, Any]]:
     return sha, record
 
 
-def encode_provenance(record: Mapping[str, Any]) -> bytes:
-    """Deterministic JSON, like the merge record."""
-    return (json.dumps(dict(record), sort_keys=True, indent=1) + "\n").encode()
-
-
 def find_provenance(repo: Repo, sha: str) -> dict[str, Any] | None:
     """The unmerge/extract provenance record written by commit `sha`, or None."""
-    data = tree_blob(repo, sha, PROVENANCE_PATH)
-    if data is None:
-        return None
-    doc = strict_loads(data, PROVENANCE_PATH)
-    if not isinstance(doc, dict) or doc.get("mvc") != PROVENANCE_KIND:
-        raise FormatError(f"{PROVENANCE_PATH} is not an mvc provenance record")
-    if doc.get("schema_version") != PROVENANCE_VERSION:
-        raise FormatError(
-            f"{PROVENANCE_PATH} has schema version {doc.get('schema_version')!r}; this mvc "
-            f"reads version {PROVENANCE_VERSION}",
-            hint="upgrade mvc",
-        )
-    if doc.get("commit_parents") != commit_parents(repo, sha):
+    doc = PROVENANCE_RECORD.read(repo, sha)
+    if doc is None or doc.get("commit_parents") != commit_parents(repo, sha):
         return None
     return doc
-
-
-def is_locked(repo: Repo, sha: str) -> bool:
-    """Whether the commit's tree holds a lock record that says it is locked."""
-    data = tree_blob(repo, sha, LOCK_RECORD_PATH)
-    if data is None:
-        return False
-    try:
-        doc = strict_loads(data, LOCK_RECORD_PATH)
-    except FormatError:
-        return True
-    return not isinstance(doc, dict) or bool(doc.get("locked", True))
 
 
 def parent_index(record: Mapping[str, Any], spec: str, repo: Repo | None = None) -> int:
@@ -223,6 +177,8 @@ def merge_recipe_text(record: Mapping[str, Any]) -> str:
 def provenance_text(doc: Mapping[str, Any]) -> str:
     if doc.get("kind") == "unmerge":
         return f"unmerge of {doc['unmerge_of'][:12]} dropping {doc['dropped']['name']}"
+    if doc.get("kind") == "bake":
+        return f"bake of {doc['adapter'] or '.'}/ into {doc['model']} from {doc['bake_of'][:12]}"
     return f"extract of {doc['parent']['name']} from {doc['extract_of'][:12]}"
 
 

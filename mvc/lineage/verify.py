@@ -1,7 +1,7 @@
 """`mvc verify`: recompute a merge from its record and the stored parents, compare hashes.
 
-The recomputation runs the merge's own planner and executor (same strategy, parameters,
-branches, seed, rules), writing into a scratch store, so the repository gains nothing even
+The recomputation runs the merge pipeline (`mvc.merge.pipeline`) on the recorded recipe
+(same strategy, parameters, branches, seed, rules), writing into a scratch store, so the repository gains nothing even
 when the commit is forged. Three things must agree: the recomputed plan and the record's
 per-tensor decisions; the recomputed output ids and the ids the record lists; the
 recomputed files and the commit's tree (every manifest and ordinary file, which also
@@ -15,22 +15,70 @@ whose values differ by at most `tolerance` is reported as tolerated instead of f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mvc.lineage.recompute import Recipe, ScratchStore, recompute
 from mvc.lineage.records import find_provenance, merge_record
 from mvc.lineage.tensors import max_abs_difference
-from mvc.merge.planner import RECORD_PREFIX
 from mvc.repo.manifest import Manifest
+from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import is_model_path
+from mvc.store import ObjectStore, object_id
 
 if TYPE_CHECKING:
     from mvc.progress import Progress
     from mvc.repo import Repo
 
 DEFAULT_TOLERANCE = 1e-5
+
+
+class ScratchStore:
+    """The repository's store for reading; new objects go to a scratch folder instead.
+
+    `verify` must not leave objects behind when a recomputation differs from the commit,
+    yet it needs the differing chunks afterwards to measure how far they are off.
+    """
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.real = store
+        self._tmp = tempfile.TemporaryDirectory(prefix="mvc-verify-")
+        self.scratch = ObjectStore(Path(self._tmp.name))
+
+    def has(self, oid: str) -> bool:
+        return self.real.has(oid) or self.scratch.has(oid)
+
+    def prefetch(self, oids) -> None:
+        self.real.prefetch(oids)
+
+    def get(self, oid: str, known: Mapping[str, bytes] | None = None) -> bytes:
+        # The scratch folder first: a miss in the real store may fetch from its promisor.
+        store = self.scratch if self.scratch.has(oid) else self.real
+        return store.get(oid, known)
+
+    def get_view(self, oid: str, known: Mapping[str, bytes] | None = None) -> memoryview:
+        store = self.scratch if self.scratch.has(oid) else self.real
+        return store.get_view(oid, known)
+
+    def put(
+        self,
+        data: Any,
+        dtype: str,
+        shape: Sequence[int],
+        base: str | None = None,
+        base_data: bytes | None = None,
+    ) -> str:
+        """Store in the scratch folder, whole (a delta base may live in the real store)."""
+        oid = object_id(dtype, shape, data)
+        if self.real.has(oid):
+            return oid
+        return self.scratch.put(data, dtype, shape)
+
+    def close(self) -> None:
+        self.scratch.close()
+        self._tmp.cleanup()
 
 
 @dataclass
@@ -110,13 +158,25 @@ def verify(
 ) -> VerifyReport:
     """Recompute the merge `rev` and compare it with its record and its tree."""
     from mvc.merge.device import resolve_device
+    from mvc.merge.pipeline import run_on_commits
+    from mvc.merge.recipe import Recipe
 
+    provenance = find_provenance(repo, repo.resolve(rev))
+    if provenance is not None and provenance.get("kind") == "bake":
+        return _verify_bake(repo, repo.resolve(rev), provenance, tolerance)
     sha, record = verifiable_record(repo, rev)
     compute_device = resolve_device(device)
     report = VerifyReport(sha, str(record.get("device", "cpu")), str(compute_device), tolerance)
     store = ScratchStore(repo.store)
     try:
-        result = recompute(repo, Recipe.from_record(record), compute_device, store, progress)
+        result = run_on_commits(
+            repo,
+            Recipe.from_record(record),
+            compute_device,
+            store=store,  # type: ignore[arg-type]
+            progress=progress,
+            record=False,
+        )
         _compare_decisions(record, result, report, store)
         commit_files = {
             path: data
@@ -124,6 +184,23 @@ def verify(
             if not path.startswith(RECORD_PREFIX)
         }
         _compare_files(store, result.files, commit_files, result.results, report)
+    finally:
+        store.close()
+    return report
+
+
+def _verify_bake(
+    repo: Repo, sha: str, provenance: Mapping[str, Any], tolerance: float
+) -> VerifyReport:
+    """Bake the recorded adapter into the recorded source commit again; compare the trees."""
+    from mvc.lineage.bake import baked_files
+
+    report = VerifyReport(sha, "cpu", "cpu", tolerance)
+    store = ScratchStore(repo.store)
+    try:
+        files, _ = baked_files(repo, store, provenance["bake_of"], provenance["adapter"])  # type: ignore[arg-type]
+        committed = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
+        _compare_files(store, files, committed, {}, report)
     finally:
         store.close()
     return report

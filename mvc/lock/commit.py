@@ -37,17 +37,17 @@ from mvc.formats.hf import is_model_file
 from mvc.formats.torch_io import tensor_bytes, to_torch
 from mvc.lock.equivalence import Report, compare, probe_batch
 from mvc.lock.keys import SCHEME, key_id, load_key
-from mvc.lock.record import LOCK_RECORD_PATH, RECORD_VERSION, encode_record, lock_record
+from mvc.lock.record import LOCK_RECORD, LOCK_RECORD_PATH, encode_record, lock_record
 from mvc.lock.seal import seal, unseal
 from mvc.lock.symmetries import DEFAULT_LEVEL, LockTransform, build
 from mvc.lock.transform import apply_one, matching
 from mvc.repo import Chunk, Manifest, TensorEntry
 from mvc.repo.models import model_view
+from mvc.repo.references import RECORD_PREFIX
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
-RECORD_DIR = posixpath.dirname(LOCK_RECORD_PATH)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 Loader = Callable[[str], torch.Tensor]
 
@@ -80,7 +80,7 @@ class _Model:
 def _models(files: Mapping[str, bytes]) -> list[_Model]:
     by_dir: dict[str, dict[str, Manifest]] = {}
     for path, blob in files.items():
-        if is_model_file(path) and not path.startswith(RECORD_DIR + "/"):
+        if is_model_file(path) and not path.startswith(RECORD_PREFIX):
             by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
     models: dict[str, _Model] = {}
     loose: dict[str, dict[str, Manifest]] = {}
@@ -93,9 +93,8 @@ def _models(files: Mapping[str, bytes]) -> list[_Model]:
             config = json.loads(files[config_path])
         except (UnicodeDecodeError, ValueError) as err:
             raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        view = model_view(files, directory, manifests)  # one model: refuses an ambiguous one
-        assert view is not None
-        models[directory] = _Model(directory, config, dict(view.shards))
+        model_view(files, directory, manifests)  # refuses an ambiguous model (bad index)
+        models[directory] = _Model(directory, config, manifests)
     for directory, manifests in loose.items():
         owner = _owner(directory, models)
         if owner is not None:
@@ -302,7 +301,7 @@ def lock_commit(
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
     out: dict[str, Manifest | bytes] = {
-        p: b for p, b in files.items() if not p.startswith(RECORD_DIR + "/")
+        p: b for p, b in files.items() if not p.startswith(RECORD_PREFIX)
     }
     summaries = []
     with tempfile.TemporaryDirectory(prefix="mvc-lock-spool-") as tmp:
@@ -339,8 +338,7 @@ def lock_commit(
                 )
             summaries.append(summary)
     record = {
-        "mvc": "lock",
-        "version": RECORD_VERSION,
+        **LOCK_RECORD.header(),
         "locked": True,
         "scheme": SCHEME,
         "from": source,

@@ -202,6 +202,14 @@ def _stream(
             raise ValueError("folding RMSNorm weights needs norm_weight")
         for norm in layout.norms:
             gamma = norm_weight(norm.weight)
+            if not np.all(np.isfinite(gamma)) or np.any(gamma == 0):
+                # A zero weight would zero the columns it is folded into: unlock could not
+                # bring them back.
+                raise MvcError(
+                    f"norm weight {norm.weight!r} has zero or non-finite entries; "
+                    "it cannot be folded into the next layer",
+                    hint="lock this model with --level attention",
+                )
             result.folded[norm.weight] = gamma
             readers = heads if norm.weight == layout.final_norm else norm.readers
             for name, axis in readers:

@@ -1,7 +1,7 @@
-"""mvc.merge: three-way planner, strategies, streaming executor, merge records.
+"""mvc.merge: the merge pipeline (recipe -> plan, check, execute, record), strategies.
 
-Names are imported lazily, so commands such as `mvc log` read merge records without
-importing the executor and strategies.
+Names are imported lazily, so commands such as `mvc log` read merge records (and the
+strategies' declarations) without importing the executor.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ _EXPORTS = {
     "MergeOptions": "mvc.merge.api",
     "MergeResult": "mvc.merge.api",
     "MergeParams": "mvc.merge.params",
+    "Recipe": "mvc.merge.recipe",
+    "run": "mvc.merge.pipeline",
 }
 
 

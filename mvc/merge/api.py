@@ -1,24 +1,25 @@
-"""`mvc merge` as a library call: base discovery, checks, plan, execute, record, commit."""
+"""`mvc merge` as a library call: base discovery and the repository's checks, then the
+merge pipeline (:mod:`mvc.merge.pipeline`: plan, check, execute, record), then the commit."""
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError, NotFoundError
-from mvc.merge.arrays import ArrayOps, TorchOps
+from mvc.merge.adapter_plan import AdapterOptions
+from mvc.merge.arrays import ArrayOps
 from mvc.merge.device import resolve_device
-from mvc.merge.executor import Executor
-from mvc.merge.layout import Aligned, LayoutChoice, align_revisions
+from mvc.merge.layout import LayoutChoice
 from mvc.merge.params import MergeParams
-from mvc.merge.planner import MergePlan, Planner, TensorRule, raise_conflicts
-from mvc.merge.record import RECORD_KIND, RECORD_PATH, SCHEMA_VERSION, encode_record
+from mvc.merge.pipeline import read_commits, run_on_commits
+from mvc.merge.planner import TensorRule
+from mvc.merge.recipe import Recipe
 from mvc.merge.strategies import get_strategy
 from mvc.progress import Progress
 from mvc.repo import Repo
-from mvc.repo.references import LOCK_RECORD_PATH
+from mvc.repo.records import is_locked
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MergeOptions:
     replay: Mapping[str, Any] | None = None
     layout: str = "ours"  # whose shard layout the result takes: ours | theirs
     max_shard_size: int | None = None  # or cut shards of this many bytes
+    adapter: AdapterOptions | None = None  # how merged LoRA adapters are written back
 
 
 @dataclass
@@ -86,7 +88,8 @@ def merge(
         names = ["HEAD", *others]
         _refuse_locked(repo, parents, names, options.allow_locked)
         base = _merge_base(repo, parents, options.base)
-        if not repo.status().clean:
+        status = repo.status()  # the one work-tree check of the merge (see _refuse_clobber)
+        if not status.clean:
             raise ConflictError(
                 "you have uncommitted changes",
                 hint="commit them first (a merge writes the work tree)",
@@ -105,50 +108,60 @@ def merge(
             return MergeResult(parents[1], base, parents, fast_forward=True)
         if contributing == [0]:
             return MergeResult(head, base, parents, up_to_date=True)
-        params = _params_for(options, names, contributing)
-        get_strategy(options.strategy).check(params, len(contributing))
-        choice = LayoutChoice.pick(options.layout, parents, options.max_shard_size)
-        aligned = align_revisions(repo, base, [parents[i] for i in contributing], choice)
-        plan = Planner(
-            aligned.base_files,
-            aligned.branch_files,
-            options.strategy,
-            options.rules,
-            options.all_tensors,
-        ).plan()
-        raise_conflicts(plan.conflicts)
-        executor = _executor(repo, aligned, params, options, progress)
+        recipe = Recipe(
+            base=base,
+            parents=tuple(parents),
+            contributing=tuple(contributing),
+            names=tuple(names),
+            strategy=options.strategy,
+            params=_params_for(options, names, contributing),
+            rules=tuple(options.rules),
+            all_tensors=options.all_tensors,
+            masks=options.masks,
+            layout=LayoutChoice.pick(options.layout, parents, options.max_shard_size),
+            operation=options.replay,
+            adapter=options.adapter,
+        )
+        recipe.check()  # before reading any tree
+        inputs = read_commits(repo, recipe, head)  # each read once, HEAD's for the clobber check
+        outcome = run_on_commits(
+            repo,
+            recipe,
+            resolve_device(options.device),
+            progress=progress,
+            scratch=repo.scratch_dir(),
+            files=inputs,
+        )
         try:
-            files = aligned.finish(executor.run(plan))
-            record = build_record(
-                plan,
-                executor.results,
-                base,
-                parents,
-                names,
-                contributing,
-                params,
-                options,
-                executor.ops,
-            )
-            commit_parents = [head] if options.replay else parents
-            if options.replay:
-                record.update(operation=dict(options.replay), commit_parents=commit_parents)
-            if aligned.record() is not None:
-                record["layout"] = aligned.record()
-            files[RECORD_PATH] = encode_record(record)
+            _refuse_clobber(status.untracked, outcome.files, inputs[head])
+            files = outcome.files_with_record()
             message = options.message or f"Merge {', '.join(others)} ({options.strategy})"
+            # The work tree was checked above, under the lock that is still held: the
+            # commit step need not run status() again (force=True).
             if options.commit:
-                sha = repo.commit_tree(files, commit_parents, message, prewritten=executor.written)
+                sha = repo.commit_tree(
+                    files, recipe.commit_parents, message, prewritten=outcome.written, force=True
+                )
             else:
                 sha = None
-                repo.stage_tree(files, prewritten=executor.written)
-                repo.set_merge_state(commit_parents[1:], message)
+                repo.stage_tree(files, prewritten=outcome.written, force=True)
+                repo.set_merge_state(recipe.commit_parents[1:], message)
         finally:
-            for leftover in executor.written.values():  # those not moved into the work tree
-                leftover.unlink(missing_ok=True)
+            outcome.discard()
         return MergeResult(
-            sha, base, parents, resolved=plan.resolve_count, taken=_taken(plan), record=record
+            sha, base, parents, resolved=outcome.resolved, taken=outcome.taken, record=outcome.record
+        )
+
+
+def _refuse_clobber(
+    untracked: Sequence[str], merged: Mapping[str, Any], head_files: Mapping[str, bytes]
+) -> None:
+    """Refuse to write a merged file over an untracked one the merge would replace."""
+    clobbered = [p for p in untracked if p in merged and p not in head_files]
+    if clobbered:
+        raise ConflictError(
+            f"untracked files would be overwritten: {', '.join(clobbered[:5])}",
+            hint="move them away, then merge again",
         )
 
 
@@ -156,7 +169,7 @@ def _refuse_locked(repo: Repo, parents: list[str], names: list[str], allow: bool
     if allow:
         return
     for sha, name in zip(parents, names, strict=True):
-        if LOCK_RECORD_PATH in repo.tree_files(sha):
+        if is_locked(repo, sha):
             raise MvcError(
                 f"{name} ({sha[:12]}) is MergeLock'ed and cannot be merged",
                 hint="unlock it with its key, or pass --allow-locked to merge anyway",
@@ -195,109 +208,3 @@ def _params_for(options: MergeOptions, names: list[str], contributing: list[int]
             )
         per_name = {"HEAD": 1.0, **{n: float(w) for n, w in zip(names[1:], weights, strict=True)}}
     return options.params.replace(weights=tuple(per_name[names[i]] for i in contributing))
-
-
-def _executor(
-    repo: Repo,
-    aligned: Aligned,
-    params: MergeParams,
-    options: MergeOptions,
-    progress: Progress | None,
-) -> Executor:
-    """The executor for this merge; it also writes the merged model files in the repository's
-    scratch folder as it goes, so the work tree gets them without a second pass."""
-    return Executor(
-        repo.store,
-        aligned.manifests(aligned.base_files),
-        [aligned.manifests(files) for files in aligned.branch_files],
-        params,
-        resolve_device(options.device),
-        masks=options.masks,
-        progress=progress,
-        scratch=repo.scratch_dir(),
-    )
-
-
-def _taken(plan: MergePlan) -> int:
-    return sum(
-        1
-        for f in plan.files.values()
-        for t in f.tensors
-        if t.action in ("one-sided", "identical", "added")
-    )
-
-
-def _versions(device: ArrayOps) -> dict[str, str]:
-    """What computed the merge: numpy on the CPU, torch when a torch backend ran it."""
-    import numpy
-
-    import mvc
-
-    versions = {"mvc": mvc.__version__, "numpy": numpy.__version__}
-    if isinstance(device, TorchOps):
-        versions["torch"] = device.torch.__version__
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def build_record(
-    plan: MergePlan,
-    results,
-    base: str,
-    parents: list[str],
-    names: list[str],
-    contributing: list[int],
-    params: MergeParams,
-    options: MergeOptions,
-    device: ArrayOps,
-) -> dict[str, Any]:
-
-    files: dict[str, Any] = {}
-    mask_ids: set[str] = set()
-    for path, file_plan in plan.files.items():
-        entry: dict[str, Any] = {"action": file_plan.action, "kind": file_plan.kind}
-        if file_plan.action != "merged":
-            if file_plan.action not in ("base", "deleted"):
-                entry["source"] = contributing[file_plan.header_source]
-            files[path] = entry
-            continue
-        tensors = {}
-        for decision in file_plan.tensors:
-            item: dict[str, Any] = {"action": decision.action}
-            if decision.source is not None:
-                item["source"] = contributing[decision.source]
-            if decision.action == "resolve":
-                result = results[(path, decision.name)]
-                item["branches"] = [contributing[i] for i in result.branches]
-                item["strategy"] = result.strategy
-                if decision.params:
-                    item["params"] = dict(decision.params)
-                item["stats"] = result.stats.to_record()
-                item["output"] = list(result.entry.chunk_ids)
-                if result.mask_id:
-                    item["masks"] = result.mask_id
-                    mask_ids.add(result.mask_id)
-            tensors[decision.name] = item
-        entry["tensors"] = tensors
-        files[path] = entry
-    return {
-        "mvc": RECORD_KIND,
-        "schema_version": SCHEMA_VERSION,
-        "base": base,
-        "parents": parents,
-        "parent_names": names,
-        "contributing": contributing,
-        "strategy": options.strategy,
-        "preset": params.preset,
-        "params": params.to_record(),
-        "seed": params.seed,
-        "all_tensors": options.all_tensors,
-        "rules": [
-            {"match": r.pattern, "strategy": r.strategy, **dict(r.params)} for r in options.rules
-        ],
-        "masks": options.masks,
-        "device": str(device),
-        "versions": _versions(device),
-        "files": files,
-        "store_objects": sorted(mask_ids),
-    }

@@ -190,7 +190,7 @@ class Executor:
             if d.action != "deleted"
             and (
                 entry := self.base[file_plan.path].tensor(d.name)
-                if d.action == "resolve"
+                if d.action == "resolve" and d.entry is None
                 else d.entry
             )
             is not None
@@ -206,8 +206,11 @@ class Executor:
 
     def _copy_entry(self, sink: RowWriter, entry: TensorEntry) -> None:
         """Write a tensor taken as it is into the output file (decoded from the store)."""
-        for chunk in entry.chunks:
-            sink.write(entry.name, chunk.start, self.store.get_view(chunk.oid))
+        self._copy_chunks(sink, entry.name, entry.chunks)
+
+    def _copy_chunks(self, sink: RowWriter, name: str, chunks: Sequence[StoredChunk]) -> None:
+        for chunk in chunks:
+            sink.write(name, chunk.start, self.store.get_view(chunk.oid))
 
     # ------------------------------------------------------------------ tensors
     def _model_context(self, plan: MergePlan) -> Any:
@@ -272,10 +275,15 @@ class Executor:
                 for chunk in slices:
                     current_pass.update(chunk)
         writes = []
+        grown = decision.entry  # set when a branch appended rows: the output's shape
         for loaded, slices in source(False):
             parts = [self.ops.to_bytes(job.combine(chunk)) for chunk in slices]
             merged = parts[0] if len(parts) == 1 else b"".join(parts)
             layout = base_entry.chunks[loaded.index]
+            if grown is not None and loaded.index == len(base_entry.chunks) - 1:
+                layout = grown.chunks[loaded.index]  # the shared rows, then appended ones
+                tail = self.store.get_view(layout.oid)[memoryview(merged).nbytes :]
+                merged = b"".join((merged, tail))
             shape = (layout.stop - layout.start, *base_entry.shape[1:]) if base_entry.shape else ()
             oid = self._writer.put(
                 merged,
@@ -288,6 +296,10 @@ class Executor:
             if sink is not None:
                 size = memoryview(merged).nbytes
                 self._writer.submit(sink.write, decision.name, layout.start, merged, nbytes=size)
+        appended = grown.chunks[len(base_entry.chunks) :] if grown is not None else ()
+        if sink is not None and appended:
+            self._writer.submit(self._copy_chunks, sink, decision.name, appended)
+        out = grown or base_entry
         stats = job.stats()
         mask_write = None
         if stats.masks is not None:
@@ -301,7 +313,7 @@ class Executor:
         def finish() -> TensorEntry:
             stored = tuple(StoredChunk(lay.start, lay.stop, oid.result()) for lay, oid in writes)
             entry = TensorEntry(
-                decision.name, base_entry.dtype, base_entry.shape, base_entry.nbytes, stored
+                decision.name, out.dtype, out.shape, out.nbytes, stored + tuple(appended)
             )
             mask_id = None if mask_write is None else mask_write.result()
             self.results[(path, decision.name)] = TensorResult(
@@ -407,7 +419,9 @@ class Executor:
         layout = base.chunks[index]
         shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
         known = {layout.oid: self.store.get_view(layout.oid)}
-        raws = [self.store.get_view(e.chunks[index].oid, known=known) for e in inputs]
+        size = known[layout.oid].nbytes
+        # A branch that appended rows has a longer last chunk: its first rows are the base's.
+        raws = [self.store.get_view(e.chunks[index].oid, known=known)[:size] for e in inputs]
         return _Loaded(
             index,
             layout.start,

@@ -16,14 +16,15 @@ same alignment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mvc.errors import MvcError
 from mvc.repo.manifest import Manifest
 from mvc.repo.models import (
     Layout,
+    ModelView,
     folder_of,
     index_path,
     layout_index,
@@ -33,10 +34,6 @@ from mvc.repo.models import (
     sharded_layout,
     tensor_sizes,
 )
-from mvc.repo.worktree import is_model_path
-
-if TYPE_CHECKING:
-    from mvc.repo import Repo
 
 LAYOUT_SIDES = ("ours", "theirs")
 
@@ -72,10 +69,6 @@ class Aligned:
     # folder -> (whether its final shards get an index, the target's own index bytes)
     indexes: dict[str, tuple[bool, bytes | None]] = field(default_factory=dict)
 
-    @staticmethod
-    def manifests(files: Mapping[str, bytes]) -> dict[str, Manifest]:
-        return {p: Manifest.from_bytes(b, p) for p, b in files.items() if is_model_path(p)}
-
     def finish(self, output: dict[str, Manifest | bytes]) -> dict[str, Manifest | bytes]:
         """Drop shards left without tensors and give each model folder its shards' index."""
         for folder, (wanted, source_raw) in self.indexes.items():
@@ -92,8 +85,9 @@ class Aligned:
         return output
 
     def record(self) -> dict[str, Any] | None:
-        """The record's ``layout`` entry: present only when a folder was rewritten."""
-        if not self.realigned:
+        """The record's ``layout`` entry: present when the alignment rewrote a folder's
+        shards or its index (so ``verify`` repeats it with the same source)."""
+        if not self.realigned and not self.indexes:
             return None
         return {
             "source": self.choice.source,
@@ -107,16 +101,24 @@ def align(
     branch_files: Sequence[Mapping[str, bytes]],
     source_files: Mapping[str, bytes],
     choice: LayoutChoice,
+    manifests: Callable[[Mapping[str, bytes]], Mapping[str, Manifest]] | None = None,
 ) -> Aligned:
-    """Rewrite every model folder of the base and the branches into the target layout."""
+    """Rewrite every model folder of the base and the branches into the target layout.
+
+    ``manifests`` gives a side's already parsed model files (the merge pipeline parses each
+    blob once for the alignment, the planner and the executor)."""
+
+    def view(files: Mapping[str, bytes], folder: str) -> ModelView | None:
+        return model_view(files, folder, manifests(files) if manifests is not None else None)
+
     aligned = Aligned(dict(base_files), [dict(f) for f in branch_files], choice)
     sides = [aligned.base_files, *aligned.branch_files]
     for folder in sorted(model_folders([*sides, source_files])):
-        views = [model_view(files, folder) for files in sides]
+        views = [view(files, folder) for files in sides]
         present = [v for v in views if v is not None]
         if not present:
             continue
-        source = model_view(source_files, folder)
+        source = view(source_files, folder)
         target_view = source or next((v for v in views[1:] if v is not None), present[0])
         if choice.max_shard_size is not None:
             layout: Layout = sharded_layout(
@@ -134,22 +136,15 @@ def align(
             templates = target_view.shards if choice.max_shard_size is None else {}
             first = next(iter(target_view.shards.values()), None)
             metadata = first.header.metadata if first is not None else None
-            for i, view in enumerate(views):
-                if view is not None:
-                    sides[i] = realign(sides[i], view, layout, templates, metadata)
+            for i, side_view in enumerate(views):
+                if side_view is not None:
+                    sides[i] = realign(sides[i], side_view, layout, templates, metadata)
             aligned.realigned.append(folder)
         elif has_index:
-            for i, view in enumerate(views):
-                if view is not None:
+            for i, side_view in enumerate(views):
+                if side_view is not None:
                     sides[i].pop(index_path(folder), None)
         if moved or has_index:
             aligned.indexes[folder] = (layout.index, target_view.index_raw)
     aligned.base_files, aligned.branch_files = sides[0], sides[1:]
     return aligned
-
-
-def align_revisions(repo: Repo, base: str, branches: Sequence[str], choice: LayoutChoice) -> Aligned:
-    """:func:`align` over commits of ``repo``."""
-    source = choice.source
-    files = {sha: repo.files(sha) for sha in dict.fromkeys([base, *branches, source])}
-    return align(files[base], [files[sha] for sha in branches], files[source], choice)

@@ -9,7 +9,8 @@ tensor on chunk ids alone (no tensor bytes are read):
 - changed differently on several sides: resolved by the tensor's strategy, over the
   branches that changed it;
 - shape/dtype disagreements and delete-vs-modify: conflicts, all reported together, unless
-  the tensor's rule is `ours`/`theirs`.
+  the tensor's rule is `ours`/`theirs`; except rows appended on one branch (new tokens,
+  ``mvc.merge.growth``): the shared rows resolve, the appended ones come from that branch.
 
 With `all_tensors` every tensor present on every branch with one layout goes through its
 strategy (mergekit's behaviour, which knows no history). Ordinary files merge the same way
@@ -19,16 +20,17 @@ on their blob ids; a text file changed differently on two sides is a conflict.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mvc.errors import ConflictError, MvcError
 from mvc.formats.dtypes import get_dtype
+from mvc.merge.growth import appended_side
 from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import is_model_path
 
-RECORD_PREFIX = ".mvc/"
 SIDE_STRATEGIES = ("ours", "theirs")
 
 
@@ -58,6 +60,9 @@ class TensorDecision:
     strategy: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
+    # A resolve where branch `appended` grew the tensor along dim 0 (new token rows): the
+    # base's rows go through the strategy, the rest come from that branch (`entry`).
+    appended: int | None = None
 
 
 @dataclass
@@ -82,7 +87,11 @@ class MergePlan:
 
 
 class Planner:
-    """Builds a MergePlan from the base's and each branch's files (path -> raw blob)."""
+    """Builds a MergePlan from the base's and each branch's files (path -> raw blob).
+
+    ``parse`` turns a model file's blob into its manifest; the pipeline passes one that
+    parses each blob once and shares the result with the executor.
+    """
 
     def __init__(
         self,
@@ -91,12 +100,14 @@ class Planner:
         strategy: str,
         rules: Sequence[TensorRule] = (),
         all_tensors: bool = False,
+        parse: Callable[[bytes, str], Manifest] = Manifest.from_bytes,
     ) -> None:
         self.base = base_files
         self.branches = branch_files
         self.strategy = strategy
         self.rules = rules
         self.all_tensors = all_tensors
+        self.parse = parse
 
     def plan(self) -> MergePlan:
         paths = set(self.base).union(*self.branches)
@@ -150,7 +161,7 @@ class Planner:
     def _take(self, path: str, kind: str, action: str, blob: bytes | None) -> FilePlan:
         if blob is None:
             return FilePlan(path, kind, "deleted")
-        manifest = Manifest.from_bytes(blob, path) if kind == "model" else None
+        manifest = self.parse(blob, path) if kind == "model" else None
         return FilePlan(path, kind, action, blob=blob, manifest=manifest)
 
     # ------------------------------------------------------------------ tensors
@@ -161,8 +172,8 @@ class Planner:
         side_blobs: list[bytes | None],
         conflicts: list[str],
     ) -> FilePlan:
-        base = Manifest.from_bytes(base_blob, path).by_name() if base_blob else {}
-        sides = [Manifest.from_bytes(b, path).by_name() if b else None for b in side_blobs]
+        base = self.parse(base_blob, path).by_name() if base_blob else {}
+        sides = [self.parse(b, path).by_name() if b else None for b in side_blobs]
         header_source = next(i for i, s in enumerate(sides) if s is not None)
         names = list(base)
         for side in sides:
@@ -216,6 +227,19 @@ class Planner:
                 name, "conflict", reason="deleted on one branch, modified on another"
             )
         if not all(sides[i].same_layout(base) for i in changed):
+            grower, problem = appended_side(base, [sides[i] for i in changed])
+            if grower is not None:
+                return TensorDecision(
+                    name,
+                    "resolve",
+                    entry=sides[changed[grower]],
+                    branches=tuple(changed),
+                    strategy=strategy,
+                    params=params,
+                    appended=changed[grower],
+                )
+            if problem is not None:
+                return TensorDecision(name, "conflict", reason=problem)
             shapes = ", ".join(f"{sides[i].dtype}{list(sides[i].shape)}" for i in changed)
             return TensorDecision(name, "conflict", reason=f"shape/dtype differ ({shapes})")
         return TensorDecision(
@@ -249,17 +273,25 @@ def _same(a: TensorEntry | None, b: TensorEntry | None) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.chunk_ids == b.chunk_ids
 
 
+class MergeConflicts(ConflictError):
+    """The plan has conflicts; ``conflicts`` lists them all (the git driver reports them
+    to git one by one, the commands in one line)."""
+
+    def __init__(self, conflicts: list[str]) -> None:
+        shown = "; ".join(conflicts[:10]) + (
+            f"; and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        )
+        super().__init__(
+            f"merge stopped with {len(conflicts)} conflict(s), nothing written: {shown}",
+            hint="choose a side with --strategy ours|theirs, or give per-tensor rules with --config",
+        )
+        self.conflicts = conflicts
+
+
 def raise_conflicts(conflicts: list[str]) -> None:
     """Stop the merge, listing every conflict and how to resolve them."""
-    if not conflicts:
-        return
-    shown = "; ".join(conflicts[:10]) + (
-        f"; and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-    )
-    raise ConflictError(
-        f"merge stopped with {len(conflicts)} conflict(s), nothing written: {shown}",
-        hint="choose a side with --strategy ours|theirs, or give per-tensor rules with --config",
-    )
+    if conflicts:
+        raise MergeConflicts(conflicts)
 
 
 def load_rules(path: str) -> list[TensorRule]:

@@ -11,7 +11,13 @@ back to radix passes when the bracket misses. When one chunk holds the whole ten
 
 Ties at the threshold are broken by flat index (lowest first), which needs the number of
 threshold-valued elements before each chunk: one cheap extra counting pass, only when the
-threshold value is split between kept and dropped.
+threshold value is split between kept and dropped. ``TORCH_ORDER`` instead keeps the ties
+that mergekit 0.1.5 keeps (the first k of a descending, unstable ``torch.argsort`` of the
+whole tensor's |τ| on the CPU). That sort is a comparison sort whose tie order depends on
+every element, so no streaming rule reproduces it: a gathering pass holds the tensor's keys
+(4 bytes per element, as mergekit holds the whole tensor) and runs the same sort on them,
+once per split tensor. The permutation depends only on how keys compare, so the int32 keys
+give the same order as mergekit's fp32 |τ|.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ SAMPLE_STRIDE = 64
 MIN_SAMPLED = 256 * SAMPLE_STRIDE  # below this a whole tensor goes straight to kthvalue
 BINS = 1 << DIGIT
 _NONE_VALUE = (1 << 63) - 1  # no key exceeds it: a cut that keeps nothing
+INDEX_ORDER = "index"  # ties kept lowest flat index first (chunk-invariant, mvc's default)
+TORCH_ORDER = "torch"  # ties kept as torch's CPU argsort(descending=True) orders them
 
 
 def magnitude_keys(ops: ArrayOps, magnitude: Array, *, as_fp32: bool = False) -> Array:
@@ -229,7 +237,8 @@ class Cut:
 
     ``above`` selects keys > value (a top-k set), otherwise keys < value (a bottom-r set).
     ``offsets`` maps a chunk's first flat index to the count of equal keys before it; it is
-    needed only when the equal keys are split (0 < take < n_equal).
+    needed only when the equal keys are split (0 < take < n_equal). ``chosen``, when set,
+    replaces that rule: the sorted flat indices of the equal keys that are kept.
     """
 
     above: bool
@@ -237,6 +246,7 @@ class Cut:
     take: int = 0
     n_equal: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
+    chosen: np.ndarray | None = None
 
     @classmethod
     def everything(cls) -> Cut:
@@ -258,6 +268,10 @@ class Cut:
         if self.take >= self.n_equal:
             return keys >= self.value if self.above else keys <= self.value
         inside = keys > self.value if self.above else keys < self.value
+        if self.chosen is not None:
+            lo, hi = np.searchsorted(self.chosen, [flat_start, flat_start + keys.shape[0]])
+            inside[ops.from_numpy(self.chosen[lo:hi] - flat_start)] = True
+            return inside
         equal = keys == self.value
         rank = ops.cumsum(equal) - 1 + self.offsets[flat_start]
         return inside | (equal & (rank < self.take))
@@ -299,9 +313,15 @@ class Selection:
     """
 
     def __init__(
-        self, requests: list[Request], numel: int, dtype: str, keys=branch_magnitude_keys
+        self,
+        requests: list[Request],
+        numel: int,
+        dtype: str,
+        keys=branch_magnitude_keys,
+        tie_order: str = INDEX_ORDER,
     ) -> None:
         self.requests = requests
+        self.tie_order = tie_order
         self.numel = numel
         self.bits = key_bits(dtype)
         self.cuts: list[Cut] = []
@@ -343,7 +363,9 @@ class Selection:
                     )
                 )
         split = [i for i, cut in enumerate(cuts) if cut.split]
-        if split:
+        if split and self.tie_order == TORCH_ORDER:
+            yield from self._torch_ties(cuts, split, queries)
+        elif split:
             counts: dict[int, list[int]] = {i: [] for i in split}
             starts: list[int] = []
 
@@ -361,3 +383,27 @@ class Selection:
                     cuts[i].offsets[starts[j]] = running
                     running += counts[i][j]
         self.cuts = cuts
+
+    def _torch_ties(self, cuts: list[Cut], split: list[int], queries) -> Iterator[KeyPass]:
+        """Gather each split request's keys in flat order and keep the ties torch keeps."""
+        parts: dict[int, dict[int, np.ndarray]] = {i: {} for i in split}
+
+        def gather(keys, chunk):
+            for i in split:
+                key = chunk.ops.to_numpy(keys[self.requests[i].branch])
+                parts[i][chunk.flat_start] = np.array(key, copy=True)
+
+        yield KeyPass(gather, keys=self._keys)
+        for i in split:
+            cut, query = cuts[i], queries[i]
+            whole = np.concatenate([parts[i].pop(start) for start in sorted(parts[i])])
+            first = query.n_greater if cut.above else self.numel - query.n_greater - query.n_equal
+            cut.chosen = np.sort(_torch_ranked(whole, cut.above)[first : first + cut.take])
+
+
+def _torch_ranked(keys: np.ndarray, descending: bool) -> np.ndarray:
+    """Flat indices of ``keys`` in the order of torch's default (unstable) CPU argsort."""
+    import torch  # only here: a split tie under the mergekit preset
+
+    tensor = torch.from_numpy(keys)
+    return torch.argsort(tensor, descending=descending).numpy()

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dulwich.objects import Commit, ShaFile, Tree
-
 from mvc.remote.config import upstream
-from mvc.remote.negotiate import SUBMODULE_MODE
 from mvc.repo import Repo
-from mvc.repo.references import referenced_objects
 
 
 def checked_out_branches(repo: Repo, remote: str, heads: Iterable[str]) -> list[str]:
@@ -26,38 +22,6 @@ def checked_out_branches(repo: Repo, remote: str, heads: Iterable[str]) -> list[
     tracked = upstream(repo, branch)
     name = tracked[1] if tracked and tracked[0] == remote else branch
     return [name] if name in set(heads) else []
-
-
-def tensor_ids_at(repo: Repo, held: dict[str, ShaFile], commits: Iterable[str]) -> set[str]:
-    """Tensor objects the trees of `commits` reference (received or already local)."""
-
-    def get(sha: str) -> ShaFile:
-        return held[sha] if sha in held else repo.git[sha.encode()]
-
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack: list[tuple[str, str]] = []
-    for sha in commits:
-        commit = get(sha)
-        if isinstance(commit, Commit):
-            stack.append((commit.tree.decode(), ""))
-    while stack:
-        tree_sha, prefix = stack.pop()
-        if tree_sha in done:
-            continue
-        done.add(tree_sha)
-        tree = get(tree_sha)
-        if not isinstance(tree, Tree):
-            continue
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
-    return ids
 
 
 def missing_live_objects(repo: Repo) -> list[str]:

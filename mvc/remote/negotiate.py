@@ -9,7 +9,7 @@ minus those the remote lists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dulwich.object_store import MissingObjectFinder, iter_tree_contents
 from dulwich.objects import Commit, ShaFile, Tree
@@ -53,6 +53,36 @@ def referenced_tensor_ids(repo: Repo, commits: Iterable[str], blobs: set[str]) -
                 continue
             seen.add(entry.sha)
             ids.update(referenced_objects(entry.path.decode(), repo.read_blob(entry.sha)))
+    return ids
+
+
+def tree_tensor_ids(
+    repo: Repo, trees: Iterable[str], get: Callable[[str], ShaFile | None]
+) -> set[str]:
+    """Tensor objects referenced by the model files and records under `trees`.
+
+    `get` gives a tree by id; a tree it does not give (None, or not a tree) is not walked,
+    which lets a fetch walk only the trees it received.
+    """
+    ids: set[str] = set()
+    done: set[str] = set()
+    stack = [(sha, "") for sha in trees]
+    while stack:
+        tree_sha, prefix = stack.pop()
+        if tree_sha in done:
+            continue
+        done.add(tree_sha)
+        tree = get(tree_sha)
+        if not isinstance(tree, Tree):
+            continue
+        for entry in tree.iteritems():
+            path = prefix + entry.path.decode()
+            if entry.mode == SUBMODULE_MODE:
+                continue
+            if entry.mode & 0o040000:
+                stack.append((entry.sha.decode(), path + "/"))
+            else:
+                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
     return ids
 
 

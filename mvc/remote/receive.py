@@ -6,7 +6,8 @@ first once the whole graph has arrived, so a tree or commit present in `.git` al
 everything below it: an interrupted fetch resumes from the blobs it kept, and "present
 locally" stays a safe reason to stop walking.
 
-Tensor objects: `ObjectStore.write_raw` decodes and checks every id (bases included). A
+Tensor objects: `ObjectStore.write_raw` decodes and checks every id, each object once: a
+delta is checked against its base's bytes, which were checked when the base was stored. A
 delta whose base has not arrived yet waits in `.git/mvc/incoming/` (never in memory), so a
 clone of a long delta chain stays bounded in memory and an interrupted one keeps what it
 downloaded.
@@ -15,20 +16,20 @@ downloaded.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dulwich.objects import Blob, Commit, ShaFile, Tree
+from dulwich.objects import Blob, Commit, ShaFile
 
 from mvc.errors import CorruptObjectError, FormatError
 from mvc.files import TEMP_PREFIX, atomic_write
 from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
-from mvc.remote.negotiate import SUBMODULE_MODE, children
+from mvc.remote.negotiate import children, tree_tensor_ids
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
-from mvc.repo.references import referenced_objects
 from mvc.store.codecs import CodecError
 from mvc.store.objfile import parse_header
 
@@ -129,26 +130,26 @@ def write_graph(repo: Repo, held: dict[str, ShaFile]) -> None:
             stack.extend((c, False) for c in children(held[sha]) if c in held)
 
 
-def tensor_ids_of(repo: Repo, held: dict[str, ShaFile]) -> set[str]:
-    """Tensor objects referenced by blobs under the received (not yet written) trees."""
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack = [(obj.tree.decode(), "") for obj in held.values() if isinstance(obj, Commit)]
-    while stack:
-        tree_sha, prefix = stack.pop()
-        tree = held.get(tree_sha)
-        if not isinstance(tree, Tree) or tree_sha in done:
-            continue  # a tree already present locally has its objects locally
-        done.add(tree_sha)
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
-    return ids
+def tensor_ids_of(
+    repo: Repo, held: dict[str, ShaFile], commits: Iterable[str] | None = None
+) -> set[str]:
+    """Tensor objects referenced by blobs under the trees of `commits`.
+
+    Without `commits`: under every received (not yet written) commit, walking received
+    trees only, since a tree already present locally has its objects locally in a complete
+    repository. With `commits` (a lazy fetch's branch tips): their whole trees, received
+    or local, since a lazy repository lacks objects under local trees too.
+    """
+    whole = commits is not None
+    roots = commits if whole else [sha for sha, obj in held.items() if isinstance(obj, Commit)]
+
+    def get(sha: str) -> ShaFile | None:
+        if sha in held:
+            return held[sha]
+        return repo.git[sha.encode()] if whole else None
+
+    trees = [commit.tree.decode() for sha in roots if isinstance(commit := get(sha), Commit)]
+    return tree_tensor_ids(repo, trees, get)
 
 
 def receive_tensors(
@@ -158,20 +159,34 @@ def receive_tensors(
     pool: ThreadPoolExecutor,
     progress: Tally,
 ) -> None:
-    """Fetch and verify the tensor objects in `ids` (and delta bases) not stored locally."""
+    """Fetch and verify the tensor objects in `ids` (and delta bases) not stored locally.
+
+    Each object is decoded and checked once, in the pass that stores it: a delta that
+    arrives before its base waits (spilled) in a list under that base, and the worker that
+    stores the base stores the waiting deltas next, against the base's bytes it has just
+    decoded, instead of decoding the base's chain again for each of them.
+    """
     store = repo.store
     incoming = repo.mvc_dir / INCOMING_DIR
     todo = [oid for oid in dict.fromkeys(ids) if not store.has(oid)]
     requested = set(todo)
     waiting: dict[str, str] = {}
+    children: dict[str, list[str]] = {}  # base -> spilled deltas waiting for it
+    lock = threading.Lock()
 
-    def keep(oid: str, data: bytes) -> None:
+    def keep(oid: str, data: bytes, known: dict[str, memoryview] | None = None) -> None:
         try:
-            store.write_raw(oid, data)
+            decoded = store.write_raw(oid, data, known)
         except (CorruptObjectError, FormatError) as err:
             (incoming / oid).unlink(missing_ok=True)
             raise _bad("object", oid, transport.url, err.message) from None
         (incoming / oid).unlink(missing_ok=True)
+        with lock:
+            ready = children.pop(oid, [])
+        for child in ready:  # bounded: a chain is at most MAX_DELTA_DEPTH deep
+            spilled = incoming / child
+            if spilled.is_file():
+                keep(child, spilled.read_bytes(), {oid: decoded} if decoded else None)
 
     def one(oid: str) -> str | None:
         spilled = incoming / oid
@@ -189,7 +204,12 @@ def receive_tensors(
             return None
         if not spilled.is_file():
             _write_spill(incoming, oid, data)
-        return base
+        with lock:
+            if not store.has(base):
+                children.setdefault(base, []).append(oid)
+                return base
+        keep(oid, data)  # the base was stored while this delta was being spilled
+        return None
 
     while todo:
         following = []
@@ -201,14 +221,14 @@ def receive_tensors(
                 requested.add(base)
                 following.append(base)
         todo = following
-    while waiting:
+    waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
+    while waiting:  # only left by a resumed fetch whose bases were kept earlier
         ready = [oid for oid, base in waiting.items() if store.has(base)]
         if not ready:
             oid, base = next(iter(waiting.items()))
             raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
         list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
-        for oid in ready:
-            del waiting[oid]
+        waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
     if incoming.is_dir() and not any(incoming.iterdir()):
         incoming.rmdir()
 

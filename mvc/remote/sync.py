@@ -34,7 +34,7 @@ from mvc.remote.layout import (
     parse_head,
     tensor_object_key,
 )
-from mvc.remote.lazy import checked_out_branches, missing_live_objects, tensor_ids_at
+from mvc.remote.lazy import checked_out_branches, missing_live_objects
 from mvc.remote.negotiate import (
     git_objects_missing,
     referenced_tensor_ids,
@@ -118,22 +118,29 @@ def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str,
 # ---------------------------------------------------------------------------------- push
 def push(
     repo: Repo,
-    remote: str = "origin",
+    remote: str | None = None,
     branch: str | None = None,
     force: bool = False,
     *,
     endpoint: str | None = None,
     set_upstream_branch: bool = False,
+    paranoid: bool = False,
     quiet: bool = False,
     workers: int = DEFAULT_WORKERS,
 ) -> TransferReport:
     """Send `branch` (default: the current one) and everything it needs, then move its ref.
 
-    Without `force` the remote branch must be an ancestor of ours; with it, the ref is
-    still replaced only if nobody moved it since we looked (a lease, never a blind write).
+    `remote` defaults to the branch's upstream, else origin, as for `pull`. Without
+    `force` the remote branch must be an ancestor of ours; with it, the ref is still
+    replaced only if nobody moved it since we looked (a lease, never a blind write).
+    Tensor objects go as stored, each checked intact by its checksum (verified against its
+    id when it was written); `paranoid` decodes and verifies each one again first.
     """
-    target = resolve_remote(repo, remote, endpoint)
     branch = branch or repo.current_branch()
+    if remote is None:
+        tracked = upstream(repo, branch) if branch else None
+        remote = tracked[0] if tracked else "origin"
+    target = resolve_remote(repo, remote, endpoint)
     if branch is None:
         raise MvcError("HEAD is detached; name the branch to push")
     local_ref = f"refs/heads/{branch}".encode()
@@ -154,7 +161,7 @@ def push(
             )
     with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
         if old != local:
-            _send_objects(repo, transport, local, pool, report, quiet)
+            _send_objects(repo, transport, local, pool, report, quiet, paranoid)
             if not transport.exists(CONFIG_KEY):
                 transport.put(CONFIG_KEY, BARE_CONFIG)
             transport.cas_ref(ref, f"{local}\n".encode(), token)
@@ -181,6 +188,7 @@ def _send_objects(
     pool: ThreadPoolExecutor,
     report: TransferReport,
     quiet: bool,
+    paranoid: bool,
 ) -> None:
     haves = set(remote_branches(transport, pool).values())
     git_ids = git_objects_missing(repo, [local], haves)
@@ -194,7 +202,10 @@ def _send_objects(
 
     def send_tensor(oid: str) -> None:
         data = repo.store.read_raw(oid)
-        repo.store.verify(oid, data)
+        if paranoid:
+            repo.store.verify(oid, data)
+        else:
+            repo.store.check_intact(oid, data)
         transport.put(tensor_object_key(oid), data)
         progress.add(len(data))
 
@@ -266,7 +277,7 @@ def fetch(
             used = branches if branches is not None else checked_out_branches(
                 repo, target.name, heads
             )
-            ids = tensor_ids_at(repo, held, [heads[b] for b in used])
+            ids = tensor_ids_of(repo, held, [heads[b] for b in used])
         else:
             ids = tensor_ids_of(repo, held)
         wanted = [oid for oid in ids if not repo.store.has(oid)]

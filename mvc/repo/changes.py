@@ -8,7 +8,7 @@ its manifest. Stat data decides what needs reading at all, as in git.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,11 @@ from typing import Any
 from dulwich.objects import Blob
 
 from mvc.errors import FormatError, NotFoundError
+from mvc.formats.safetensors import Header, read_header
 from mvc.repo.core import RepoCore
 from mvc.repo.ingest import ingest_file, manifest_ids_only
 from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.models import check_folders_on_disk
 from mvc.repo.refs import current_branch, head
 from mvc.repo.staging import Staging, store_blob
 from mvc.repo.trees import tree_files
@@ -63,13 +65,26 @@ def add(repo: RepoCore, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 def stage(repo: RepoCore, staging: Staging, rels: list[str]) -> list[str]:
-    """Store the files whose stat changed and point the index at them; the changed ones."""
+    """Store the files whose stat changed and point the index at them; the changed ones.
+
+    Every model header is read (and validated) once, up front, so a malformed file
+    refuses the whole add before anything is written; ingesting reuses it.
+    """
     todo = [rel for rel in rels if not staging.stat_matches(rel, repo.root / rel)]
-    _validate_model_headers(repo, todo)
+    headers = _model_headers(repo, todo)
+    check_folders_on_disk(repo.root, todo)  # a model folder must be one unambiguous model
+    bases = _DeltaBases(repo, staging)
     changed = []
     for rel in todo:
         file_path = repo.root / checked_path(rel)
-        blob_id = _store_file(repo, staging, rel, file_path)
+        if rel in headers:
+            manifest = _ingest(repo, rel, file_path, bases.of(rel), headers[rel])
+            bases.staged(rel, manifest)
+            blob_id = store_blob(repo.git, manifest.to_bytes())
+        elif file_path.is_symlink():
+            blob_id = store_blob(repo.git, os.readlink(file_path).encode())
+        else:
+            blob_id = store_blob(repo.git, file_path.read_bytes())
         previous = staging.get(rel)
         if previous is None or previous.blob_id != blob_id:
             changed.append(rel)
@@ -77,48 +92,71 @@ def stage(repo: RepoCore, staging: Staging, rels: list[str]) -> list[str]:
     return changed
 
 
-def _validate_model_headers(repo: RepoCore, rels: list[str]) -> None:
-    """Refuse the whole add before anything is written if any model file is malformed."""
-    from mvc.formats.safetensors import read_header
-
+def _model_headers(repo: RepoCore, rels: list[str]) -> dict[str, Header]:
+    """The validated header of every model file among `rels`; the first bad one refuses."""
+    headers = {}
     for rel in rels:
         if is_model_path(rel):
             try:
-                read_header(repo.root / rel)
+                headers[rel] = read_header(repo.root / rel)
             except FormatError as err:
                 raise FormatError(f"{rel}: {err.message}", hint=err.hint) from None
+    return headers
 
 
-def _store_file(repo: RepoCore, staging: Staging, rel: str, file_path: Path) -> bytes:
-    if not is_model_path(rel):
-        if file_path.is_symlink():
-            return store_blob(repo.git, os.readlink(file_path).encode())
-        return store_blob(repo.git, file_path.read_bytes())
-    previous = _previous_tensors(repo, staging, rel)
+def _ingest(
+    repo: RepoCore,
+    rel: str,
+    file_path: Path,
+    previous: Mapping[str, TensorEntry],
+    header: Header,
+) -> Manifest:
     try:
-        manifest = ingest_file(repo.store, file_path, previous)
+        return ingest_file(repo.store, file_path, previous, header=header)
     except FormatError as err:
         raise FormatError(f"{rel}: {err.message}", hint=err.hint) from None
-    return store_blob(repo.git, manifest.to_bytes())
 
 
-def _previous_tensors(repo: RepoCore, staging: Staging, rel: str) -> dict[str, TensorEntry]:
-    """Delta bases for a model file: its staged version, else its folder's other shards."""
-    staged = staging.get(rel)
-    if staged is not None:
-        try:
-            return Manifest.from_bytes(repo.read_blob(staged.blob_id), rel).by_name()
-        except (FormatError, KeyError):
-            return {}
-    folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
-    merged: dict[str, TensorEntry] = {}
-    for path in staging.paths():
-        same_folder = (path.rsplit("/", 1)[0] if "/" in path else "") == folder
-        if same_folder and is_model_path(path):
-            entry = staging.get(path)
-            if entry is not None:
-                merged.update(Manifest.from_bytes(repo.read_blob(entry.blob_id), path).by_name())
-    return merged
+class _DeltaBases:
+    """Delta bases for the model files of one add: a file's staged version, else the
+    tensors of the other shards in its folder.
+
+    A folder's shards are read from the index once, when its first new file needs them,
+    and each file stored afterwards joins them, so adding n shards reads O(n) manifests
+    rather than every sibling again for every shard.
+    """
+
+    def __init__(self, repo: RepoCore, staging: Staging) -> None:
+        self._repo = repo
+        self._staging = staging
+        self._folders: dict[str, dict[str, TensorEntry]] = {}
+
+    def of(self, rel: str) -> Mapping[str, TensorEntry]:
+        staged = self._staging.get(rel)
+        if staged is not None:
+            try:
+                return Manifest.from_bytes(self._repo.read_blob(staged.blob_id), rel).by_name()
+            except (FormatError, KeyError):
+                return {}
+        folder = _folder(rel)
+        if folder not in self._folders:
+            merged: dict[str, TensorEntry] = {}
+            for path in self._staging.paths():
+                entry = self._staging.get(path)
+                if entry is not None and is_model_path(path) and _folder(path) == folder:
+                    blob = self._repo.read_blob(entry.blob_id)
+                    merged.update(Manifest.from_bytes(blob, path).by_name())
+            self._folders[folder] = merged
+        return self._folders[folder]
+
+    def staged(self, rel: str, manifest: Manifest) -> None:
+        """`rel` now holds `manifest`: later new files of its folder may delta against it."""
+        if _folder(rel) in self._folders:
+            self._folders[_folder(rel)].update(manifest.by_name())
+
+
+def _folder(rel: str) -> str:
+    return rel.rsplit("/", 1)[0] if "/" in rel else ""
 
 
 def rm(

@@ -21,6 +21,7 @@ from mvc.repo.changes import content_blob_id, status
 from mvc.repo.core import RepoCore
 from mvc.repo.ingest import materialize
 from mvc.repo.manifest import Manifest
+from mvc.repo.promised import prefetch_checkout
 from mvc.repo.refs import create_branch, head, resolve, tracking_candidate
 from mvc.repo.staging import Staging, store_blob
 from mvc.repo.trees import TreeFiles, tree_files
@@ -124,10 +125,14 @@ def stage_tree(
     repo: RepoCore,
     files: Mapping[str, Manifest | bytes],
     prewritten: Mapping[str, Path] | None = None,
+    force: bool = False,
 ) -> None:
-    """Write a library-built file set into the work tree and index, without committing."""
+    """Write a library-built file set into the work tree and index, without committing.
+
+    ``force`` skips the dirty check, for a caller that made it under the same lock (a merge).
+    """
     with repo.locked():  # every git write happens under the lock (see mvc.repo.recovery)
-        move_worktree(repo, head(repo), built_target(repo, files, prewritten), False)
+        move_worktree(repo, head(repo), built_target(repo, files, prewritten), force)
 
 
 def move_worktree(repo: RepoCore, old: str | None, target: Target, force: bool) -> None:
@@ -141,6 +146,7 @@ def apply_files(repo: RepoCore, old_files: TreeFiles, target: Target, force: boo
     staging = Staging(repo.git)
     if not force:
         _refuse_if_dirty(repo, staging, old_files, new_files)
+    prefetch_checkout(repo, old_files, new_files)  # a lazy clone's objects, before writing
     for path, (blob_id, mode) in sorted(new_files.items()):
         current = staging.get(path)
         unchanged = (

@@ -103,6 +103,7 @@ def commit_tree(
     update_ref: bool = True,
     update_worktree: bool = True,
     prewritten: Mapping[str, Path] | None = None,
+    force: bool = False,
 ) -> str:
     """Commit a complete file set built in the library (merge, unmerge, lock results).
 
@@ -110,7 +111,8 @@ def commit_tree(
     current branch moves to the new commit (CAS against its parent); with
     `update_worktree` the work tree and index follow it. `prewritten` maps paths to
     files already holding their exact content (in `scratch_dir()`), which are moved
-    into the work tree instead of being written again from the store.
+    into the work tree instead of being written again from the store. `force` skips the
+    dirty check, for a caller that made it itself under the same lock (a merge).
     """
     from dulwich.index import commit_tree as write_tree
 
@@ -125,7 +127,7 @@ def commit_tree(
                 # written, the next command rolls the commit forward (see RepoCore.locked).
                 journal = f"{old_head or '-'} {sha}\n".encode()
                 atomic_write(_pending_path(repo), journal, mode=0o644)
-                apply_files(repo, tree_files(repo, old_head), target, force=False)
+                apply_files(repo, tree_files(repo, old_head), target, force=force)
             move_branch(repo, old_head, sha, f"commit: {message.splitlines()[0]}")
             _pending_path(repo).unlink(missing_ok=True)
     return sha

@@ -9,10 +9,15 @@ if TYPE_CHECKING:
 
 
 def changed_files(repo: Repo, commit_id: str) -> dict[str, str]:
-    """path -> added|modified|deleted, against the commit's first parent."""
+    """path -> added|modified|deleted, against the commit's first parent.
+
+    A shallow clone's boundary commit has parents that are not here: like git, it is
+    shown as adding every file it holds."""
     info = repo.commit_info(commit_id)
     new = repo.tree_files(info.id)
-    old = repo.tree_files(info.parents[0]) if info.parents else {}
+    parent = info.parents[0] if info.parents else None
+    present = parent is not None and parent.encode() in repo.git.object_store
+    old = repo.tree_files(parent) if present else {}
     changes = {}
     for path in sorted(set(old) | set(new)):
         if path not in old:

@@ -1,7 +1,8 @@
 """Moving model files between the work tree and the object store.
 
 `ingest` turns a safetensors file into a manifest, storing each row chunk as an object
-(delta-encoded against the same chunk of the previous version when there is one);
+(delta-encoded against the same chunk of the previous version when there is one, also when
+the tensor grew along dim 0);
 `materialize` writes a manifest back out as the byte-identical file. Both stream chunk by
 chunk from a memory map, so memory stays bounded by a few chunks whatever the model size.
 """
@@ -13,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mvc.formats.dtypes import get_dtype
-from mvc.formats.safetensors import SafetensorsFile, TensorInfo, write_safetensors
+from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo, write_safetensors
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
+from mvc.store.bases import grows_from
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES, row_chunks
 
 
@@ -24,16 +26,18 @@ def ingest_file(
     path: Path,
     previous: Mapping[str, TensorEntry] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    header: Header | None = None,
 ) -> Manifest:
     """Store every chunk of a safetensors file and return its manifest.
 
     `previous` maps tensor names to their entries in the parent version; a chunk whose
-    tensor kept its dtype and shape is offered to the store as a delta base. The requests
+    tensor kept its dtype and shape is offered to the store as a delta base. `header`,
+    when the caller already validated the file's header, is not parsed again. The requests
     are zero-copy views of the memory map; `put_many` bounds how many are being compressed
     and written at once, and overlaps their fsyncs.
     """
     previous = previous or {}
-    with SafetensorsFile(path) as sf:
+    with SafetensorsFile(path, header) as sf:
         layout = []
         requests = []
         rows: list[tuple[str, int, int]] = []  # per request: the rows it reads
@@ -89,7 +93,6 @@ def iter_entry_bytes(store: ObjectStore, entry: TensorEntry) -> Iterator[bytes]:
 
 def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
     """Write the byte-identical safetensors file for `manifest` (atomically)."""
-    store.prefetch(manifest.object_ids())  # a lazy clone's missing chunks, in one batch
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, manifest.header_raw, iter_file_chunks(store, manifest))
 
@@ -127,9 +130,14 @@ def _chunk_view(sf: SafetensorsFile, info: TensorInfo, start: int, stop: int) ->
 def _delta_base(
     base_entry: TensorEntry | None, info: TensorInfo, index: int, start: int, stop: int
 ) -> str | None:
-    if base_entry is None or base_entry.dtype != info.dtype:
+    """The parent's chunk ``index`` when it holds these rows, or their first rows (a tensor
+    that grew along dim 0: its old rows delta on the parent's, appended rows cost what they
+    cost plainly; chunks wholly past the parent's rows have no base)."""
+    if base_entry is None or base_entry.dtype != info.dtype or index >= len(base_entry.chunks):
         return None
-    if base_entry.shape != tuple(info.shape) or index >= len(base_entry.chunks):
+    if not grows_from(base_entry.shape, info.shape):
         return None
     chunk = base_entry.chunks[index]
-    return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
+    if base_entry.shape == tuple(info.shape):
+        return chunk.oid if (chunk.start, chunk.stop) == (start, stop) else None
+    return chunk.oid if chunk.start == start and chunk.stop <= stop else None

@@ -19,8 +19,9 @@ ids, so moving a tensor between shards moves only its entry).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mvc.errors import FormatError
 from mvc.formats.hf import INDEX_NAME, index_bytes, parse_index
@@ -102,24 +103,30 @@ def model_view(
     index_raw = files.get(index_path(folder))
     if not shards and index_raw is None:
         return None
-    where: dict[str, str] = {}
-    for path, manifest in shards.items():
-        for entry in manifest.tensors:
-            if entry.name in where:
-                raise FormatError(
-                    f"model {_label(folder)}: tensor {short(entry.name)} is in both "
-                    f"{where[entry.name]} and {path}",
-                    hint="a model folder's shards must hold each tensor once; move a file "
-                    "that is another model into a folder of its own",
-                )
-            where[entry.name] = path
+    where = _locate(folder, {p: (e.name for e in m.tensors) for p, m in shards.items()})
     if index_raw is not None:
         _check_index(folder, index_raw, shards, where)
     return ModelView(folder, shards, index_raw, where)
 
 
+def _locate(folder: str, names: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """Tensor name -> the shard holding it; a name in two shards is refused."""
+    where: dict[str, str] = {}
+    for path, shard_names in names.items():
+        for name in shard_names:
+            if name in where:
+                raise FormatError(
+                    f"model {_label(folder)}: tensor {short(name)} is in both "
+                    f"{where[name]} and {path}",
+                    hint="a model folder's shards must hold each tensor once; move a file "
+                    "that is another model into a folder of its own",
+                )
+            where[name] = path
+    return where
+
+
 def _check_index(
-    folder: str, raw: bytes, shards: Mapping[str, Manifest], where: Mapping[str, str]
+    folder: str, raw: bytes, shards: Collection[str], where: Mapping[str, str]
 ) -> None:
     """The index must describe the folder's shards exactly."""
     where_index = index_path(folder)
@@ -139,6 +146,30 @@ def _check_index(
     for name, path in where.items():
         if name not in weight_map:
             raise FormatError(f"{where_index}: does not list tensor {short(name)} of {path}")
+
+
+def check_folders_on_disk(root: Path, rels: Iterable[str]) -> None:
+    """Refuse to stage files of a model folder that is not one unambiguous model.
+
+    For every folder of ``rels`` (repository paths) that is a model folder on disk, reads
+    its shards' headers (not their data) and its index, and applies the same checks as
+    :func:`model_view`, so a hostile index or two shards holding one tensor never enter a
+    commit.
+    """
+    from mvc.formats.safetensors import read_header
+
+    for folder in sorted({folder_of(r) for r in rels}):
+        base = root / folder if folder else root
+        names = {n for n in (INDEX_NAME, CONFIG_NAME) if (base / n).is_file()}
+        if not names:
+            continue
+        shard_paths = sorted(
+            _join(folder, p.name) for p in base.iterdir() if p.is_file() and is_model_path(p.name)
+        )
+        headers = {p: read_header(root / p) for p in shard_paths}
+        where = _locate(folder, {p: (t.name for t in h.tensors) for p, h in headers.items()})
+        if INDEX_NAME in names:
+            _check_index(folder, (base / INDEX_NAME).read_bytes(), shard_paths, where)
 
 
 def model_views(

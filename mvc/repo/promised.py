@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 
 from dulwich.object_store import iter_tree_contents
 
+from mvc.repo.manifest import Manifest
 from mvc.repo.references import referenced_objects
+from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
     from mvc.repo.core import RepoCore as Repo
+    from mvc.repo.trees import TreeFiles
 
 PROMISOR_KEY = b"promisor"
 
@@ -47,6 +50,18 @@ def set_promisor(repo: Repo, remote: str | None) -> None:
         if remote is not None:
             config.set((b"remote", remote.encode()), PROMISOR_KEY, b"true")
         config.write_to_path()
+
+
+def prefetch_checkout(repo: Repo, old: TreeFiles, new: TreeFiles) -> None:
+    """Before a checkout writes anything: fetch, in one batch, the missing objects of the
+    model files it will write, so an unreachable remote stops it with nothing changed."""
+    ids = [
+        oid
+        for path, (blob, _) in new.items()
+        if is_model_path(path) and old.get(path, (None,))[0] != blob
+        for oid in Manifest.from_bytes(repo.read_blob(blob), path).object_ids()
+    ]
+    repo.store.prefetch(ids)
 
 
 def promised_commits(repo: Repo, remote: str) -> list[bytes]:

@@ -12,7 +12,7 @@ from typing import Any
 from mvc.errors import MvcError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import build_header, plan_layout
-from mvc.formats.torch_io import state_dict_specs, tensor_bytes, to_torch
+from mvc.formats.torch_io import dtype_name, state_dict_specs, tensor_bytes, to_torch
 from mvc.repo.commits import commit_tree
 from mvc.repo.core import RepoCore
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
@@ -32,40 +32,50 @@ def manifest_from_state_dict(
     """Store every tensor of `state_dict` chunk by chunk and return the file's manifest."""
     specs = state_dict_specs(state_dict)
     header_raw = build_header(specs, dict(metadata) if metadata else None)
-    infos = plan_layout(specs)
-    entries = []
-    for info in infos:
-        data = memoryview(tensor_bytes(state_dict[info.name]))
-        itemsize = get_dtype(info.dtype).itemsize
-        shape = tuple(info.shape)
-        row_bytes = itemsize
-        for dim in shape[1:]:
-            row_bytes *= dim
-        base_entry = previous.get(info.name)
-        chunks = []
-        for index, (start, stop) in enumerate(row_chunks(shape, itemsize)):
-            piece = data[start * row_bytes : stop * row_bytes] if shape else data
-            chunk_shape = (stop - start, *shape[1:]) if shape else ()
-            base = None
-            if (
-                base_entry is not None
-                and base_entry.dtype == info.dtype
-                and base_entry.shape == shape
-                and index < len(base_entry.chunks)
-            ):
-                base = base_entry.chunks[index].oid
-            chunks.append(Chunk(start, stop, store.put(piece, info.dtype, chunk_shape, base)))
-        entries.append(TensorEntry(info.name, info.dtype, shape, info.nbytes, tuple(chunks)))
+    entries = [
+        store_tensor(store, info.name, state_dict[info.name], previous.get(info.name))
+        for info in plan_layout(specs)
+    ]
     return Manifest(header_raw=header_raw, tensors=tuple(entries))
+
+
+def store_tensor(
+    store: ObjectStore, name: str, tensor: Any, base_entry: TensorEntry | None = None
+) -> TensorEntry:
+    """Store one torch tensor chunk by chunk (each chunk a delta candidate against the same
+    chunk of ``base_entry`` when the layout matches) and return its manifest entry."""
+    dtype = dtype_name(tensor.dtype)
+    data = memoryview(tensor_bytes(tensor))
+    itemsize = get_dtype(dtype).itemsize
+    shape = tuple(tensor.shape)
+    row_bytes = itemsize
+    for dim in shape[1:]:
+        row_bytes *= dim
+    chunks = []
+    for index, (start, stop) in enumerate(row_chunks(shape, itemsize)):
+        piece = data[start * row_bytes : stop * row_bytes] if shape else data
+        chunk_shape = (stop - start, *shape[1:]) if shape else ()
+        base = None
+        if (
+            base_entry is not None
+            and base_entry.dtype == dtype
+            and base_entry.shape == shape
+            and index < len(base_entry.chunks)
+        ):
+            base = base_entry.chunks[index].oid
+        chunks.append(Chunk(start, stop, store.put(piece, dtype, chunk_shape, base)))
+    return TensorEntry(name, dtype, shape, len(data), tuple(chunks))
+
+
+def load_tensor(store: ObjectStore, entry: TensorEntry) -> Any:
+    """One stored tensor as a torch tensor (a copy it owns)."""
+    data = bytearray(b"".join(store.get(chunk.oid) for chunk in entry.chunks))
+    return to_torch(data, entry.dtype, entry.shape)
 
 
 def state_dict_from_manifest(store: ObjectStore, manifest: Manifest) -> dict[str, Any]:
     """Load every tensor of a manifest into a torch tensor."""
-    result = {}
-    for entry in manifest.tensors:
-        data = b"".join(store.get(chunk.oid) for chunk in entry.chunks)
-        result[entry.name] = to_torch(bytearray(data), entry.dtype, entry.shape)
-    return result
+    return {entry.name: load_tensor(store, entry) for entry in manifest.tensors}
 
 
 def commit_state_dict(

@@ -3,6 +3,9 @@
 Row chunks are the unit the repository stores as objects: a tensor of a given shape and
 dtype always splits the same way, so a chunk of the parent version pairs with the chunk of
 the same index as its delta base, and a change to a few rows touches only their chunks.
+Boundaries sit at fixed row offsets from the start of the tensor (multiples of a row count
+that depends on the row size only), so appending rows (new token embeddings) leaves every
+earlier chunk byte-identical, hence the same object, and only the last one grows.
 
 Pieces are smaller (``PIECE_BYTES``) independent zstd units inside one object, so that
 compressing or decompressing one large object keeps both cores busy.
@@ -22,10 +25,10 @@ def row_chunks(
 ) -> list[tuple[int, int]]:
     """Row ranges ``[(start, stop), ...]`` of dim 0, each at most ``target_bytes`` when possible.
 
-    The rows are split into the fewest chunks that respect the target, with sizes differing
-    by at most one row (so no tiny tail chunk). A single row larger than the target is a
-    chunk of its own. 0-d tensors and tensors with no elements are one chunk; for a 0-d
-    tensor that chunk is ``(0, 1)``, for an empty dim 0 it is ``(0, 0)``.
+    Every chunk but the last holds exactly ``target_bytes // row_bytes`` rows (at least one:
+    a single row larger than the target is a chunk of its own), so the boundaries do not
+    depend on the number of rows. 0-d tensors and tensors with no elements are one chunk;
+    for a 0-d tensor that chunk is ``(0, 1)``, for an empty dim 0 it is ``(0, 0)``.
     """
     if target_bytes <= 0:
         raise ValueError("target_bytes must be positive")
@@ -36,15 +39,7 @@ def row_chunks(
     if rows == 0 or row_bytes == 0:
         return [(0, rows)]
     rows_per_chunk = max(1, target_bytes // row_bytes)
-    count = -(-rows // rows_per_chunk)
-    base, extra = divmod(rows, count)
-    ranges = []
-    start = 0
-    for i in range(count):
-        stop = start + base + (1 if i < extra else 0)
-        ranges.append((start, stop))
-        start = stop
-    return ranges
+    return [(a, min(a + rows_per_chunk, rows)) for a in range(0, rows, rows_per_chunk)]
 
 
 def iter_pieces(

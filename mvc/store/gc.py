@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX
+from mvc.store.objfile import MAX_DELTA_DEPTH
 
 if TYPE_CHECKING:
     from mvc.store.objects import ObjectStore
@@ -32,8 +33,6 @@ def _base(store: ObjectStore, oid: str) -> str | None:
 
 
 def _depth(store: ObjectStore, oid: str) -> int:
-    from mvc.store.objects import MAX_DELTA_DEPTH
-
     try:
         return store.info(oid).depth
     except (CorruptObjectError, NotFoundError):

@@ -10,6 +10,11 @@ the caller already read from the store and hands back (``get(known=...)``).
 Deltas are bounded: an object's depth is the number of deltas between it and a full
 object; a delta that would exceed ``MAX_DELTA_DEPTH`` is stored full instead, so reading
 any object costs at most ``MAX_DELTA_DEPTH + 1`` decodes however long the history.
+
+A delta's base is an object of the same dtype and shape, or the same rows before rows were
+appended (same trailing dims, fewer rows: ``grows_from``); such a base is applied as if
+zero-padded to the object's length, so a chunk that gained rows (new token embeddings)
+stores its old rows as a delta and the new ones as they are.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
 from mvc.store import codecs
+from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
 from mvc.store.codecs import Codec, CodecError
 from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
     HEADER_PREFIX_MAX,
+    MAX_DELTA_DEPTH,
     ObjectHeader,
     pack_header,
     parse_header,
@@ -40,7 +47,6 @@ from mvc.store.objfile import (
     trailer,
 )
 
-MAX_DELTA_DEPTH = 12
 DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
@@ -79,18 +85,6 @@ class PutRequest(NamedTuple):
 
 def _corrupt(oid: str, reason: str) -> CorruptObjectError:
     return CorruptObjectError(f"object {oid} is corrupt: {reason}", hint=_FSCK_HINT)
-
-
-def _known_bytes(oid: str, data: bytes | memoryview, raw_size: int) -> memoryview:
-    """``data`` as the bytes of ``oid``, which a delta of ``raw_size`` bytes is applied to.
-
-    A wrong size is the caller's mistake (``known`` holds another object's bytes), not
-    damage in the store, so it is a ``ValueError`` rather than a corrupt delta.
-    """
-    view = memoryview(data).cast("B")
-    if view.nbytes != raw_size:
-        raise ValueError(f"known bytes of {oid} are {view.nbytes} bytes, not {raw_size}")
-    return view
 
 
 class ObjectStore:
@@ -210,6 +204,18 @@ class ObjectStore:
         """
         self._decode(oid, self.read_raw(oid) if stored is None else stored)
 
+    def check_intact(self, oid: str, stored: bytes) -> None:
+        """Raise ``CorruptObjectError`` unless ``stored`` is an undamaged object file.
+
+        The file's xxh3 trailer and frame table only, at memory speed: every object was
+        verified against its id when it was written, so this catches any byte changed since
+        (``verify`` decodes the delta chain too, for when even that is in doubt).
+        """
+        try:
+            parse_object(stored)
+        except CodecError as exc:
+            raise _corrupt(oid, str(exc)) from None
+
     def _decode(
         self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
     ) -> memoryview:
@@ -229,7 +235,7 @@ class ObjectStore:
             if chain and (
                 header.depth != chain[-1][1].depth - 1
                 or header.dtype != chain[-1][1].dtype
-                or header.shape != chain[-1][1].shape
+                or not grows_from(header.shape, chain[-1][1].shape)
             ):
                 raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
             chain.append((current, header, frames))
@@ -237,13 +243,21 @@ class ObjectStore:
                 break
             current = header.base
             if known is not None and current in known:
-                data = _known_bytes(current, known[current], header.raw_size)
+                size = header.raw_size
+                if memoryview(known[current]).nbytes != size:  # a shorter base, or a mistake
+                    base_header, _ = self._header(current)
+                    if not grows_from(base_header.shape, header.shape):
+                        raise _corrupt(chain[-1][0], f"delta base {current} does not fit it")
+                    size = base_header.raw_size
+                data = known_bytes(current, known[current], size)
                 break
             try:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
         for current, header, frames in reversed(chain):
+            if data is not None and header.codec.is_delta:
+                data = padded(data, header.raw_size)
             try:
                 data = codecs.decode(
                     header.codec,
@@ -274,7 +288,8 @@ class ObjectStore:
         """Store ``data`` (raw little-endian bytes of a ``dtype`` tensor of ``shape``).
 
         Returns its id at once when it is already stored. With ``base`` (an object of the
-        same dtype and shape, typically the same chunk in the parent commit) XOR and
+        same dtype and shape, or its first rows (``grows_from``), typically the same chunk in
+        the parent commit) XOR and
         subtraction deltas are tried too and the smallest encoding wins; a base that is
         missing, does not fit, or is already ``MAX_DELTA_DEPTH`` deep is not used.
 
@@ -338,14 +353,15 @@ class ObjectStore:
             return None, 0
         try:
             h, _ = self._header(base)
-            if h.dtype != dtype or h.shape != shape or h.depth + 1 > MAX_DELTA_DEPTH:
+            if h.dtype != dtype or not grows_from(h.shape, shape) or h.depth + 1 > MAX_DELTA_DEPTH:
                 return None, 0
+            size = math.prod(shape) * get_dtype(dtype).itemsize
             if base_data is None:
-                return self.get(base), h.depth + 1
+                return padded(self.get_view(base), size), h.depth + 1
             view = memoryview(base_data).cast("B")
-            if object_id(dtype, shape, view) != base:
+            if object_id(dtype, h.shape, view) != base:
                 raise ValueError(f"base_data is not the content of object {base}")
-            return view, h.depth + 1
+            return padded(view, size), h.depth + 1
         except CorruptObjectError:
             # A damaged base must not stop new content from being stored; fsck reports it.
             return None, 0
@@ -402,16 +418,22 @@ class ObjectStore:
                     fut.result()
         return [oid for oid, _ in results]
 
-    def write_raw(self, oid: str, stored: bytes) -> None:
+    def write_raw(
+        self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
+    ) -> memoryview | None:
         """Keep an encoded object received from elsewhere, after decoding and verifying it.
 
-        A delta's base must already be stored, so a batch must be written bases first.
+        A delta's base must already be stored, so a batch must be written bases first;
+        ``known`` (as for ``get``) holds the base's bytes when the caller has them, so the
+        base's chain is not decoded again. Returns the decoded bytes (None when the object
+        was here already), for the deltas that come next.
         """
         path = self.path(oid)
         if path.is_file():
-            return
-        self.verify(oid, stored)
+            return None
+        data = self._decode(oid, stored, known)
         self._write_atomic(path, [stored])
+        return data
 
     def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
         folder = path.parent

@@ -24,6 +24,9 @@ FORMAT_VERSION = 1
 MAX_NDIM = 64
 MAX_DTYPE_NAME = 15
 MAX_PIECE_BYTES = 64 * 1024 * 1024
+#: A delta chain is at most this long (the store writes a full object instead), so reading
+#: any object costs at most MAX_DELTA_DEPTH + 1 decodes.
+MAX_DELTA_DEPTH = 12
 TRAILER_SIZE = 8
 # Enough to hold every header field but the frame table, whatever the dtype and ndim.
 HEADER_PREFIX_MAX = 4 + 1 + 1 + 1 + MAX_DTYPE_NAME + 1 + 8 * MAX_NDIM + 8 + 1 + 16 + 4

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT
 from mvc.merge.lines import LINES
-from mvc.merge.select import Cut, RankQuery, Request, Selection, magnitude_keys
+from mvc.merge.select import (
+    INDEX_ORDER,
+    TORCH_ORDER,
+    Cut,
+    RankQuery,
+    Request,
+    Selection,
+    magnitude_keys,
+)
 from mvc.merge.strategies.base import (
     Chunk,
     ModelJob,
@@ -123,6 +131,7 @@ class TiesJob(TensorJob):
             ],
             spec.numel,
             spec.dtype,
+            tie_order=TORCH_ORDER if self.preset == "mergekit" else INDEX_ORDER,
         )
 
     def plan(self) -> Iterator:
