@@ -28,7 +28,7 @@ MODEL_FILE = "model.safetensors"
 SKIPPED = ("ours", "theirs")  # they pick one side: nothing to measure
 
 
-def _branch_dir(task, seed: int, steps: int, base: Path) -> Path:
+def branch_dir(task, seed: int, steps: int, base: Path) -> Path:
     """The cached fine-tune of ``task`` (trained once per recipe)."""
     from mvc.demo.train import fine_tune
 
@@ -55,7 +55,7 @@ def build_repo(work: Path, steps: int):
     repo.commit("base")
     heads = {}
     for seed, task in enumerate(tasks):
-        src = _branch_dir(task, seed, steps, base)
+        src = branch_dir(task, seed, steps, base)
         repo.switch(task.name, create=True, start="main")
         shutil.copyfile(src / MODEL_FILE, repo.root / "model" / MODEL_FILE)
         repo.commit(f"{task.name} fine-tune", all=True)

@@ -16,7 +16,7 @@ and at most 1/2 of its peak RSS.
 Run: ``.venv/bin/python -m benchmarks.merge_speed [--quick]``.
 
 ``--methods all`` (or a comma list) instead times every strategy against ``mergekit-yaml``
-on the MiniLM fine-tunes (``--synthetic``: on the synthetic model too): mvc merges with
+on the demo's first two MiniLM fine-tunes (``--synthetic``: on the synthetic model too): mvc merges with
 ``--all-tensors --preset mergekit`` where the strategy has that preset (its default
 otherwise), and mergekit runs the YAML that ``mvc export --format mergekit`` writes for
 that very merge, so both compute the same recipe. Goal (issue 17): each within 1/3 of
@@ -140,13 +140,17 @@ def main_methods(args: argparse.Namespace) -> int:
     names = [s.name for s in strategies() if s.name not in SKIPPED]
     if args.methods != "all":
         names = [n for n in args.methods.split(",") if n]
-    base = base_model_dir()
-    a = fine_tuned_dir(FineTune(task="sentiment"))
-    b = fine_tuned_dir(FineTune(task="topic"))
+    from benchmarks.merge_quality import branch_dir
+    from mvc.demo.tasks import all_tasks
+    from mvc.demo.train import STEPS, export_base
+
     print(f"merge speed per method: two branches, CPU, {os.cpu_count()} CPUs")
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="mvc-bench-methods-") as tmp:
         work = Path(tmp)
+        # The demo's first two fine-tunes (shared with merge_quality's cache).
+        base = export_base(work / "base")
+        a, b = (branch_dir(task, seed, STEPS, base) for seed, task in enumerate(all_tasks()[:2]))
         size = (a / "model.safetensors").stat().st_size / MIB
         minilm = work / "minilm"
         minilm.mkdir()
