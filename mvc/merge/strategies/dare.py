@@ -12,7 +12,7 @@ name, branch, element). Survivors are rescaled:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 _NORM_EPS = 1e-7
 
 
-class _NormPass(Pass):
-    def __init__(self, drop: DareDrop) -> None:
+class L1RescalePass(Pass):
+    """Sums |τ| before and after a drop, per branch: the L1 rescale of DARE and DELLA
+    (any drop with ``keeps(chunk)`` and ``before``/``after`` accumulators)."""
+
+    def __init__(self, drop: Any) -> None:
         self.drop = drop
 
     def update(self, chunk: Chunk) -> None:
@@ -70,7 +73,7 @@ class DareDrop:
     def passes(self) -> Iterator[Pass]:
         if not self.l1 or all(d >= 1 for d in self.densities):
             return
-        yield _NormPass(self)
+        yield L1RescalePass(self)
         for i, d in enumerate(self.densities):
             if d >= 1:
                 continue

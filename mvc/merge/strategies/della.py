@@ -37,6 +37,7 @@ from mvc.merge.strategies.base import (
     TensorSpec,
     resolved_normalize,
 )
+from mvc.merge.strategies.dare import L1RescalePass
 from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
 from mvc.merge.strategies.whole import Gathered, GatherPass
@@ -98,18 +99,6 @@ def _rows(spec: TensorSpec, flat: np.ndarray) -> np.ndarray:
     return flat.reshape(-1, *spec.shape[1:])
 
 
-class _L1Pass(Pass):
-    def __init__(self, drop: MagPrune) -> None:
-        self.drop = drop
-
-    def update(self, chunk: Chunk) -> None:
-        ops = chunk.ops
-        for i, (tau, keep) in enumerate(zip(chunk.taus(), self.drop.keeps(chunk), strict=True)):
-            if keep is not None:
-                self.drop.before[i].add(ops.to_numpy(abs(tau)))
-                self.drop.after[i].add(ops.to_numpy(abs(tau * keep)))
-
-
 class MagPrune:
     """Per-branch MAGPRUNE keep masks (and rescale factors) for one tensor."""
 
@@ -137,7 +126,7 @@ class MagPrune:
             )
         if not self.l1:
             return
-        yield _L1Pass(self)
+        yield L1RescalePass(self)
         real = np.float64 if self.spec.compute_dtype == "F64" else np.float32
         for i, d in enumerate(self.densities):
             before, after = self.before[i].value(), self.after[i].value()
