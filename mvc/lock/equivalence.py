@@ -229,4 +229,3 @@ def check_equivalence(
         low_precision=low,
         tolerance=tolerance,
     )
-
