@@ -33,21 +33,14 @@ def bake(rev: str, adapter_path: str | None, message: str | None, as_json: bool)
 @click.option("--base", "base_rev", required=True, help="The base model's commit.")
 @click.option("--rank", type=int, required=True, help="LoRA rank of every module.")
 @click.option(
-    "-o",
-    "--out",
-    "out",
-    type=click.Path(file_okay=False),
-    required=True,
+    "-o", "--out", "out", type=click.Path(file_okay=False), required=True,
     help="Folder to write the adapter to (new or empty).",
 )
 @click.option("--embeddings", is_flag=True, help="Save changed embeddings as modules_to_save.")
 @click.option("--fan-in-fan-out", is_flag=True, help="Weights are stored in × out (GPT-2 Conv1D).")
 @click.option(
-    "--svd",
-    type=click.Choice(["auto", "exact", "randomized"]),
-    default="auto",
-    show_default=True,
-    help="SVD method.",
+    "--svd", type=click.Choice(["auto", "exact", "randomized"]), default="auto",
+    show_default=True, help="SVD method.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def extract_lora(rev, base_rev, rank, out, embeddings, fan_in_fan_out, svd, as_json) -> None:
@@ -55,14 +48,8 @@ def extract_lora(rev, base_rev, rank, out, embeddings, fan_in_fan_out, svd, as_j
     from mvc.merge.extract_lora import extract_lora as extract
 
     result = extract(
-        open_repo(),
-        rev,
-        base_rev,
-        rank,
-        Path(out),
-        embeddings=embeddings,
-        fan_in_fan_out=fan_in_fan_out,
-        svd=svd,
+        open_repo(), rev, base_rev, rank, Path(out), embeddings=embeddings,
+        fan_in_fan_out=fan_in_fan_out, svd=svd,
     )
     if as_json:
         emit_json(result.to_json())
@@ -73,7 +60,9 @@ def extract_lora(rev, base_rev, rank, out, embeddings, fan_in_fan_out, svd, as_j
     if result.saved:
         click.echo(f"modules_to_save: {', '.join(result.saved)}")
     if result.skipped:
-        click.echo(f"skipped {len(result.skipped)} changed embedding tensor(s) (add --embeddings)")
+        click.echo(
+            f"skipped {len(result.skipped)} changed embedding tensor(s) (add --embeddings)"
+        )
     click.echo(f"Wrote {result.folder} ({len(result.modules)} LoRA modules)")
 
 

@@ -28,9 +28,7 @@ def tag(name: str | None, rev: str | None, message: str | None, delete: bool, as
             emit_json([t.to_json() for t in tags])
             return
         for t in tags:
-            click.echo(
-                f"{t.name:<20} {t.commit[:12]}  {t.message.splitlines()[0] if t.message else ''}"
-            )
+            click.echo(f"{t.name:<20} {t.commit[:12]}  {t.message.splitlines()[0] if t.message else ''}")
         return
     if delete:
         if rev or message:

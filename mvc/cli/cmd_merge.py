@@ -111,10 +111,7 @@ def merge_options(f):
             help="Write model folders in shards of at most this size (40MB, 5GB, bytes).",
         ),
         click.option(
-            "--adapter-rank",
-            type=int,
-            default=None,
-            help="LoRA output rank (default: largest input).",
+            "--adapter-rank", type=int, default=None, help="LoRA output rank (default: largest input)."
         ),
         click.option(
             "--adapter-combine",

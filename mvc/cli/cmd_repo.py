@@ -45,7 +45,9 @@ def status(as_json: bool, short: bool) -> None:
     """Show staged, unstaged and untracked changes."""
     repo = open_repo()
     st = repo.status()
-    adapters = adapters_for_paths(repo, None, [*st.staged, *st.unstaged, *st.untracked])
+    adapters = adapters_for_paths(
+        repo, None, [*st.staged, *st.unstaged, *st.untracked]
+    )
     if as_json:
         emit_json(dict(st.to_json(), adapters=adapters))
         return

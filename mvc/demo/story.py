@@ -198,9 +198,7 @@ class _Story:
         head = Head(task, spec.labels, locked["weight"], locked["bias"])
         score = accuracy(self.repo.load_state_dict("HEAD", MODEL_FILE), head, spec)
         # Other tasks' heads read the unlocked coordinates: no score to show for them.
-        self.report.rows[label] = {
-            t.name: score if t.name == task else math.nan for t in self.tasks
-        }
+        self.report.rows[label] = {t.name: score if t.name == task else math.nan for t in self.tasks}
         self.say(f"   {label:<28} {task}: {score:.3f}")
 
     def score_core_rows(self) -> None:

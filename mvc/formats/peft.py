@@ -57,7 +57,9 @@ def adapter_folder(path: str) -> str | None:
 
 def adapter_folders(paths: Iterable[str]) -> list[str]:
     """Folders (repository-relative, '' for the root) that hold an adapter config."""
-    return sorted({posixpath.dirname(p) for p in paths if posixpath.basename(p) == CONFIG_NAME})
+    return sorted(
+        {posixpath.dirname(p) for p in paths if posixpath.basename(p) == CONFIG_NAME}
+    )
 
 
 def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
@@ -222,7 +224,8 @@ def check_factor_shapes(
     """(out, in) of a module's update, after checking A is r×in and B is out×r."""
     if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
         raise FormatError(
-            f"{path}: {module}: lora_A {list(a_shape)} and lora_B {list(b_shape)} do not multiply"
+            f"{path}: {module}: lora_A {list(a_shape)} and lora_B {list(b_shape)} do not "
+            "multiply"
         )
     if a_shape[0] != rank:
         raise FormatError(
@@ -249,7 +252,9 @@ def output_config(
         lora_alpha=rank,
         use_rslora=False,
         rank_pattern={m: r for m, r in sorted(module_ranks.items()) if r != rank},
-        alpha_pattern={m: a for m, a in sorted(module_alphas.items()) if a != rank},
+        alpha_pattern={
+            m: a for m, a in sorted(module_alphas.items()) if a != rank
+        },
         target_modules=sorted(targets),
         modules_to_save=sorted(modules_to_save) or None,
     )

@@ -67,9 +67,8 @@ def baked_files(
     return out, details
 
 
-def bake(
-    repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str | None = None
-) -> BakeResult:
+def bake(repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str | None = None
+         ) -> BakeResult:
     """Bake the adapter of the checked-out commit ``rev`` into its base model and commit."""
     with repo.locked():
         sha = repo.resolve(rev)
@@ -99,10 +98,6 @@ def bake(
         text = message or f"Bake {details['adapter'] or '.'}/ into {details['model']}"
         commit = repo.commit_tree(files, [sha], text)
     return BakeResult(
-        commit,
-        sha,
-        details["adapter"],
-        details["model"],
-        len(details["scales"]),
+        commit, sha, details["adapter"], details["model"], len(details["scales"]),
         len(details["replaced"]),
     )

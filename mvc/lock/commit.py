@@ -156,9 +156,7 @@ def _plan(
     tied = bool(embedding and head and head[1].chunk_ids == entries[embedding][1].chunk_ids)
     named = matching(shapes, reads_hidden)
     if reads_hidden and not named:
-        raise MvcError(
-            f"--reads-hidden {' '.join(reads_hidden)} matches no tensor of {model.label}"
-        )
+        raise MvcError(f"--reads-hidden {' '.join(reads_hidden)} matches no tensor of {model.label}")
     return build(
         model.config,
         shapes,
@@ -318,9 +316,7 @@ def lock_commit(
             checked.append((model, plan, spool, report))
         for model, plan, spool, report in checked:
             entries = model.entries()
-            stored = {
-                n: _store(repo, entries[n][1], p.read_bytes()) for n, p in spool.paths.items()
-            }
+            stored = {n: _store(repo, entries[n][1], p.read_bytes()) for n, p in spool.paths.items()}
             out.update(_rewrite(model, stored))
             summary = {
                 "path": model.directory,
@@ -367,17 +363,10 @@ def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, T
         files = repo.files(str(record.get("from", "")))
     except NotFoundError:
         return {}
-    present = {
-        p: Manifest.from_bytes(files[p], p)
-        for p in {**model.manifests, **model.attached}
-        if p in files
-    }
-    same = _Model(
-        model.directory,
-        model.config,
-        {p: m for p, m in present.items() if p in model.manifests},
-        {p: m for p, m in present.items() if p in model.attached},
-    )
+    present = {p: Manifest.from_bytes(files[p], p) for p in {**model.manifests, **model.attached} if p in files}
+    same = _Model(model.directory, model.config,
+                  {p: m for p, m in present.items() if p in model.manifests},
+                  {p: m for p, m in present.items() if p in model.attached})
     return {name: entry for name, (_, entry) in same.entries().items()}
 
 
@@ -442,17 +431,12 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
             read = _reader(repo, entries)
             sealed = unseal(key, record["from"], summary["sealed"]) if "sealed" in summary else {}
 
-            def norm_weight(
-                name: str, sealed: dict = sealed, entries: dict = entries
-            ) -> torch.Tensor:
+            def norm_weight(name: str, sealed: dict = sealed, entries: dict = entries) -> torch.Tensor:
                 entry = entries[name][1]
                 return to_torch(bytearray(sealed[name]), entry.dtype, entry.shape)
 
             plan = _plan(
-                model,
-                key,
-                summary.get("level", "attention"),
-                summary.get("reads_hidden", []),
+                model, key, summary.get("level", "attention"), summary.get("reads_hidden", []),
                 norm_weight,
             )
             folder = Path(tmp) / str(index)

@@ -229,3 +229,4 @@ def check_equivalence(
         low_precision=low,
         tolerance=tolerance,
     )
+

@@ -99,9 +99,7 @@ def _heads(shapes: Shapes, hidden: int, pooler: bool) -> tuple[list[AxisRef], se
         if weight not in shapes:
             continue
         if len(shapes[weight]) != 2 or shapes[weight][1] != hidden:
-            raise MvcError(
-                f"head {weight!r} has shape {list(shapes[weight])}; expected [*, {hidden}]"
-            )
+            raise MvcError(f"head {weight!r} has shape {list(shapes[weight])}; expected [*, {hidden}]")
         if base == "classifier" and pooler:
             passive.add(weight)  # it reads the pooler's output, which no symmetry changes
         else:
@@ -139,18 +137,10 @@ def layout_bert(config: Mapping, shapes: Shapes, prefix: str) -> Layout:
         up, down = f"{base}.intermediate.dense", f"{base}.output.dense"
         _expect(shapes, f"{up}.weight", (inter, hidden))
         _expect(shapes, f"{down}.weight", (hidden, inter))
-        inputs = [(f"{up}.weight", 0)] + (
-            [(f"{up}.bias", 0)] if _opt(shapes, f"{up}.bias", (inter,)) else []
-        )
+        inputs = [(f"{up}.weight", 0)] + ([(f"{up}.bias", 0)] if _opt(shapes, f"{up}.bias", (inter,)) else [])
         ffns.append(
-            FeedForward(
-                layer,
-                inter,
-                tuple(inputs),
-                (),
-                ((f"{down}.weight", 1),),
-                act in POSITIVELY_HOMOGENEOUS,
-            )
+            FeedForward(layer, inter, tuple(inputs), (), ((f"{down}.weight", 1),),
+                        act in POSITIVELY_HOMOGENEOUS)
         )
         stream += [(f"{up}.weight", 1), (f"{down}.weight", 0), (f"{down}.bias", 0)]
         norms.append(Norm(f"{base}.output.LayerNorm.weight", f"{base}.output.LayerNorm.bias", ()))
@@ -165,30 +155,15 @@ def layout_bert(config: Mapping, shapes: Shapes, prefix: str) -> Layout:
         # classifier reads them (the pooler output itself is then no longer the product).
         head_passive.discard("classifier.weight")
         passive.discard(f"{prefix}pooler.dense.bias")
-        ffns.append(
-            FeedForward(
-                n_layers,
-                hidden,
-                ((f"{prefix}pooler.dense.weight", 0), (f"{prefix}pooler.dense.bias", 0)),
-                (),
-                (("classifier.weight", 1),),
-                False,
-            )
-        )
+        ffns.append(FeedForward(
+            n_layers, hidden,
+            ((f"{prefix}pooler.dense.weight", 0), (f"{prefix}pooler.dense.bias", 0)),
+            (), (("classifier.weight", 1),), False,
+        ))
     stream = [(n, a) for n, a in stream if n in shapes]
     return Layout(
-        "bert",
-        hidden,
-        "layer",
-        tuple(stream + heads),
-        tuple(norms),
-        tuple(ffns),
-        tuple(heads),
-        frozenset(passive | head_passive),
-        f"{emb}.word_embeddings.weight",
-        None,
-        None,
-        pooler,
+        "bert", hidden, "layer", tuple(stream + heads), tuple(norms), tuple(ffns), tuple(heads),
+        frozenset(passive | head_passive), f"{emb}.word_embeddings.weight", None, None, pooler,
     )
 
 
@@ -205,46 +180,23 @@ def layout_gpt2(config: Mapping, shapes: Shapes, prefix: str) -> Layout:
         base = f"{prefix}h.{layer}"
         passive |= {f"{base}.attn.bias", f"{base}.attn.masked_bias", f"{base}.attn.c_attn.bias"}
         norms.append(Norm(f"{base}.ln_1.weight", f"{base}.ln_1.bias", ()))
-        stream += [
-            (f"{base}.attn.c_attn.weight", 0),
-            (f"{base}.attn.c_proj.weight", 1),
-            (f"{base}.attn.c_proj.bias", 0),
-        ]
+        stream += [(f"{base}.attn.c_attn.weight", 0), (f"{base}.attn.c_proj.weight", 1),
+                   (f"{base}.attn.c_proj.bias", 0)]
         norms.append(Norm(f"{base}.ln_2.weight", f"{base}.ln_2.bias", ()))
         fc, proj = f"{base}.mlp.c_fc", f"{base}.mlp.c_proj"
         _expect(shapes, f"{fc}.weight", (hidden, inter))
         _expect(shapes, f"{proj}.weight", (inter, hidden))
-        inputs = [(f"{fc}.weight", 1)] + (
-            [(f"{fc}.bias", 0)] if _opt(shapes, f"{fc}.bias", (inter,)) else []
-        )
-        ffns.append(
-            FeedForward(
-                layer,
-                inter,
-                tuple(inputs),
-                (),
-                ((f"{proj}.weight", 0),),
-                act in POSITIVELY_HOMOGENEOUS,
-            )
-        )
+        inputs = [(f"{fc}.weight", 1)] + ([(f"{fc}.bias", 0)] if _opt(shapes, f"{fc}.bias", (inter,)) else [])
+        ffns.append(FeedForward(layer, inter, tuple(inputs), (), ((f"{proj}.weight", 0),),
+                                act in POSITIVELY_HOMOGENEOUS))
         stream += [(f"{fc}.weight", 0), (f"{proj}.weight", 1), (f"{proj}.bias", 0)]
     norms.append(Norm(f"{prefix}ln_f.weight", f"{prefix}ln_f.bias", ()))
     heads, head_passive = _heads(shapes, hidden, False)
     stream = [(n, a) for n, a in stream if n in shapes]
     lm_head = "lm_head.weight" if "lm_head.weight" in shapes else None
     return Layout(
-        "gpt2",
-        hidden,
-        "layer",
-        tuple(stream + heads),
-        tuple(norms),
-        tuple(ffns),
-        tuple(heads),
-        frozenset(passive | head_passive),
-        f"{prefix}wte.weight",
-        None,
-        lm_head,
-        False,
+        "gpt2", hidden, "layer", tuple(stream + heads), tuple(norms), tuple(ffns), tuple(heads),
+        frozenset(passive | head_passive), f"{prefix}wte.weight", None, lm_head, False,
     )
 
 
@@ -268,24 +220,17 @@ def layout_llama(config: Mapping, shapes: Shapes, prefix: str) -> Layout:
         norms.append(Norm(f"{base}.input_layernorm.weight", None, readers))
         stream += [*readers, (f"{att}.o_proj.weight", 0), (f"{att}.o_proj.bias", 0)]
         gate, up, down = (f"{mlp}.{p}_proj" for p in ("gate", "up", "down"))
-        for name, shape in (
-            (gate, (inter, hidden)),
-            (up, (inter, hidden)),
-            (down, (hidden, inter)),
-        ):
+        for name, shape in ((gate, (inter, hidden)), (up, (inter, hidden)), (down, (hidden, inter))):
             _expect(shapes, f"{name}.weight", shape)
         mlp_readers = ((f"{gate}.weight", 1), (f"{up}.weight", 1))
         norms.append(Norm(f"{base}.post_attention_layernorm.weight", None, mlp_readers))
-        ffns.append(
-            FeedForward(
-                layer,
-                inter,
-                ((f"{gate}.weight", 0), (f"{gate}.bias", 0)),
-                ((f"{up}.weight", 0), (f"{up}.bias", 0)),
-                ((f"{down}.weight", 1),),
-                act in POSITIVELY_HOMOGENEOUS,
-            )
-        )
+        ffns.append(FeedForward(
+            layer, inter,
+            ((f"{gate}.weight", 0), (f"{gate}.bias", 0)),
+            ((f"{up}.weight", 0), (f"{up}.bias", 0)),
+            ((f"{down}.weight", 1),),
+            act in POSITIVELY_HOMOGENEOUS,
+        ))
         stream += [*mlp_readers, (f"{down}.weight", 0), (f"{down}.bias", 0)]
     heads, head_passive = _heads(shapes, hidden, False)
     final = f"{prefix}norm.weight"
@@ -293,18 +238,8 @@ def layout_llama(config: Mapping, shapes: Shapes, prefix: str) -> Layout:
     stream = [(n, a) for n, a in stream if n in shapes]
     lm_head = "lm_head.weight" if "lm_head.weight" in shapes else None
     layout = Layout(
-        "llama",
-        hidden,
-        "rms",
-        tuple(stream + heads),
-        tuple(norms),
-        tuple(ffns),
-        tuple(heads),
-        frozenset(passive | head_passive),
-        embedding,
-        final,
-        lm_head,
-        False,
+        "llama", hidden, "rms", tuple(stream + heads), tuple(norms), tuple(ffns), tuple(heads),
+        frozenset(passive | head_passive), embedding, final, lm_head, False,
     )
     return _drop_absent(layout, shapes)
 
@@ -313,27 +248,16 @@ def _drop_absent(layout: Layout, shapes: Shapes) -> Layout:
     """Optional biases (Qwen2's q/k/v, mlp_bias) that this checkpoint does not have."""
     ffns = tuple(
         FeedForward(
-            f.layer,
-            f.size,
+            f.layer, f.size,
             tuple(r for r in f.inputs if r[0] in shapes),
             tuple(r for r in f.linear if r[0] in shapes),
-            f.outputs,
-            f.homogeneous,
+            f.outputs, f.homogeneous,
         )
         for f in layout.feed_forward
     )
     return Layout(
-        layout.family,
-        layout.hidden,
-        layout.norm_kind,
-        layout.stream,
-        layout.norms,
-        ffns,
-        layout.heads,
-        layout.passive,
-        layout.embedding,
-        layout.final_norm,
-        layout.lm_head,
+        layout.family, layout.hidden, layout.norm_kind, layout.stream, layout.norms, ffns,
+        layout.heads, layout.passive, layout.embedding, layout.final_norm, layout.lm_head,
         layout.pooler,
     )
 
@@ -356,3 +280,4 @@ def unknown_tensors(layout: Layout, shapes: Shapes) -> list[str]:
     """Tensors of the model that no part of the layout accounts for."""
     known = layout.known
     return sorted(n for n in shapes if n not in known)
+

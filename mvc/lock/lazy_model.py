@@ -54,9 +54,7 @@ class LazyModel:
                 prefix = f"{module_name}." if module_name else ""
                 self.names += [prefix + n for n, p in module._parameters.items() if p is not None]
                 module.register_forward_pre_hook(functools.partial(self._load, prefix))
-                module.register_forward_hook(
-                    functools.partial(self._drop, dict(module._parameters))
-                )
+                module.register_forward_hook(functools.partial(self._drop, dict(module._parameters)))
 
     def _load(self, prefix: str, module: torch.nn.Module, _args: Any) -> None:
         assert self.loader is not None
@@ -91,9 +89,7 @@ def _cached(transformers: Any, config_json: str, kind: str, pooler: bool) -> Laz
     try:
         hf_config = transformers.AutoConfig.for_model(kind, **options)
     except (KeyError, ValueError) as err:
-        raise MvcError(
-            f"transformers cannot build a {kind!r} model from config.json: {err}"
-        ) from None
+        raise MvcError(f"transformers cannot build a {kind!r} model from config.json: {err}") from None
     hf_config._attn_implementation = "eager"
     with _parameters_on_meta():
         if kind == "bert":
@@ -105,6 +101,4 @@ def _cached(transformers: Any, config_json: str, kind: str, pooler: bool) -> Laz
 
 def lazy_model(transformers: Any, config: Mapping, kind: str, pooler: bool) -> LazyModel:
     """The base model of ``config`` with meta parameters (the last one is reused)."""
-    return _cached(
-        transformers, json.dumps(dict(config), sort_keys=True, default=str), kind, pooler
-    )
+    return _cached(transformers, json.dumps(dict(config), sort_keys=True, default=str), kind, pooler)

@@ -135,9 +135,7 @@ def build(
     stream (``--reads-hidden``); ``norm_weight`` reads a norm weight in fp64 (needed to fold
     RMSNorms); ``head_is_embedding`` says whether a stored lm_head equals the embedding."""
     if level not in LEVELS:
-        raise MvcError(
-            f"unknown MergeLock level {level!r}", hint=f"choose one of {', '.join(LEVELS)}"
-        )
+        raise MvcError(f"unknown MergeLock level {level!r}", hint=f"choose one of {', '.join(LEVELS)}")
     plan = plan_lock(config, shapes)
     ops = _attention_ops(plan, key, shapes)
     result = LockTransform(plan.family, plan.prefix, level, ops=ops)
@@ -147,19 +145,15 @@ def build(
         return result
     layout = plan_layout(config, shapes)
     _feed_forward(layout, key, ops)
-    if layout.pooler and any(
-        n == "classifier.weight" for f in layout.feed_forward for n, _ in f.outputs
-    ):
+    if layout.pooler and any(n == "classifier.weight" for f in layout.feed_forward for n, _ in f.outputs):
         result.pooled_heads = ("classifier.weight",)
     tied = is_tied(config, layout.lm_head, head_is_embedding)
     unknown = [n for n in unknown_tensors(layout, shapes) if n not in named]
     if not _closes_stream(layout, config, named, tied):
         inside = [n for n in unknown if _IN_LAYER.search(n)]
         if inside:
-            raise MvcError(
-                f"MergeLock does not understand tensor {inside[0]!r} inside a layer "
-                "(unusual norm, router or adapter?); refusing a partial lock"
-            )
+            raise MvcError(f"MergeLock does not understand tensor {inside[0]!r} inside a layer "
+                           "(unusual norm, router or adapter?); refusing a partial lock")
         result.note = "no head closes the residual stream, so it is left as is"
         return result
     if unknown:
@@ -174,10 +168,8 @@ def build(
         shape = shapes[name]
         if len(shape) >= 2:
             if shape[-1] != layout.hidden:
-                raise MvcError(
-                    f"{name!r} (shape {list(shape)}) does not read a hidden state "
-                    f"of width {layout.hidden} on its last axis"
-                )
+                raise MvcError(f"{name!r} (shape {list(shape)}) does not read a hidden state "
+                               f"of width {layout.hidden} on its last axis")
             heads.append((name, len(shape) - 1))
     _stream(result, layout, key, tied, heads, norm_weight)
     result.heads = tuple(n for n, _ in heads if len(shapes[n]) == 2)

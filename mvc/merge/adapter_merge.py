@@ -109,7 +109,9 @@ class AdapterMerge:
             return self._into_model(folder, base, sides, modules, record)
         return self._into_adapter(folder, base, sides, modules, record)
 
-    def _decide(self, module: str, base: AdapterSide | None, sides: Sides) -> tuple[str, list[int]]:
+    def _decide(
+        self, module: str, base: AdapterSide | None, sides: Sides
+    ) -> tuple[str, list[int]]:
         """(action, branch indices) for one module under the three-way rules."""
         anc = base.identity(module) if base else None
         ids = [s.identity(module) if s is not None else None for s in sides]
@@ -251,9 +253,7 @@ class AdapterMerge:
                 record[name] = {"action": "one-sided", "source": changed[0]}
                 continue
             if any(got[i] is None for i in changed):
-                raise ConflictError(
-                    f"adapter tensor {name}: deleted on one branch, modified on another"
-                )
+                raise ConflictError(f"adapter tensor {name}: deleted on one branch, modified on another")
             ancestor = anc
             if ancestor is None:
                 ancestor = self._base_model_tensor(sides[changed[0]].layout.full[name])
@@ -321,10 +321,7 @@ class AdapterMerge:
 
 
 def merge_tensor(
-    strategy: str,
-    params: MergeParams,
-    base: torch.Tensor,
-    thetas: Sequence[torch.Tensor],
+    strategy: str, params: MergeParams, base: torch.Tensor, thetas: Sequence[torch.Tensor],
     name: str,
 ) -> tuple[torch.Tensor, TensorStats]:
     """One in-memory tensor through a strategy's chunked job (passes, then combine) on the
@@ -364,10 +361,8 @@ def _check_compatible(sides: Sides, where: str) -> None:
                 f"adapter {where}/: fan_in_fan_out differs between branches",
                 hint="both adapters must be trained on the same base layers",
             )
-        if (
-            side.config.base_model
-            and first.config.base_model
-            and (side.config.base_model != first.config.base_model)
+        if side.config.base_model and first.config.base_model and (
+            side.config.base_model != first.config.base_model
         ):
             raise MvcError(
                 f"adapter {where}/: adapters of different bases "
@@ -426,13 +421,7 @@ def merge_adapters(
     merge record's ``adapters`` entry: the options and how each module was merged."""
     options = recipe.adapter or AdapterOptions()
     job = AdapterMerge(
-        store,
-        folders,
-        base_files,
-        branch_files,
-        base_models,
-        recipe.strategy,
-        recipe.params,
+        store, folders, base_files, branch_files, base_models, recipe.strategy, recipe.params,
         options,
     )
     files = {path: content for path, content in job.run().items() if content is not None}

@@ -159,9 +159,8 @@ def bake_manifest(
                     f"adapter tensor for {entry.name} is {new.dtype}{list(new.shape)}, the "
                     f"model's is {entry.dtype}{list(entry.shape)}"
                 )
-            entries.append(
-                TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes, new.chunks)
-            )
+            entries.append(TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes,
+                                       new.chunks))
         elif entry.name in deltas:
             weight = load_tensor(store, entry)
             merged = (weight.float() + deltas[entry.name]()).to(torch_dtype(entry.dtype))

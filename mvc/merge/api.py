@@ -149,12 +149,7 @@ def merge(
         finally:
             outcome.discard()
         return MergeResult(
-            sha,
-            base,
-            parents,
-            resolved=outcome.resolved,
-            taken=outcome.taken,
-            record=outcome.record,
+            sha, base, parents, resolved=outcome.resolved, taken=outcome.taken, record=outcome.record
         )
 
 

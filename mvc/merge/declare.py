@@ -81,9 +81,7 @@ class Param:
         return tuple(dict.fromkeys((self.spelling, self.name)))
 
     def omitted_in_mergekit(self, value: Any) -> bool:
-        return value is None or (
-            self.mergekit_default is not _OMIT and value == self.mergekit_default
-        )
+        return value is None or (self.mergekit_default is not _OMIT and value == self.mergekit_default)
 
     def range_text(self) -> str:
         """The valid values, as the error and the help print them."""
@@ -126,9 +124,7 @@ class Param:
             try:
                 value = [float(v) for v in value.split(",")]
             except ValueError:
-                raise MvcError(
-                    f"{self.label} takes {self.size} numbers A,B, got {value!r}"
-                ) from None
+                raise MvcError(f"{self.label} takes {self.size} numbers A,B, got {value!r}") from None
         if not isinstance(value, (list, tuple)):
             self._one(value)  # a bad number says so first
         if not isinstance(value, (list, tuple)) or len(value) != self.size:
@@ -148,11 +144,7 @@ class Param:
             if not isinstance(value, int) or isinstance(value, bool) or not self._in_range(value):
                 raise MvcError(f"{self.label} must be {self.range_text()}, got {value!r}")
             return value
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise MvcError(f"{self.label} must be a finite number, got {value!r}")
         if not self._in_range(value):
             raise MvcError(f"{self.label} must be {self.range_text()}, got {value}")

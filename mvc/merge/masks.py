@@ -40,3 +40,4 @@ class MaskPacker:
             self._parts.append(np.packbits(self._carry, bitorder="little").tobytes())
             self._carry = np.zeros(0, dtype=bool)
         return b"".join(self._parts)
+

@@ -127,7 +127,8 @@ class Recipe:
             position, n = self.contributing.index(index), len(self.contributing)
             params = MergeParams.from_record(drop_branch(params.to_record(), position, n))
             rules = tuple(
-                TensorRule(r.pattern, r.strategy, drop_branch(r.params, position, n)) for r in rules
+                TensorRule(r.pattern, r.strategy, drop_branch(r.params, position, n))
+                for r in rules
             )
         return Recipe(
             base=self.base,

@@ -274,8 +274,8 @@ def fetch(
             wants = [*heads.values(), *tags.values()]
             held = receive_git(repo, transport, wants, pool, history, depth, shallow)
         if lazy:
-            used = (
-                branches if branches is not None else checked_out_branches(repo, target.name, heads)
+            used = branches if branches is not None else checked_out_branches(
+                repo, target.name, heads
             )
             ids = tensor_ids_of(repo, held, [heads[b] for b in used])
         else:

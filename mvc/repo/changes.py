@@ -159,7 +159,9 @@ def _folder(rel: str) -> str:
     return rel.rsplit("/", 1)[0] if "/" in rel else ""
 
 
-def rm(repo: RepoCore, paths: Iterable[str | os.PathLike[str]], cached: bool = False) -> list[str]:
+def rm(
+    repo: RepoCore, paths: Iterable[str | os.PathLike[str]], cached: bool = False
+) -> list[str]:
     """Unstage tracked files and (unless `cached`) delete them from the work tree."""
     rels = [relative_to_root(repo.root, p) for p in paths]
     with repo.locked():

@@ -115,3 +115,4 @@ def _storage_error(err: OSError) -> MvcError | None:
         return None
     where = f": {err.filename}" if err.filename else ""
     return MvcError(f"{err.strerror}{where}", hint=hint)
+

@@ -180,7 +180,9 @@ def _diff_tensors(
         else:
             base_path, b_entry = base_t.get(name, (None, None))
             use_base = base is not None and b_entry is not None and b_entry.same_layout(old_entry)
-            base_chunks = base.chunks(base_path, b_entry) if use_base and base and b_entry else None
+            base_chunks = (
+                base.chunks(base_path, b_entry) if use_base and base and b_entry else None
+            )
             report.tensors.append(
                 _stats(
                     path,

@@ -218,7 +218,9 @@ class Layout:
         return Layout(self.folder, (*head, (path, last + extra)), self.index)
 
 
-def sharded_layout(folder: str, sizes: Sequence[tuple[str, int]], max_shard_size: int) -> Layout:
+def sharded_layout(
+    folder: str, sizes: Sequence[tuple[str, int]], max_shard_size: int
+) -> Layout:
     """The layout ``save_pretrained(max_shard_size=...)`` gives tensors of these byte sizes,
     in this order: a shard is closed before a tensor that would take it over the limit (a
     tensor larger than the limit gets a shard of its own); one shard is a plain
@@ -232,9 +234,7 @@ def sharded_layout(folder: str, sizes: Sequence[tuple[str, int]], max_shard_size
         groups[-1].append(name)
         current += size
     if len(groups) <= 1:
-        return Layout(
-            folder, ((_join(folder, SINGLE_FILE), tuple(groups[0] if groups else ())),), False
-        )
+        return Layout(folder, ((_join(folder, SINGLE_FILE), tuple(groups[0] if groups else ())),), False)
     n = len(groups)
     return Layout(
         folder,
@@ -292,7 +292,9 @@ def realign(
     return out
 
 
-def layout_index(folder: str, shards: Mapping[str, Manifest], source_raw: bytes | None) -> bytes:
+def layout_index(
+    folder: str, shards: Mapping[str, Manifest], source_raw: bytes | None
+) -> bytes:
     """The index of ``folder``'s final shards: the source's own bytes when it already maps
     every tensor to its shard, else a fresh one (``total_size`` recomputed)."""
     weight_map = {
@@ -315,3 +317,4 @@ def tensor_sizes(views: Iterable[ModelView]) -> list[tuple[str, int]]:
         for name, entry in view.entries().items():
             sizes.setdefault(name, entry.nbytes)
     return list(sizes.items())
+

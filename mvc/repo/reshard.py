@@ -67,7 +67,9 @@ def reshard(
                 "you have uncommitted changes", hint="commit them first (reshard commits)"
             )
         entries = view.entries()
-        layout = sharded_layout(folder, [(n, e.nbytes) for n, e in entries.items()], max_shard_size)
+        layout = sharded_layout(
+            folder, [(n, e.nbytes) for n, e in entries.items()], max_shard_size
+        )
         first = next(iter(view.shards.values()))
         new_files = realign(files, view, layout, {}, first.header.metadata)
         shards = {p: Manifest.from_bytes(new_files[p], p) for p, _ in layout.shards}
@@ -75,9 +77,7 @@ def reshard(
             new_files[index_path(folder)] = layout_index(folder, shards, view.index_raw)
         if new_files == files:
             raise MvcError(f"'{folder or '.'}' is already in this layout")
-        missing = [
-            oid for m in shards.values() for oid in m.object_ids() if not repo.store.has(oid)
-        ]
+        missing = [oid for m in shards.values() for oid in m.object_ids() if not repo.store.has(oid)]
         if missing:
             raise CorruptObjectError(f"object {missing[0]} of the model is missing from the store")
         before = _object_bytes(repo)

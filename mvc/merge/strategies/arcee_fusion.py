@@ -73,7 +73,8 @@ class ArceeFusionJob(TensorJob):
             return
         yield from self.selection.passes()
         q1, median, q3 = (
-            np.array([cut.value], dtype=np.int32).view(np.float32)[0] for cut in self.selection.cuts
+            np.array([cut.value], dtype=np.int32).view(np.float32)[0]
+            for cut in self.selection.cuts
         )
         self.threshold = float(median + np.float32(1.5) * (q3 - q1))
 

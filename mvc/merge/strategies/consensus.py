@@ -39,7 +39,9 @@ K = Param(
     low=0,
     optional=True,
 )
-ALPHA = Param("alpha", float, 1.0, "Consensus: scale of the kept multi-task vector.", mergekit=None)
+ALPHA = Param(
+    "alpha", float, 1.0, "Consensus: scale of the kept multi-task vector.", mergekit=None
+)
 ON = Param(
     "on",
     str,

@@ -84,7 +84,9 @@ def keep_probabilities(magnitude: np.ndarray, density: float, epsilon: float) ->
     return (density - epsilon) + rank_fraction(magnitude) * 2 * epsilon
 
 
-def keep_draws(seed: int, name: str, branch: int, start: int, probs: np.ndarray) -> np.ndarray:
+def keep_draws(
+    seed: int, name: str, branch: int, start: int, probs: np.ndarray
+) -> np.ndarray:
     """True where element ``start + j`` survives (uniform < p_j), from mvc's generator."""
     u = uniforms(stream_key(seed, name, branch), start, probs.size)
     return u.reshape(probs.shape) < probs

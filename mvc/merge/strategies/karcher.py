@@ -99,9 +99,7 @@ class KarcherJob(TensorJob):
             return
         gram = GramPass(lambda chunk: chunk.thetas_c, self.spec.n_branches)
         yield gram
-        self.c = karcher_coefficients(
-            gram.gram(), self.alphas, self.params.max_iter, self.params.tol
-        )
+        self.c = karcher_coefficients(gram.gram(), self.alphas, self.params.max_iter, self.params.tol)
 
     def step(self, chunk: Chunk) -> Step:
         thetas = chunk.thetas_c

@@ -88,7 +88,8 @@ class ModelStock(Strategy):
     name = "model_stock"
     summary = "Move from the base toward the branches' average by how much their edits agree."
     formula = (
-        "c = mean_{i<j} cos(τ_i, τ_j); t = n·c / (1 + (n−1)·c); θ = t·mean_i θ_i + (1 − t)·θ_base"
+        "c = mean_{i<j} cos(τ_i, τ_j); t = n·c / (1 + (n−1)·c); "
+        "θ = t·mean_i θ_i + (1 − t)·θ_base"
     )
     parameters = (FILTER_WISE, LINES)
     presets = (None, "mergekit")

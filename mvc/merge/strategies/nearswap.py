@@ -30,9 +30,7 @@ class NearSwapJob(TensorJob):
         ops = chunk.ops
         a, b = chunk.thetas_c
         distance = ops.maximum(abs(a - b), 1e-6)
-        w = (
-            1 / distance
-        ) * self.params.distance  # t / x is reciprocal(x)·t in torch: the same here
+        w = (1 / distance) * self.params.distance  # t / x is reciprocal(x)·t in torch: the same here
         w = ops.where(w > 1, ops.zeros_like(w, w.dtype) + 1, w)
         return Step(out=w * b + (1 - w) * a)
 

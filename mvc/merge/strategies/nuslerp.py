@@ -128,9 +128,7 @@ class NuSlerpJob(TensorJob):
 class NuSlerp(Strategy):
     name = "nuslerp"
     summary = "Spherical interpolation of two branches' task vectors, t from their weights."
-    formula = (
-        "t = w_2/(w_1 + w_2); Ω = ∠(τ_1, τ_2); θ = θ_base + (sin((1−t)Ω)·τ_1 + sin(tΩ)·τ_2)/sin Ω"
-    )
+    formula = "t = w_2/(w_1 + w_2); Ω = ∠(τ_1, τ_2); θ = θ_base + (sin((1−t)Ω)·τ_1 + sin(tΩ)·τ_2)/sin Ω"
     parameters = (WEIGHT, FLATTEN, ROW_WISE)
     presets = (None, "mergekit")
     mergekit = "nuslerp"

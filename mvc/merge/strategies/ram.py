@@ -77,9 +77,7 @@ class RamJob(TensorJob):
     def changed(self, chunk: Chunk) -> tuple[tuple[Array, ...], Array]:
         ops = chunk.ops
         changed = tuple(m > self.epsilon for m in chunk.magnitudes())
-        count = sum(
-            (ops.astype(c, ops.int32) for c in changed[1:]), ops.astype(changed[0], ops.int32)
-        )
+        count = sum((ops.astype(c, ops.int32) for c in changed[1:]), ops.astype(changed[0], ops.int32))
         return changed, count
 
     def plan(self) -> Iterator[Pass]:
@@ -110,9 +108,7 @@ class RamJob(TensorJob):
 class Ram(Strategy):
     name = "ram"
     summary = "Keep edits only one branch made whole; average those several branches made."
-    formula = (
-        "c_j = #{i: |τ_ij| > threshold}; θ = θ_base + Σ_{changed} τ_ij · (1 if c_j = 1 else 1/c_j)"
-    )
+    formula = "c_j = #{i: |τ_ij| > threshold}; θ = θ_base + Σ_{changed} τ_ij · (1 if c_j = 1 else 1/c_j)"
     parameters = (THRESHOLD, LINES)
     presets = (None, "mergekit")
     mergekit = "ram"

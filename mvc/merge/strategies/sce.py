@@ -96,8 +96,8 @@ class SceJob(TensorJob):
         means = [s.value() / numel for s in squares]
         total = sum(means)
         n = self.spec.n_branches
-        self.eta = (
-            tuple(1.0 / n for _ in means) if abs(total) < 1e-6 else tuple(m / total for m in means)
+        self.eta = tuple(1.0 / n for _ in means) if abs(total) < 1e-6 else tuple(
+            m / total for m in means
         )
 
     def selected(self, chunk: Chunk) -> tuple[Array, ...]:

@@ -89,7 +89,9 @@ class GatherPass(Pass):
     def update(self, chunk: Chunk) -> None:
         ops = chunk.ops
         base = None if chunk.base is None else ops.to_numpy(chunk.base_c)
-        self.parts.append((chunk.start, base, tuple(ops.to_numpy(t) for t in chunk.thetas_c)))
+        self.parts.append(
+            (chunk.start, base, tuple(ops.to_numpy(t) for t in chunk.thetas_c))
+        )
         self.scale = chunk.tau_scale
 
     def assemble(self, spec: TensorSpec) -> Gathered:
@@ -100,7 +102,9 @@ class GatherPass(Pass):
 
         has_base = self.parts[0][1] is not None
         base = joined([p[1] for p in self.parts]) if has_base else None  # type: ignore[misc]
-        thetas = tuple(joined([p[2][i] for p in self.parts]) for i in range(spec.n_branches))
+        thetas = tuple(
+            joined([p[2][i] for p in self.parts]) for i in range(spec.n_branches)
+        )
         self.parts = []
         return Gathered(base, thetas, self.scale)
 
