@@ -29,6 +29,13 @@ PROVENANCE_RECORD = RecordType("provenance", 1, ".mvc/provenance.json", "provena
 PROVENANCE_PATH = PROVENANCE_RECORD.path
 
 
+def provenance(kind: str, of: str, **fields: Any) -> bytes:
+    """The encoded provenance record of a commit that ``kind`` (unmerge, extract, bake) made
+    from commit ``of``, its only parent: one layout for every kind, ``<kind>_of`` naming it."""
+    record = {**PROVENANCE_RECORD.header(), "kind": kind, f"{kind}_of": of, **fields}
+    return PROVENANCE_RECORD.encode({**record, "commit_parents": [of]})
+
+
 def commit_parents(repo: Repo, sha: str) -> list[str]:
     return [p.decode() for p in repo.git[sha.encode()].parents]
 
@@ -85,6 +92,11 @@ def parent_index(record: Mapping[str, Any], spec: str, repo: Repo | None = None)
         f"{i}={names[i] if i < len(names) else p[:12]}" for i, p in enumerate(parents)
     )
     raise NotFoundError(f"'{spec}' is not a parent of this merge", hint=f"its parents are {shown}")
+
+
+def parent_entry(record: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Parent ``index`` of a merge as provenance records name it: index, label and commit."""
+    return {"index": index, "name": parent_label(record, index), "commit": record["parents"][index]}
 
 
 def parent_label(record: Mapping[str, Any], index: int) -> str:

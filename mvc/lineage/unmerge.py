@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 from mvc.errors import MvcError
 from mvc.lineage.records import (
     PROVENANCE_PATH,
-    PROVENANCE_RECORD,
     merge_record,
+    parent_entry,
     parent_index,
     parent_label,
+    provenance,
 )
 from mvc.merge.recipe import Recipe
-from mvc.repo.references import RECORD_PREFIX
+from mvc.repo.records import without_records
 
 if TYPE_CHECKING:
     from mvc.progress import Progress
@@ -76,31 +77,21 @@ def unmerge(
             outcome = "recomputed"
         else:
             source = recipe.branches[0] if recipe.contributing else record["base"]
-            files = {
-                path: data
-                for path, data in repo.files(source).items()
-                if not path.startswith(RECORD_PREFIX)
-            }
+            files = without_records(repo.files(source))
             outcome = "parent" if recipe.contributing else "base"
         dropped_name = parent_label(record, index)
-        parents: list[str] = record["parents"]
         nested = merged.record if merged is not None else None
-        provenance = {
-            **PROVENANCE_RECORD.header(),
-            "kind": "unmerge",
-            "unmerge_of": sha,
-            "dropped": {"index": index, "name": dropped_name, "commit": parents[index]},
-            "remaining": [
-                {"index": i, "name": parent_label(record, i), "commit": commit}
-                for i, commit in enumerate(parents)
-                if i != index
+        files[PROVENANCE_PATH] = provenance(
+            "unmerge",
+            sha,
+            dropped=parent_entry(record, index),
+            remaining=[
+                parent_entry(record, i) for i in range(len(record["parents"])) if i != index
             ],
-            "result": outcome,
-            "commit_parents": [sha],
-            "record": nested,
-            "store_objects": nested["store_objects"] if nested else [],
-        }
-        files[PROVENANCE_PATH] = PROVENANCE_RECORD.encode(provenance)
+            result=outcome,
+            record=nested,
+            store_objects=nested["store_objects"] if nested else [],
+        )
         text = message or f"Unmerge {dropped_name} from {sha[:12]}"
         try:
             prewritten = merged.written if merged is not None else None
