@@ -23,14 +23,7 @@ import numpy as np
 
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
-from mvc.lineage.records import (
-    PROVENANCE_PATH,
-    merge_record,
-    parent_entry,
-    parent_index,
-    parent_label,
-    provenance,
-)
+from mvc.lineage.records import merge_parent, parent_entry, parent_label, with_provenance
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
 from mvc.merge.layout import LayoutChoice, align
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
@@ -123,8 +116,7 @@ def extract(
     """
     if out_dir is None and branch is None:
         out_dir = f"extract-{parent}"
-    sha, record = merge_record(repo, rev)
-    index = parent_index(record, parent, repo)
+    sha, record, index = merge_parent(repo, rev, parent)
     result = ExtractResult(
         sha, index, parent_label(record, index), record["parents"][index], None, None
     )
@@ -331,8 +323,9 @@ def _commit(
     branch: str,
 ) -> str:
     """Commit the extracted model as branch `branch`, child of the merge, with provenance."""
-    record_bytes = provenance("extract", sha, parent=parent_entry(record, index), store_objects=[])
-    files = {**files, PROVENANCE_PATH: record_bytes}
+    files = with_provenance(
+        files, "extract", sha, parent=parent_entry(record, index), store_objects=[]
+    )
     message = f"Extract {parent_label(record, index)} from {sha[:12]}"
     commit = repo.commit_tree(files, [sha], message, update_ref=False, update_worktree=False)
     repo.create_branch(branch, commit)

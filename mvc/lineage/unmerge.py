@@ -19,14 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
-from mvc.lineage.records import (
-    PROVENANCE_PATH,
-    merge_record,
-    parent_entry,
-    parent_index,
-    parent_label,
-    provenance,
-)
+from mvc.lineage.records import merge_parent, parent_entry, parent_label, with_provenance
 from mvc.merge.recipe import Recipe
 from mvc.repo.records import without_records
 
@@ -59,8 +52,7 @@ def unmerge(
     from mvc.merge.pipeline import run_on_commits
 
     with repo.locked():
-        sha, record = merge_record(repo, rev)
-        index = parent_index(record, drop, repo)
+        sha, record, index = merge_parent(repo, rev, drop)
         head = repo.head()
         if head != sha:
             raise MvcError(
@@ -81,7 +73,8 @@ def unmerge(
             outcome = "parent" if recipe.contributing else "base"
         dropped_name = parent_label(record, index)
         nested = merged.record if merged is not None else None
-        files[PROVENANCE_PATH] = provenance(
+        files = with_provenance(
+            files,
             "unmerge",
             sha,
             dropped=parent_entry(record, index),
