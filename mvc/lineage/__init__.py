@@ -24,8 +24,7 @@ backend, or to read fp8 values).
 
 from __future__ import annotations
 
-from typing import Any
-
+from mvc.lazy import lazy_exports
 from mvc.lineage.records import recipe_line
 
 _EXPORTS = {
@@ -34,13 +33,7 @@ _EXPORTS = {
     "to_mermaid": "mvc.lineage.graph",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(_EXPORTS)
 
 
 __all__ = ["recipe_line", *_EXPORTS]

@@ -7,8 +7,7 @@ pay for it; the transform, the equivalence check and the commit operations impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mvc.lazy import lazy_exports
 
 _EXPORTS = {
     "keygen": "mvc.lock.keys",
@@ -27,10 +26,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(name)
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(_EXPORTS)

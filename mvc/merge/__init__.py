@@ -6,7 +6,7 @@ strategies' declarations) without importing the executor.
 
 from __future__ import annotations
 
-from typing import Any
+from mvc.lazy import lazy_exports
 
 _EXPORTS = {
     "merge": "mvc.merge.api",
@@ -17,13 +17,7 @@ _EXPORTS = {
     "run": "mvc.merge.pipeline",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(_EXPORTS)
 
 
 __all__ = list(_EXPORTS)
