@@ -27,13 +27,5 @@ from __future__ import annotations
 from mvc.lazy import lazy_exports
 from mvc.lineage.records import recipe_line
 
-_EXPORTS = {
-    "lineage_graph": "mvc.lineage.graph",
-    "to_dot": "mvc.lineage.graph",
-    "to_mermaid": "mvc.lineage.graph",
-}
-
-__getattr__ = lazy_exports(_EXPORTS)
-
-
-__all__ = ["recipe_line", *_EXPORTS]
+_NAMES, __getattr__ = lazy_exports({"mvc.lineage.graph": ("lineage_graph", "to_dot", "to_mermaid")})
+__all__ = ["recipe_line", *_NAMES]

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from mvc.lazy import lazy_exports
 
-_EXPORTS = {
-    "merge": "mvc.merge.api",
-    "MergeOptions": "mvc.merge.api",
-    "MergeResult": "mvc.merge.api",
-    "MergeParams": "mvc.merge.params",
-    "Recipe": "mvc.merge.recipe",
-    "run": "mvc.merge.pipeline",
-}
-
-__getattr__ = lazy_exports(_EXPORTS)
-
-
-__all__ = list(_EXPORTS)
+__all__, __getattr__ = lazy_exports(
+    {
+        "mvc.merge.api": ("merge", "MergeOptions", "MergeResult"),
+        "mvc.merge.params": ("MergeParams",),
+        "mvc.merge.recipe": ("Recipe",),
+        "mvc.merge.pipeline": ("run",),
+    }
+)
