@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -99,7 +99,9 @@ class KarcherJob(TensorJob):
             return
         gram = GramPass(lambda chunk: chunk.thetas_c, self.spec.n_branches)
         yield gram
-        self.c = karcher_coefficients(gram.gram(), self.alphas, self.params.max_iter, self.params.tol)
+        self.c = karcher_coefficients(
+            gram.gram(), self.alphas, self.params.max_iter, self.params.tol
+        )
 
     def step(self, chunk: Chunk) -> Step:
         thetas = chunk.thetas_c
@@ -120,6 +122,4 @@ class Karcher(Strategy):
     mergekit = "karcher"
     mergekit_base = "none"
     needs_base = False
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return KarcherJob(params, spec, masks)
+    job = KarcherJob

@@ -5,7 +5,7 @@ Accumulated in branch order (w_i·θ_i rounded, then added), then divided by Σ 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
 from mvc.merge.declare import NORMALIZE, WEIGHT
@@ -14,7 +14,6 @@ from mvc.merge.strategies.base import (
     Step,
     Strategy,
     TensorJob,
-    TensorSpec,
     resolved_normalize,
 )
 
@@ -48,5 +47,4 @@ class Linear(Strategy):
         if resolved_normalize(params, True) and sum(params.weights_for(n_branches)) == 0:
             raise MvcError("weights sum to zero; linear cannot normalise them")
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return LinearJob(params, spec, masks=masks)
+    job = LinearJob

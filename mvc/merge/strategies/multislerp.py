@@ -12,7 +12,7 @@ Weights are normalised to sum 1 unless ``--no-normalize-weights``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -109,5 +109,4 @@ class MultiSlerp(Strategy):
         if params.normalize_weights and abs(sum(params.weights_for(n_branches))) < 1e-12:
             raise MvcError("multislerp: weights sum to zero; they cannot be normalised")
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return MultiSlerpJob(params, spec, masks)
+    job = MultiSlerpJob
