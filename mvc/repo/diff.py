@@ -38,6 +38,7 @@ class TensorDiff:
     relative_l2: float | None = None
     cosine: float | None = None
     sign_conflicts: float | None = None
+    kind: str = "tensor"  # tensor | delta (a LoRA module's update ΔW = s·B·A)
 
 
 @dataclass
@@ -102,6 +103,14 @@ class _Side:
             return {}
         return {name: (path, view.shards[path].tensor(name)) for name, path in view.where.items()}
 
+    def read(self, path: str) -> bytes | None:
+        """An ordinary file of this version (None when absent)."""
+        if path not in self.blobs:
+            return None
+        if self.rev is None:
+            return (self.repo.root / path).read_bytes()
+        return self.repo.read_blob(self.blobs[path])
+
     def chunks(self, path: str, entry: TensorEntry) -> Iterator[bytes]:
         if self.rev is not None:
             yield from self.repo.iter_chunks(entry)
@@ -119,6 +128,8 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
 
     Tensors of a model folder (see ``mvc.repo.models``) are matched by name across its
     shards, so a resharded model shows its tensors' changes, not files added and deleted.
+    A PEFT LoRA adapter's modules are compared by their update ΔW, not their factors
+    (``mvc.repo.adapter_diff``).
     """
     old_id = repo.resolve(old)
     new_id = repo.resolve(new) if new is not None else None
@@ -147,6 +158,12 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
         old_t, new_t = a.tensors(kind, where), b.tensors(kind, where)
         base_t = base_side.tensors(kind, where) if base_side is not None else {}
         start = len(report.tensors)
+        if kind == "file":
+            from mvc.repo.adapter_diff import diff_adapter
+
+            old_t, new_t, base_t = diff_adapter(
+                report, where, a, b, base_side, old_t, new_t, base_t
+            )
         _diff_tensors(report, old_t, new_t, base_t, a, b, base_side)
         if new_id is None:
             for t in report.tensors[start:]:
@@ -180,9 +197,7 @@ def _diff_tensors(
         else:
             base_path, b_entry = base_t.get(name, (None, None))
             use_base = base is not None and b_entry is not None and b_entry.same_layout(old_entry)
-            base_chunks = (
-                base.chunks(base_path, b_entry) if use_base and base and b_entry else None
-            )
+            base_chunks = base.chunks(base_path, b_entry) if use_base and base and b_entry else None
             report.tensors.append(
                 _stats(
                     path,
@@ -205,34 +220,54 @@ def _stats(
     old: TensorEntry,
     new: TensorEntry,
 ) -> TensorDiff:
-    changed = total = 0
-    diff_sq = old_sq = 0.0
-    dot = na = nb = 0.0
-    conflicts = both_moved = 0
+    acc = ChangeStats(with_base=base_chunks is not None)
     for old_bytes, new_bytes in zip(old_chunks, new_chunks, strict=True):
         x = to_float64(old_bytes, old.dtype)
         y = to_float64(new_bytes, new.dtype)
-        changed += int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))
-        total += x.size
+        z = to_float64(next(base_chunks), old.dtype) if base_chunks is not None else None
+        changed = int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))
+        acc.add(x, y, z, changed)
+    return acc.result(path, name)
+
+
+class ChangeStats:
+    """The diff figures of one tensor (or one adapter module's ΔW), accumulated block by
+    block: relative L2 change, and with a base the task vectors' cosine and sign conflicts."""
+
+    def __init__(self, with_base: bool) -> None:
+        self.with_base = with_base
+        self.changed = self.total = self.conflicts = self.both_moved = 0
+        self.diff_sq = self.old_sq = self.dot = self.na = self.nb = 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, changed: int) -> None:
+        """One block: old values ``x``, new ``y``, base ``z``; ``changed`` of its elements
+        count as changed (bits for a tensor, beyond rounding for a ΔW)."""
+        self.changed += changed
+        self.total += x.size
         delta = y - x
-        diff_sq += float(np.dot(delta, delta))
-        old_sq += float(np.dot(x, x))
-        if base_chunks is not None:
-            z = to_float64(next(base_chunks), old.dtype)
+        self.diff_sq += float(np.vdot(delta, delta))
+        self.old_sq += float(np.vdot(x, x))
+        if z is not None:
             ta, tb = x - z, y - z
-            dot += float(np.dot(ta, tb))
-            na += float(np.dot(ta, ta))
-            nb += float(np.dot(tb, tb))
+            self.dot += float(np.vdot(ta, tb))
+            self.na += float(np.vdot(ta, ta))
+            self.nb += float(np.vdot(tb, tb))
             moved = (ta != 0) & (tb != 0)
-            both_moved += int(moved.sum())
-            conflicts += int((moved & (np.sign(ta) != np.sign(tb))).sum())
-    result = TensorDiff(path, name, "changed")
-    result.changed_fraction = changed / total if total else 0.0
-    result.relative_l2 = math.sqrt(diff_sq) / math.sqrt(old_sq) if old_sq else math.sqrt(diff_sq)
-    if base_chunks is not None:
-        result.cosine = dot / math.sqrt(na * nb) if na and nb else None
-        result.sign_conflicts = conflicts / both_moved if both_moved else 0.0
-    return result
+            self.both_moved += int(moved.sum())
+            self.conflicts += int((moved & (np.sign(ta) != np.sign(tb))).sum())
+
+    def relative(self) -> float:
+        diff = math.sqrt(self.diff_sq)
+        return diff / math.sqrt(self.old_sq) if self.old_sq else diff
+
+    def result(self, path: str, name: str, status: str = "changed") -> TensorDiff:
+        result = TensorDiff(path, name, status)
+        result.changed_fraction = self.changed / self.total if self.total else 0.0
+        result.relative_l2 = self.relative()
+        if self.with_base:
+            result.cosine = self.dot / math.sqrt(self.na * self.nb) if self.na and self.nb else None
+            result.sign_conflicts = self.conflicts / self.both_moved if self.both_moved else 0.0
+        return result
 
 
 def _bits(data: bytes, entry: TensorEntry) -> np.ndarray:
