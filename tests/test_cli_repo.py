@@ -85,6 +85,23 @@ def test_errors_are_one_line_with_exit_1(work, run_mvc):
     assert "Traceback" not in proc.stderr
 
 
+def test_failed_switch_create_leaves_no_branch(work, run_mvc):
+    run_mvc(work, "add", "model")
+    run_mvc(work, "commit", "-m", "base")
+    run_mvc(work, "switch", "-c", "a")
+    write_model_folder(work / "model", fine_tuned(random_weights(0)))
+    run_mvc(work, "commit", "-am", "a")
+    run_mvc(work, "switch", "main")
+    write_model_folder(work / "model", fine_tuned(random_weights(0), seed=5))  # dirty
+    before = (snapshot(work), (work / ".git" / "index").read_bytes())
+    proc = run_mvc(work, "switch", "-c", "b", "a", check=False)
+    assert proc.returncode == 1 and "uncommitted changes" in proc.stderr
+    branches = json.loads(run_mvc(work, "branch", "--json").stdout)
+    assert {b["name"] for b in branches} == {"main", "a"}
+    assert [b["name"] for b in branches if b["current"]] == ["main"]
+    assert (snapshot(work), (work / ".git" / "index").read_bytes()) == before
+
+
 def test_usage_error_exits_2(work, run_mvc):
     assert run_mvc(work, "commit", check=False).returncode == 2
 
@@ -111,3 +128,40 @@ def test_fast_commands_do_not_import_torch(work, assert_no_torch):
         "    pass\n"
     )
     assert_no_torch(code, work)
+
+
+def test_command_table_names_every_command_of_its_module():
+    """The CLI imports a command's module only when it runs: its table must be complete."""
+    import importlib
+
+    import click
+
+    from mvc.cli.main import COMMANDS
+
+    registered: dict[str, str] = {}
+    for module in set(COMMANDS.values()):
+        group = click.Group()
+        importlib.import_module(module).register(group)
+        registered.update(dict.fromkeys(group.commands, module))
+    assert registered == COMMANDS
+
+
+def test_push_loads_no_merge_layer(work, run_mvc, tmp_path):
+    """`mvc push` starts without the merge strategies (start-up is most of a small push)."""
+    import subprocess
+    import sys
+
+    run_mvc(work, "add", "model")
+    run_mvc(work, "commit", "-m", "base")
+    code = (
+        "import sys\n"
+        "from mvc.cli.main import main\n"
+        "try:\n"
+        f"    main(['push', '-q', {str(tmp_path / 'remote')!r}, 'main'])\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "assert not any(m.startswith('mvc.merge') for m in sys.modules), 'merge imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "remote" / "refs" / "heads" / "main").is_file()

@@ -20,7 +20,9 @@ from mvc.repo.diff import diff_revisions
 from mvc.repo.models import model_view, sharded_layout
 
 
-def llama_weights(seed: int = 0, hidden: int = 32, inter: int = 48, vocab: int = 96, layers: int = 2):
+def llama_weights(
+    seed: int = 0, hidden: int = 32, inter: int = 48, vocab: int = 96, layers: int = 2
+):
     """A LLaMA-shaped model (names and shapes of LlamaForCausalLM), small, float32 values."""
     rng = np.random.default_rng(seed)
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
@@ -206,18 +208,32 @@ def hostile(tmp_path: Path, mutate, message: str) -> tuple[Repo, dict]:
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f, i: i["weight_map"].update(ghost="model-00009-of-00009.safetensors"),
-         "names shard 'model-00009-of-00009.safetensors', which is not there"),
-        (lambda f, i: i["weight_map"].update(ghost=i["weight_map"]["lm_head.weight"]),
-         "maps 'ghost' to"),
-        (lambda f, i: i["weight_map"].update({"lm_head.weight": "../model.safetensors"}),
-         "unsafe path '../model.safetensors'"),
-        (lambda f, i: i["weight_map"].update({"lm_head.weight": "sub/x.safetensors"}),
-         "outside the model folder"),
-        (lambda f, i: i["weight_map"].pop("lm_head.weight"), "does not list tensor 'lm_head.weight'"),
-        (lambda f, i: write_safetensors_np(
-            f / "dup.safetensors", {"lm_head.weight": np.zeros((96, 32), np.float32)}),
-         "tensor 'lm_head.weight' is in both"),
+        (
+            lambda f, i: i["weight_map"].update(ghost="model-00009-of-00009.safetensors"),
+            "names shard 'model-00009-of-00009.safetensors', which is not there",
+        ),
+        (
+            lambda f, i: i["weight_map"].update(ghost=i["weight_map"]["lm_head.weight"]),
+            "maps 'ghost' to",
+        ),
+        (
+            lambda f, i: i["weight_map"].update({"lm_head.weight": "../model.safetensors"}),
+            "unsafe path '../model.safetensors'",
+        ),
+        (
+            lambda f, i: i["weight_map"].update({"lm_head.weight": "sub/x.safetensors"}),
+            "outside the model folder",
+        ),
+        (
+            lambda f, i: i["weight_map"].pop("lm_head.weight"),
+            "does not list tensor 'lm_head.weight'",
+        ),
+        (
+            lambda f, i: write_safetensors_np(
+                f / "dup.safetensors", {"lm_head.weight": np.zeros((96, 32), np.float32)}
+            ),
+            "tensor 'lm_head.weight' is in both",
+        ),
     ],
 )
 def test_hostile_index_is_refused_and_nothing_changes(tmp_path, mutate, message):
@@ -249,7 +265,9 @@ def write_sharded(folder: Path, weights: dict[str, np.ndarray], max_bytes: int) 
     layout = sharded_layout("", [(n, w.nbytes) for n, w in weights.items()], max_bytes)
     weight_map = {}
     for path, names in layout.shards:
-        write_safetensors_np(folder / path, {n: weights[n] for n in names}, metadata={"format": "pt"})
+        write_safetensors_np(
+            folder / path, {n: weights[n] for n in names}, metadata={"format": "pt"}
+        )
         weight_map.update(dict.fromkeys(names, path))
     if layout.index:
         total = sum(w.nbytes for w in weights.values())
@@ -288,7 +306,9 @@ def test_minilm_resharded_fine_tune_merges_like_one_layout(tmp_path):
         merged.append(tensors(repo, "HEAD"))
     assert len(model_view(repo.files("sent"), "model").shards) > 1
     assert merged[0] == merged[1]
-    assert sorted(repo.tree_files("HEAD")) == sorted(repo.tree_files("topic") | {".mvc/merge.json": 0})
+    assert sorted(repo.tree_files("HEAD")) == sorted(
+        repo.tree_files("topic") | {".mvc/merge.json": 0}
+    )
     assert verify(repo, "HEAD", device="cpu").ok
 
 
@@ -340,7 +360,9 @@ def test_extract_rebuilds_a_parent_saved_in_another_layout(tmp_path):
     rebuilt = {k: v for p in out.glob("*.safetensors") for k, v in load_file(str(p)).items()}
     repo.switch("sent")
     original = {
-        k: v for p in (repo.root / "model").glob("*.safetensors") for k, v in load_file(str(p)).items()
+        k: v
+        for p in (repo.root / "model").glob("*.safetensors")
+        for k, v in load_file(str(p)).items()
     }
     name = "model.layers.1.self_attn.q_proj.weight"  # changed by `sent` alone
     assert np.array_equal(rebuilt[name], original[name])
@@ -368,3 +390,37 @@ def test_two_model_folders_resharded_in_one_merge(tmp_path):
             model_view(repo.files("y"), folder).shards
         )
     assert merge_record(repo, "HEAD")[1]["layout"]["models"] == ["a", "b"]
+
+
+def test_lock_and_unlock_a_sharded_model_by_tensor_name(tmp_path):
+    """lock sees one model across three shards and an index, keeps that layout, and unlock
+    restores every file of the folder byte for byte."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lock_models import tiny_model
+
+    from mvc.lock.commit import lock_commit, unlock_commit
+    from mvc.lock.keys import keygen
+    from mvc.lock.record import is_locked, lock_record
+
+    config, state = tiny_model("llama")
+    folder = tmp_path / "repo" / "model"
+    write_model_folder(folder, {n: t.float().numpy() for n, t in state.items()}, shards=3)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").unlink()  # the factory's stub; the lock probes with token ids
+    repo = Repo.init(tmp_path / "repo")
+    repo.add([folder])
+    base = repo.commit("base, three shards")
+    keygen(tmp_path / "key")
+
+    locked = lock_commit(repo, "HEAD", tmp_path / "key")
+    assert lock_record(repo, locked)["models"][0]["stream"] == "rotation"
+    assert index_of(repo, locked) == index_of(repo, base)  # the layout is kept
+    shards = sorted(p for p in repo.files(base) if p.endswith(".safetensors"))
+    assert len(shards) == 3
+    for shard in shards:  # every shard was rewritten, each tensor stayed in its own shard
+        before, after = repo.load_state_dict(base, shard), repo.load_state_dict(locked, shard)
+        assert before.keys() == after.keys()
+        assert any(not torch.equal(before[n], after[n]) for n in before)
+    unlocked = unlock_commit(repo, locked, tmp_path / "key")
+    assert repo.files(unlocked) == repo.files(base) and not is_locked(repo, unlocked)

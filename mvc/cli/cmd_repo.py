@@ -45,9 +45,7 @@ def status(as_json: bool, short: bool) -> None:
     """Show staged, unstaged and untracked changes."""
     repo = open_repo()
     st = repo.status()
-    adapters = adapters_for_paths(
-        repo, None, [*st.staged, *st.unstaged, *st.untracked]
-    )
+    adapters = adapters_for_paths(repo, None, [*st.staged, *st.unstaged, *st.untracked])
     if as_json:
         emit_json(dict(st.to_json(), adapters=adapters))
         return
@@ -215,11 +213,14 @@ def diff(revs: tuple[str, ...], as_json: bool, show_all: bool) -> None:
     if not rows:
         return
     click.echo("")
-    header = f"{'tensor':<60} {'status':<9} {'changed':>8} {'rel L2':>9} {'cosine':>7} {'sign≠':>7}"
+    header = (
+        f"{'tensor':<60} {'status':<10} {'changed':>8} {'rel L2':>9} {'cosine':>7} {'sign≠':>7}"
+    )
     click.echo(header)
     for r in rows:
+        label = r.path + "::" + r.name + (" ΔW" if r.kind == "delta" else "")
         click.echo(
-            f"{_clip(r.path + '::' + r.name, 60):<60} {r.status:<9} {_pct(r.changed_fraction):>8} "
+            f"{_clip(label, 60):<60} {r.status:<10} {_pct(r.changed_fraction):>8} "
             f"{_num(r.relative_l2):>9} {_num(r.cosine, 3):>7} {_pct(r.sign_conflicts):>7}"
         )
 

@@ -196,23 +196,60 @@ def fine_tune(
     """
     import torch
 
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     started = time.perf_counter()
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     model = load_encoder(model_dir)
     tokenizer = load_tokenizer(model_dir)
+    encoder_params = [p for p in model.parameters() if p.requires_grad]
+    head, losses = train_with_head(
+        model,
+        tokenizer,
+        task,
+        encoder_params,
+        steps=steps,
+        lr=lr,
+        head_lr=head_lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    path = save_head(head, head_path(out, task.name))
+    return FineTuneResult(out, path, steps, losses[-1], time.perf_counter() - started)
+
+
+def train_with_head(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    params: Sequence[torch.nn.Parameter],
+    *,
+    steps: int = STEPS,
+    lr: float = LR,
+    head_lr: float = HEAD_LR,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Head, list[float]]:
+    """Train ``params`` of ``model`` (the whole encoder, or a LoRA adapter's factors) jointly
+    with a fresh zero head on ``task``'s train split; the head and the step losses.
+
+    One loop for every kind of fine-tune, so a full fine-tune and an adapter see the same
+    batches, loss and optimiser (AdamW, no weight decay) and differ only in what trains.
+    """
+    import torch
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     model.train()
     hidden = model.config.hidden_size
     weight = torch.nn.Parameter(torch.zeros(len(task.labels), hidden))
     bias = torch.nn.Parameter(torch.zeros(len(task.labels)))
-    encoder_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [
-            {"params": encoder_params, "lr": lr},
-            {"params": [weight, bias], "lr": head_lr},
-        ],
+        [{"params": list(params), "lr": lr}, {"params": [weight, bias], "lr": head_lr}],
         weight_decay=0.0,
     )
     batches = _batches(len(task.train), batch_size, steps, seed)
@@ -226,13 +263,8 @@ def fine_tune(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    path = save_head(
-        Head(task.name, task.labels, weight.detach(), bias.detach()), head_path(out, task.name)
-    )
-    return FineTuneResult(out, path, steps, losses[-1], time.perf_counter() - started)
+    model.eval()
+    return Head(task.name, task.labels, weight.detach(), bias.detach()), losses
 
 
 def _progress(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mvc.lineage.records import find_provenance, merge_record
 from mvc.lineage.tensors import max_abs_difference
 from mvc.repo.manifest import Manifest, TensorEntry
-from mvc.repo.references import RECORD_PREFIX
+from mvc.repo.records import without_records
 from mvc.repo.worktree import is_model_path
 from mvc.store import ObjectStore, object_id
 
@@ -176,9 +176,7 @@ def verify(
     compute_device = resolve_device(device)
     report = VerifyReport(sha, str(record.get("device", "cpu")), str(compute_device), tolerance)
     store = ScratchStore(repo.store)
-    commit_files = {
-        path: data for path, data in repo.files(sha).items() if not path.startswith(RECORD_PREFIX)
-    }
+    commit_files = without_records(repo.files(sha))
     watch = _Watch(record, commit_files, report, store) if fail_fast else None
     try:
         result = run_on_commits(
@@ -260,8 +258,7 @@ def _verify_bake(
     store = ScratchStore(repo.store)
     try:
         files, _ = baked_files(repo, store, provenance["bake_of"], provenance["adapter"])  # type: ignore[arg-type]
-        committed = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
-        _compare_files(store, files, committed, {}, report)
+        _compare_files(store, files, without_records(repo.files(sha)), {}, report)
     finally:
         store.close()
     return report

@@ -10,7 +10,6 @@ with numpy; never imports torch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,23 +20,13 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.hf import INDEX_NAME
 from mvc.formats.numeric import to_float64
 from mvc.formats.safetensors import SafetensorsFile
+from mvc.repo.diff_stats import ChangeStats, TensorDiff
 from mvc.repo.manifest import TensorEntry
 from mvc.repo.models import folder_of, model_folders, model_view
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
     from mvc.repo.repository import Repo
-
-
-@dataclass
-class TensorDiff:
-    path: str
-    name: str
-    status: str  # added | deleted | changed | unchanged | retyped
-    changed_fraction: float | None = None
-    relative_l2: float | None = None
-    cosine: float | None = None
-    sign_conflicts: float | None = None
 
 
 @dataclass
@@ -102,6 +91,14 @@ class _Side:
             return {}
         return {name: (path, view.shards[path].tensor(name)) for name, path in view.where.items()}
 
+    def read(self, path: str) -> bytes | None:
+        """An ordinary file of this version (None when absent)."""
+        if path not in self.blobs:
+            return None
+        if self.rev is None:
+            return (self.repo.root / path).read_bytes()
+        return self.repo.read_blob(self.blobs[path])
+
     def chunks(self, path: str, entry: TensorEntry) -> Iterator[bytes]:
         if self.rev is not None:
             yield from self.repo.iter_chunks(entry)
@@ -119,6 +116,8 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
 
     Tensors of a model folder (see ``mvc.repo.models``) are matched by name across its
     shards, so a resharded model shows its tensors' changes, not files added and deleted.
+    A PEFT LoRA adapter's modules are compared by their update ΔW, not their factors
+    (``mvc.repo.adapter_diff``).
     """
     old_id = repo.resolve(old)
     new_id = repo.resolve(new) if new is not None else None
@@ -147,6 +146,12 @@ def diff_revisions(repo: Repo, old: str, new: str | None) -> DiffReport:
         old_t, new_t = a.tensors(kind, where), b.tensors(kind, where)
         base_t = base_side.tensors(kind, where) if base_side is not None else {}
         start = len(report.tensors)
+        if kind == "file":
+            from mvc.repo.adapter_diff import diff_adapter
+
+            old_t, new_t, base_t = diff_adapter(
+                report, where, a, b, base_side, old_t, new_t, base_t
+            )
         _diff_tensors(report, old_t, new_t, base_t, a, b, base_side)
         if new_id is None:
             for t in report.tensors[start:]:
@@ -180,9 +185,7 @@ def _diff_tensors(
         else:
             base_path, b_entry = base_t.get(name, (None, None))
             use_base = base is not None and b_entry is not None and b_entry.same_layout(old_entry)
-            base_chunks = (
-                base.chunks(base_path, b_entry) if use_base and base and b_entry else None
-            )
+            base_chunks = base.chunks(base_path, b_entry) if use_base and base and b_entry else None
             report.tensors.append(
                 _stats(
                     path,
@@ -205,34 +208,14 @@ def _stats(
     old: TensorEntry,
     new: TensorEntry,
 ) -> TensorDiff:
-    changed = total = 0
-    diff_sq = old_sq = 0.0
-    dot = na = nb = 0.0
-    conflicts = both_moved = 0
+    acc = ChangeStats(with_base=base_chunks is not None)
     for old_bytes, new_bytes in zip(old_chunks, new_chunks, strict=True):
         x = to_float64(old_bytes, old.dtype)
         y = to_float64(new_bytes, new.dtype)
-        changed += int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))
-        total += x.size
-        delta = y - x
-        diff_sq += float(np.dot(delta, delta))
-        old_sq += float(np.dot(x, x))
-        if base_chunks is not None:
-            z = to_float64(next(base_chunks), old.dtype)
-            ta, tb = x - z, y - z
-            dot += float(np.dot(ta, tb))
-            na += float(np.dot(ta, ta))
-            nb += float(np.dot(tb, tb))
-            moved = (ta != 0) & (tb != 0)
-            both_moved += int(moved.sum())
-            conflicts += int((moved & (np.sign(ta) != np.sign(tb))).sum())
-    result = TensorDiff(path, name, "changed")
-    result.changed_fraction = changed / total if total else 0.0
-    result.relative_l2 = math.sqrt(diff_sq) / math.sqrt(old_sq) if old_sq else math.sqrt(diff_sq)
-    if base_chunks is not None:
-        result.cosine = dot / math.sqrt(na * nb) if na and nb else None
-        result.sign_conflicts = conflicts / both_moved if both_moved else 0.0
-    return result
+        z = to_float64(next(base_chunks), old.dtype) if base_chunks is not None else None
+        changed = int(np.count_nonzero(_bits(old_bytes, old) != _bits(new_bytes, old)))
+        acc.add(x, y, z, changed)
+    return acc.result(path, name)
 
 
 def _bits(data: bytes, entry: TensorEntry) -> np.ndarray:
