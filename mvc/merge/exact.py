@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-_HALF = 26  # fp64 mantissas (53 bits) are split in two 26/27-bit halves
-# Per-slice sums stay below 2**27 * 2**22 = 2**49 (fp64 halves) and 2**24 * 2**22 = 2**46
-# (fp32 mantissas), exact in the float64 weights np.bincount accumulates in.
+_HALF = 26  # fp64 fractions (52 bits) are split in two 26-bit halves
+# Per-slice sums stay below 2**26 * 2**22 = 2**48 (fp64 halves) and 2**23 * 2**22 = 2**45
+# (fp32 fractions), exact in the float64 weights np.bincount accumulates in.
 _SLICE = 1 << 22
 _F32_UNIT = 149  # an fp32 mantissa unit at exponent field 1 is 2**-149; fp64's is 2**-1074
 
@@ -23,63 +23,63 @@ _F32_UNIT = 149  # an fp32 mantissa unit at exponent field 1 is 2**-149; fp64's 
 class ExactSum:
     """Accumulates the exact sum of float32/float64 values (signed), on the host.
 
-    Values of 32 bits or fewer are summed from their own fp32 bits (one signed bincount
-    over 256 exponents, no float64 copy): the total is exact either way, so the rounded
-    result is the same as summing them as float64, only cheaper.
+    Each value is binned by sign and exponent (the arithmetic shift of its bits gives both
+    at once); a bin keeps the count of its values (each carries the implicit leading bit)
+    and the sum of their fractions. Values of 32 bits or fewer are binned from their own
+    fp32 bits, with no float64 copy: the total is exact either way, so the rounded result
+    is the same as summing them as float64, only cheaper.
     """
 
     def __init__(self) -> None:
-        self._bins64 = np.zeros((2048, 2), dtype=np.int64)
-        self._bins32 = np.zeros(256, dtype=np.int64)
-        self._special = False  # an inf or nan was added
+        # Rows: sign and exponent (negative values first); columns: count, fraction sums.
+        self._bins64 = np.zeros((4096, 3), dtype=np.int64)
+        self._bins32 = np.zeros((512, 2), dtype=np.int64)
 
     def add(self, values: np.ndarray) -> None:
         x = np.asarray(values).reshape(-1)
         if x.dtype.kind == "f" and x.dtype.itemsize <= 4:
             x = x.astype(np.float32, copy=False)
             for start in range(0, x.size, _SLICE):
-                self._accumulate32(x[start : start + _SLICE])
+                bits = x[start : start + _SLICE].view(np.int32)
+                index = (bits >> 23) + 256  # sign and exponent: 0..511
+                self._bins32[:, 0] += np.bincount(index, minlength=512)
+                fraction = bits & 0x7FFFFF
+                self._bins32[:, 1] += np.bincount(index, fraction, 512).astype(np.int64)
             return
         x = x.astype(np.float64, copy=False)
         for start in range(0, x.size, _SLICE):
-            self._accumulate64(x[start : start + _SLICE])
-
-    def _accumulate32(self, x: np.ndarray) -> None:
-        bits = x.view(np.int32)
-        exponent = (bits >> 23) & 0xFF
-        if x.size and int(exponent.max()) == 0xFF:
-            self._special = True
-        mantissa = (bits & 0x7FFFFF) | ((exponent > 0).astype(np.int32) << 23)
-        signed = np.where(bits < 0, -mantissa, mantissa)
-        self._bins32 += np.bincount(exponent, weights=signed, minlength=256).astype(np.int64)
-
-    def _accumulate64(self, x: np.ndarray) -> None:
-        bits = x.view(np.int64)
-        exponent = (bits >> 52) & 0x7FF
-        if x.size and int(exponent.max()) == 0x7FF:
-            self._special = True
-        mantissa = (bits & ((1 << 52) - 1)) | ((exponent > 0).astype(np.int64) << 52)
-        negative = bits < 0
-        for column, half in enumerate((mantissa >> _HALF, mantissa & ((1 << _HALF) - 1))):
-            signed = np.where(negative, -half, half)
-            sums = np.bincount(exponent, weights=signed, minlength=2048)
-            self._bins64[:, column] += sums.astype(np.int64)
+            bits = x[start : start + _SLICE].view(np.int64)
+            index = (bits >> 52) + 2048  # sign and exponent: 0..4095
+            self._bins64[:, 0] += np.bincount(index, minlength=4096)
+            fraction = bits & ((1 << 52) - 1)
+            for column, half in ((1, fraction >> _HALF), (2, fraction & ((1 << _HALF) - 1))):
+                self._bins64[:, column] += np.bincount(index, half, 4096).astype(np.int64)
 
     @staticmethod
-    def _total(bins: np.ndarray) -> int:
-        """Σ bin << (max(e, 1) − 1) over the nonzero bins, in Python integers (exact)."""
+    def _total(bins: np.ndarray, fraction_bits: int) -> int | None:
+        """Σ ± mantissa sums << (max(e, 1) − 1) in Python integers (exact); None on inf/nan."""
+        exponents = len(bins) // 2
+        top = exponents - 1
+        if bins[top, 0] or bins[exponents + top, 0]:
+            return None
         total = 0
-        rows = bins.reshape(bins.shape[0], -1)
-        for e in np.flatnonzero(rows.any(axis=1)).tolist():
-            parts = rows[e].tolist()
-            mantissa = (parts[0] << _HALF) + parts[1] if len(parts) == 2 else parts[0]
-            total += mantissa << max(e, 1) - 1
+        for row in np.flatnonzero(bins[:, 0]).tolist():
+            count, *fractions = bins[row].tolist()
+            e = row % exponents
+            mantissa = (count << fraction_bits) if e > 0 else 0
+            if len(fractions) == 2:
+                mantissa += (fractions[0] << _HALF) + fractions[1]
+            else:
+                mantissa += fractions[0]
+            term = mantissa << max(e, 1) - 1
+            total += term if row >= exponents else -term
         return total
 
     def value(self) -> float:
         """The exact sum rounded once to float64 (nan when an input is inf or nan)."""
-        if self._special:
+        wide = self._total(self._bins64, 52)
+        narrow = self._total(self._bins32, 23)
+        if wide is None or narrow is None:
             return math.nan
-        total = self._total(self._bins64) + (self._total(self._bins32) << (1074 - _F32_UNIT))
         # Python's int / int true division rounds correctly, once.
-        return total / (1 << 1074)
+        return (wide + (narrow << (1074 - _F32_UNIT))) / (1 << 1074)
