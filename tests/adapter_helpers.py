@@ -39,11 +39,18 @@ def lora_config(**overrides) -> peft.LoraConfig:
 
 
 def make_adapter(
-    folder: Path, seed: int | None, *, b_scale: float = 0.02, nudge: float = 0.05, **overrides
+    folder: Path,
+    seed: int | None,
+    *,
+    b_scale: float = 0.02,
+    nudge: float = 0.05,
+    model_fn=None,
+    **overrides,
 ) -> Path:
-    """Save a PEFT adapter in ``folder``; ``seed`` None leaves PEFT's init (zero B)."""
+    """Save a PEFT adapter in ``folder``; ``seed`` None leaves PEFT's init (zero B).
+    ``model_fn`` builds the base model (default: MiniLM)."""
     torch.manual_seed(INIT_SEED)  # every branch starts from the same lora_A, as in practice
-    model = peft.get_peft_model(base_model(), lora_config(**overrides))
+    model = peft.get_peft_model((model_fn or base_model)(), lora_config(**overrides))
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -95,12 +102,16 @@ def _pattern(patterns: dict, module: str, default):
 
 def tokens() -> dict[str, torch.Tensor]:
     tok = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
-    return tok(["a small test sentence", "weights merge in weight space"], return_tensors="pt",
-               padding=True)
+    return tok(
+        ["a small test sentence", "weights merge in weight space"],
+        return_tensors="pt",
+        padding=True,
+    )
 
 
-def adapter_repo(root: Path, sides: dict[str, dict], *, init: dict | None = None,
-                 with_model: bool = True) -> Repo:
+def adapter_repo(
+    root: Path, sides: dict[str, dict], *, init: dict | None = None, with_model: bool = True
+) -> Repo:
     """A repository: main = base model (+ adapter at PEFT init when ``init`` is given), then
     one branch per entry of ``sides`` (name -> make_adapter keywords) editing adapter/."""
     repo = Repo.init(root)

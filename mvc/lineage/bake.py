@@ -2,7 +2,9 @@
 
 Like PEFT's ``merge_and_unload``: every target module's weight becomes W + s·B·A (Conv1D
 layers transposed), and the adapter's full tensors (``modules_to_save``, trained biases)
-replace the base's. It streams: one module's weight and factors are in memory at a time,
+replace the base's. The base is the stored model that holds the targets: one file, or a
+model folder's shards (an LLM's usual layout), written back in that layout with a
+consistent index (no tensor changes name, dtype or shard). It streams: one module's weight and factors are in memory at a time,
 and every tensor the adapter does not touch keeps its stored chunks (nothing is read).
 The commit drops the adapter folder (its effect is now in the weights; the adapter stays
 in history) and carries a provenance record (source commit, adapter, model file, each
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mvc.errors import ConflictError, MvcError
 from mvc.formats.peft import config_path, weights_path
 from mvc.lineage.records import PROVENANCE_PATH, PROVENANCE_RECORD, is_locked
-from mvc.merge.adapters import bake_manifest, find_adapter, find_base_model, oriented, read_side
+from mvc.merge.adapters import find_adapter, find_base_model, oriented, read_side
 from mvc.merge.planner import RECORD_PREFIX
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ class BakeResult:
     commit: str
     source: str
     adapter: str  # folder
-    model: str  # model file path
+    model: str  # model file path, or the folder of a sharded model
     modules: int
     replaced: int
 
@@ -45,30 +47,30 @@ def baked_files(
     folder = find_adapter(files, folder, sha[:12])
     side = read_side(files, folder)
     assert side is not None
-    models = repo.model_files(sha)
-    path, targets = find_base_model(models, side, sha[:12])
+    model = find_base_model(files, repo.model_files(sha), side, sha[:12])
     fan = side.config.fan_in_fan_out
     deltas = {
-        targets[m]: (lambda m=m: oriented(fan, side.delta(store, m))) for m in side.layout.modules
+        model.targets[m]: (lambda m=m: oriented(fan, side.delta(store, m)))
+        for m in side.layout.modules
     }
     replacements = {base: side.manifest.tensor(name) for name, base in side.layout.full.items()}
-    baked = bake_manifest(store, models[path], deltas, replacements)
     drop = {config_path(folder), weights_path(folder)}
     out: dict[str, Manifest | bytes] = {
         p: data for p, data in files.items() if p not in drop and not p.startswith(RECORD_PREFIX)
     }
-    out[path] = baked
+    out.update(model.baked(store, deltas, replacements))
     details = {
         "adapter": folder,
-        "model": path,
+        "model": model.label,
         "scales": {m: side.scale(m) for m in side.layout.modules},
         "replaced": sorted(replacements),
     }
     return out, details
 
 
-def bake(repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str | None = None
-         ) -> BakeResult:
+def bake(
+    repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str | None = None
+) -> BakeResult:
     """Bake the adapter of the checked-out commit ``rev`` into its base model and commit."""
     with repo.locked():
         sha = repo.resolve(rev)
@@ -98,6 +100,10 @@ def bake(repo: Repo, rev: str = "HEAD", folder: str | None = None, message: str 
         text = message or f"Bake {details['adapter'] or '.'}/ into {details['model']}"
         commit = repo.commit_tree(files, [sha], text)
     return BakeResult(
-        commit, sha, details["adapter"], details["model"], len(details["scales"]),
+        commit,
+        sha,
+        details["adapter"],
+        details["model"],
+        len(details["scales"]),
         len(details["replaced"]),
     )

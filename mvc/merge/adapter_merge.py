@@ -38,7 +38,6 @@ from mvc.formats.torch_io import torch_dtype
 from mvc.merge.adapter_plan import AdapterOptions
 from mvc.merge.adapters import (
     AdapterSide,
-    bake_manifest,
     find_base_model,
     oriented,
     read_side,
@@ -68,6 +67,9 @@ class AdapterMerge:
     strategy: str
     params: MergeParams
     options: AdapterOptions = field(default_factory=AdapterOptions)
+    # The merge's result outside the adapter folders (what ``into="model"`` bakes into, so a
+    # branch's own change of the base model is kept); None: the merge base's files.
+    merged: Mapping[str, Manifest | bytes] | None = None
     records: dict[str, Any] = field(default_factory=dict)
 
     def run(self) -> dict[str, Manifest | bytes | None]:
@@ -109,9 +111,7 @@ class AdapterMerge:
             return self._into_model(folder, base, sides, modules, record)
         return self._into_adapter(folder, base, sides, modules, record)
 
-    def _decide(
-        self, module: str, base: AdapterSide | None, sides: Sides
-    ) -> tuple[str, list[int]]:
+    def _decide(self, module: str, base: AdapterSide | None, sides: Sides) -> tuple[str, list[int]]:
         """(action, branch indices) for one module under the three-way rules."""
         anc = base.identity(module) if base else None
         ids = [s.identity(module) if s is not None else None for s in sides]
@@ -253,7 +253,9 @@ class AdapterMerge:
                 record[name] = {"action": "one-sided", "source": changed[0]}
                 continue
             if any(got[i] is None for i in changed):
-                raise ConflictError(f"adapter tensor {name}: deleted on one branch, modified on another")
+                raise ConflictError(
+                    f"adapter tensor {name}: deleted on one branch, modified on another"
+                )
             ancestor = anc
             if ancestor is None:
                 ancestor = self._base_model_tensor(sides[changed[0]].layout.full[name])
@@ -292,8 +294,13 @@ class AdapterMerge:
         record: dict[str, Any],
     ) -> dict[str, Manifest | bytes | None]:
         first = next(s for s in sides if s is not None)
-        path, targets = find_base_model(self.base_models, first, "the merge base")
-        record["model"] = path
+        if self.merged is None:
+            files, models = self.base_files, self.base_models
+        else:
+            models = {p: v for p, v in self.merged.items() if isinstance(v, Manifest)}
+            files = {p: b"" if isinstance(v, Manifest) else v for p, v in self.merged.items()}
+        model = find_base_model(files, models, first, "the merge")
+        record["model"] = model.label
         decisions = {m: self._decide(m, base, sides) for m in modules}
 
         def update(module: str) -> torch.Tensor:
@@ -309,19 +316,25 @@ class AdapterMerge:
             return oriented(first.config.fan_in_fan_out, merged)
 
         deltas = {
-            targets[m]: (lambda m=m: update(m))
+            model.targets[m]: (lambda m=m: update(m))
             for m, (action, _) in decisions.items()
             if action != "deleted"
         }
         entries: dict[str, TensorEntry] = {}
         record["full"] = self._full_tensors(base, sides, entries)
         replacements = {base_tensor_name(n): e for n, e in entries.items()}
-        model = bake_manifest(self.store, self.base_models[path], deltas, replacements)
-        return {path: model, config_path(folder): None, weights_path(folder): None}
+        output: dict[str, Manifest | bytes | None] = dict(
+            model.baked(self.store, deltas, replacements)
+        )
+        output[config_path(folder)] = output[weights_path(folder)] = None
+        return output
 
 
 def merge_tensor(
-    strategy: str, params: MergeParams, base: torch.Tensor, thetas: Sequence[torch.Tensor],
+    strategy: str,
+    params: MergeParams,
+    base: torch.Tensor,
+    thetas: Sequence[torch.Tensor],
     name: str,
 ) -> tuple[torch.Tensor, TensorStats]:
     """One in-memory tensor through a strategy's chunked job (passes, then combine) on the
@@ -361,8 +374,10 @@ def _check_compatible(sides: Sides, where: str) -> None:
                 f"adapter {where}/: fan_in_fan_out differs between branches",
                 hint="both adapters must be trained on the same base layers",
             )
-        if side.config.base_model and first.config.base_model and (
-            side.config.base_model != first.config.base_model
+        if (
+            side.config.base_model
+            and first.config.base_model
+            and (side.config.base_model != first.config.base_model)
         ):
             raise MvcError(
                 f"adapter {where}/: adapters of different bases "
@@ -416,13 +431,22 @@ def merge_adapters(
     base_files: Mapping[str, bytes],
     branch_files: Sequence[Mapping[str, bytes]],
     recipe: Recipe,
+    merged: Mapping[str, Manifest | bytes] | None = None,
 ) -> tuple[dict[str, Manifest | bytes], dict[str, Any]]:
-    """The merged adapter files (and, with ``into="model"``, the base model file) and the
-    merge record's ``adapters`` entry: the options and how each module was merged."""
+    """The merged adapter files (and, with ``into="model"``, the model's shards, baked into
+    ``merged``, the rest of the merge's result) and the merge record's ``adapters`` entry:
+    the options and how each module was merged."""
     options = recipe.adapter or AdapterOptions()
     job = AdapterMerge(
-        store, folders, base_files, branch_files, base_models, recipe.strategy, recipe.params,
+        store,
+        folders,
+        base_files,
+        branch_files,
+        base_models,
+        recipe.strategy,
+        recipe.params,
         options,
+        merged,
     )
     files = {path: content for path, content in job.run().items() if content is not None}
     return files, {"options": options.to_record(), "folders": job.records}

@@ -2,9 +2,11 @@
 
 Shared by the adapter merge, `mvc bake` and `mvc extract-lora`: reading one commit's
 adapter folder (config + weights manifest, validated together), forming one module's ΔW
-from the store, finding the base-model tensor a module updates, and writing a model file
-whose targeted tensors have ΔW added while every other tensor keeps its stored chunks
-(read nothing, copy nothing). One module's tensors are in memory at a time.
+from the store, finding the stored base model an adapter updates (a model folder seen as
+one model across its shards, as LLMs are stored, or a standalone file), and writing it
+back in its own layout with ΔW added to the targeted tensors while every other tensor, and
+every shard the adapter does not touch, keeps its stored chunks (read nothing, copy
+nothing). One module's tensors are in memory at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mvc.errors import FormatError, MvcError, NotFoundError
 from mvc.formats.peft import (
     AdapterLayout,
     LoraConfig,
+    adapter_folder,
     adapter_folders,
     check_factor_shapes,
     config_path,
@@ -28,6 +31,15 @@ from mvc.formats.peft import (
 from mvc.formats.torch_io import torch_dtype
 from mvc.merge.lora import delta
 from mvc.repo.manifest import Manifest, TensorEntry
+from mvc.repo.models import (
+    ModelView,
+    folder_of,
+    index_path,
+    layout_index,
+    model_folders,
+    model_view,
+    model_views,
+)
 from mvc.repo.state_dicts import load_tensor, store_tensor
 from mvc.repo.worktree import is_model_path
 from mvc.store import ObjectStore
@@ -106,33 +118,80 @@ def find_adapter(files: Mapping[str, bytes], folder: str | None, rev: str) -> st
     return folders[0]
 
 
-def find_base_model(
-    models: Mapping[str, Manifest], side: AdapterSide, rev: str
-) -> tuple[str, dict[str, str]]:
-    """The model file (outside any adapter folder) holding every tensor the adapter
-    updates, and module -> tensor name in it; refuses target shapes that do not fit."""
-    wanted = [f"{m}.weight" for m in side.layout.modules] + list(side.layout.full.values())
-    for path, manifest in sorted(models.items()):
-        if path == weights_path(side.folder) or not is_model_path(path):
+@dataclass(frozen=True)
+class BaseModel:
+    """The stored model an adapter updates: a model folder's shards (with their index, as
+    ``mvc.repo.models`` sees it: tensors named by (folder, name)) or one standalone file."""
+
+    label: str  # the shard path when the model is one file, else the folder
+    view: ModelView
+    targets: dict[str, str]  # module -> the weight tensor it updates
+
+    def baked(
+        self,
+        store: ObjectStore,
+        deltas: Mapping[str, Callable[[], torch.Tensor]],
+        replacements: Mapping[str, TensorEntry],
+    ) -> dict[str, Manifest | bytes]:
+        """Every shard with its updated tensors (a shard the adapter does not touch keeps its
+        manifest), in the base's own layout, and its index made to fit them."""
+        shards: dict[str, Manifest] = {}
+        for path, manifest in self.view.shards.items():
+            if any(e.name in deltas or e.name in replacements for e in manifest.tensors):
+                manifest = bake_manifest(store, manifest, deltas, replacements)
+            shards[path] = manifest
+        out: dict[str, Manifest | bytes] = dict(shards)
+        if self.view.index_raw is not None:
+            folder = self.view.folder
+            out[index_path(folder)] = layout_index(folder, shards, self.view.index_raw)
+        return out
+
+
+def _candidates(
+    files: Mapping[str, bytes], models: Mapping[str, Manifest], adapter: str
+) -> list[ModelView]:
+    """Every model of a commit outside adapter folders: model folders (all their shards as
+    one model), then each safetensors file that stands alone."""
+    paths = [p for p in files if adapter_folder(p) is None or not is_model_path(p)]
+    folders = model_folders([paths])
+    views = [
+        v for v in model_views({p: files[p] for p in paths}, folders, models).values() if v.shards
+    ]
+    for path in sorted(models):
+        if path == weights_path(adapter) or adapter_folder(path) is not None:
             continue
-        names = manifest.by_name()
-        if not all(name in names for name in wanted):
+        if folder_of(path) not in folders and is_model_path(path):
+            views.append(model_view({path: files[path]}, folder_of(path), models))
+    return views
+
+
+def find_base_model(
+    files: Mapping[str, bytes], models: Mapping[str, Manifest], side: AdapterSide, rev: str
+) -> BaseModel:
+    """The stored model (a model folder, however sharded, or one file) holding every
+    tensor the adapter updates; refuses target shapes that do not fit."""
+    wanted = [f"{m}.weight" for m in side.layout.modules] + list(side.layout.full.values())
+    for view in _candidates(files, models, side.folder):
+        if not all(name in view.where for name in wanted):
             continue
         targets = {m: f"{m}.weight" for m in side.layout.modules}
         for module, name in targets.items():
             out, inp = side.shapes[module]
             expect = (inp, out) if side.config.fan_in_fan_out else (out, inp)
-            if tuple(names[name].shape) != expect:
+            entry = view.entry(name)
+            assert entry is not None
+            if tuple(entry.shape) != expect:
                 raise MvcError(
-                    f"{path}::{name} is {list(names[name].shape)}, but the adapter's "
+                    f"{view.where[name]}::{name} is {list(entry.shape)}, but the adapter's "
                     f"{module} updates a {list(expect)} weight",
                     hint="the adapter was trained on a different base (or fan_in_fan_out is wrong)",
                 )
-        return path, targets
+        label = next(iter(view.shards)) if len(view.shards) == 1 else (view.folder or ".")
+        return BaseModel(label, view, targets)
     raise NotFoundError(
         f"{rev} holds no base model with the adapter's target modules "
         f"(e.g. {wanted[0] if wanted else '?'})",
-        hint="commit the base model's safetensors file next to the adapter",
+        hint="commit the base model (one safetensors file or a sharded folder) next to the adapter",
     )
 
 
@@ -159,8 +218,9 @@ def bake_manifest(
                     f"adapter tensor for {entry.name} is {new.dtype}{list(new.shape)}, the "
                     f"model's is {entry.dtype}{list(entry.shape)}"
                 )
-            entries.append(TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes,
-                                       new.chunks))
+            entries.append(
+                TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes, new.chunks)
+            )
         elif entry.name in deltas:
             weight = load_tensor(store, entry)
             merged = (weight.float() + deltas[entry.name]()).to(torch_dtype(entry.dtype))

@@ -135,8 +135,18 @@ def run(
             from mvc.merge.adapter_merge import merge_adapters  # torch, only for adapters
 
             adapter_files, adapter_record = merge_adapters(
-                store, manifests.models(base_files), adapters, base_files, branch_files, recipe
+                store,
+                manifests.models(base_files),
+                adapters,
+                base_files,
+                branch_files,
+                recipe,
+                files,
             )
+            for path in adapter_files:  # a model baked into (--into model) is written anew
+                stale = executor.written.pop(path, None)
+                if stale is not None:
+                    stale.unlink(missing_ok=True)
             files.update(adapter_files)
     except BaseException:
         for leftover in executor.written.values():

@@ -22,6 +22,7 @@ import numpy as np
 
 from mvc.merge.declare import Param
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
+from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.whole import GramPass
 
 if TYPE_CHECKING:
@@ -107,10 +108,7 @@ class KarcherJob(TensorJob):
         thetas = chunk.thetas_c
         if self.c is None:
             return Step(out=thetas[0])
-        merged = thetas[0] * float(self.c[0])
-        for theta, c in zip(thetas[1:], self.c[1:], strict=True):
-            merged = merged + theta * float(c)
-        return Step(out=merged)
+        return Step(out=weighted_sum(thetas, tuple(float(c) for c in self.c), normalize=False))
 
 
 class Karcher(Strategy):

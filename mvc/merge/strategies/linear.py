@@ -16,6 +16,7 @@ from mvc.merge.strategies.base import (
     TensorJob,
     resolved_normalize,
 )
+from mvc.merge.strategies.task_arithmetic import weighted_sum
 
 if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
@@ -23,10 +24,7 @@ if TYPE_CHECKING:
 
 class LinearJob(TensorJob):
     def step(self, chunk: Chunk) -> Step:
-        thetas = chunk.thetas_c
-        result = thetas[0] * self.weights[0]
-        for theta, w in zip(thetas[1:], self.weights[1:], strict=True):
-            result = result + theta * w
+        result = weighted_sum(chunk.thetas_c, self.weights, normalize=False)
         if resolved_normalize(self.params, True):
             result = result / sum(self.weights)
         return Step(out=result)

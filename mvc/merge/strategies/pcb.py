@@ -67,8 +67,7 @@ class PcbJob(WholeTensorJob):
         ratio = self.params.densities_for(self.spec.n_branches)[0]
         stacked = np.stack([t.reshape(-1) for t in taus])
         delta = pcb_delta(stacked, ratio).reshape(inputs.base.shape)
-        lam = self.params.lambda_
-        return inputs.base + (delta * lam if lam != 1 else delta).astype(inputs.base.dtype)
+        return self.onto_base(inputs.base, delta)
 
 
 class Pcb(Strategy):
