@@ -20,7 +20,13 @@ on the demo's first two MiniLM fine-tunes (``--synthetic``: on the synthetic mod
 ``--all-tensors --preset mergekit`` where the strategy has that preset (its default
 otherwise), and mergekit runs the YAML that ``mvc export --format mergekit`` writes for
 that very merge, so both compute the same recipe. Goal (issue 17): each within 1/3 of
-mergekit's wall time, with flat memory.
+mergekit's wall time, with flat memory. The mvc-only methods (tsv, iso_c, iso_cts, pcb)
+have no peer; their rows stand beside TIES's for scale.
+
+``--memory`` checks "flat memory" for the methods that hold a whole tensor's inputs (SVD
+or cross-branch statistics): mvc's peak RSS on synthetic models of about 128 MiB and
+512 MiB (``--sizes``) with the same largest tensor (the 30522 x 1024 word embeddings), so
+a flat peak means memory follows the largest tensor, not the model.
 """
 
 from __future__ import annotations
@@ -99,6 +105,14 @@ def _exported_recipe(repo: Path, base: Path, a: Path, b: Path) -> dict:
     return yaml.safe_load(export(opened, "HEAD", "mergekit", paths))
 
 
+def _has_int_tensors(folder: Path) -> bool:
+    """Whether ``folder/model.safetensors`` holds integer tensors (BERT's position_ids)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        return any("I" in str(f.get_slice(k).get_dtype()) for k in f.keys())
+
+
 def bench_methods(
     label: str, names: list[str], base: Path, a: Path, b: Path, work: Path
 ) -> list[list[object]]:
@@ -106,6 +120,7 @@ def bench_methods(
     from mvc.merge.strategies import get_strategy
 
     setup = build_repo(work, base, a, b)
+    int_rules = _has_int_tensors(base)
     rows: list[list[object]] = []
     for i, name in enumerate(names):
         strategy = get_strategy(name)
@@ -114,7 +129,7 @@ def bench_methods(
         fresh = work / f"mvc-repo-{i}"
         shutil.copytree(setup.root, fresh, symlinks=True)
         density = 0.5 if any(p.name == "density" for p in strategy.parameters) else None
-        ours = mvc_merge(fresh, mode, density, f"method-{i}", strategy=name)
+        ours = mvc_merge(fresh, mode, density, f"method-{i}", name, int_rules)
         peer = None
         if like:
             peer = mergekit_run(work, _exported_recipe(fresh, base, a, b), f"method-{i}")
@@ -182,12 +197,54 @@ def main_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+WHOLE_TENSOR = ("tsv", "iso_c", "iso_cts", "model_stock", "sce", "karcher")
+
+
+def main_memory(args: argparse.Namespace) -> int:
+    """Peak RSS of each whole-tensor method at two model sizes (three-way default)."""
+    names = list(WHOLE_TENSOR) if args.methods in (None, "all") else args.methods.split(",")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"merge memory per method: two branches, CPU, {os.cpu_count()} CPUs")
+    peaks: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    labels = []
+    for target in sizes:
+        with tempfile.TemporaryDirectory(prefix="mvc-bench-methods-mem-") as tmp:
+            work = Path(tmp)
+            shape = shape_for(target * MIB)
+            models = [
+                write_model(work / n, shape, seed=1, variant=v)
+                for v, n in enumerate(("base", "a", "b"))
+            ]
+            labels.append(f"{shape.nbytes / MIB:.0f} MiB")
+            setup = build_repo(work, *models)
+            for i, name in enumerate(names):
+                ours = mvc_merge(setup.root, MODES[0], None, f"mem-{i}", strategy=name)
+                peaks[name].append((ours.peak_rss_mib, ours.seconds))
+    header = ["strategy"]
+    for label in labels:
+        header += [f"RSS MiB @ {label}", f"s @ {label}"]
+    header.append("RSS large / small")
+    rows = []
+    for name, runs in peaks.items():
+        row: list[object] = [name]
+        for rss, secs in runs:
+            row += [f"{rss:.0f}", f"{secs:.1f}"]
+        row.append(f"{runs[-1][0] / runs[0][0]:.2f}")
+        rows.append(row)
+    print_table("Merge peak RSS at two model sizes, same largest tensor (mvc merge)", header, rows)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 0.17 GB synthetic model")
     parser.add_argument("--methods", default=None, help="time these strategies (or 'all')")
     parser.add_argument("--synthetic", action="store_true", help="--methods: synthetic too")
+    parser.add_argument("--memory", action="store_true", help="whole-tensor methods' RSS")
+    parser.add_argument("--sizes", default="128,512", help="--memory: model sizes in MiB")
     args = parser.parse_args(argv)
+    if args.memory:
+        return main_memory(args)
     if args.methods:
         return main_methods(args)
     base = base_model_dir()

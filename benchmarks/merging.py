@@ -72,16 +72,22 @@ def build_repo(work: Path, base: Path, a: Path, b: Path) -> RepoSetup:
 
 
 def mvc_merge(
-    repo: Path, mode: MvcMode, density: float | None, run_id: str, strategy: str = "ties"
+    repo: Path,
+    mode: MvcMode,
+    density: float | None,
+    run_id: str,
+    strategy: str = "ties",
+    int_rules: bool = True,
 ) -> Run:
     """``mvc merge b`` (``strategy``, ``density`` unless None) on a fresh branch at ``a``;
-    the merge alone is timed."""
+    the merge alone is timed. ``int_rules=False`` leaves out ``INT_RULES`` (for models
+    without integer tensors, so the merge stays exportable to mergekit)."""
     mvc = tool("mvc")
     run([mvc, "switch", "-c", f"m-{run_id}", "a"], cwd=repo, env=GIT_ENV)
     cmd = [mvc, "merge", "b", "-q", "-m", "merge", "-s", strategy, *mode.flags]
     if density is not None:
         cmd += ["--density", str(density)]
-    if "--all-tensors" in mode.flags:
+    if "--all-tensors" in mode.flags and int_rules:
         rules = repo.parent / "int-rules.yaml"
         rules.write_text(yaml.safe_dump(INT_RULES))
         cmd += ["--config", str(rules)]

@@ -63,11 +63,19 @@ def rank_fraction(magnitude: np.ndarray) -> np.ndarray:
     A row of one element sits in the middle (0.5): mergekit's formula is 0/0 there.
     """
     n = magnitude.shape[1]
-    order = np.argsort(magnitude, axis=1, kind="stable")
-    ranks = np.argsort(order, axis=1, kind="stable").astype(np.float32)
     if n == 1:
         return np.full(magnitude.shape, 0.5, dtype=np.float32)
-    return ranks / np.float32(n - 1)
+    # A stable argsort, then its inverse, as one sort: non-negative fp32 values order as
+    # their bits do, so (bits << 32 | column) are distinct keys whose ascending order is
+    # the stable order; the low half of each sorted key is the column holding that rank.
+    rows = np.moveaxis(magnitude, 1, -1)  # axis 1 last, so N-D tensors rank as 2-D rows
+    bits = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, n).view(np.uint32)
+    keys = (bits.astype(np.int64) << 32) | np.arange(n, dtype=np.int64)
+    keys.sort(axis=1)
+    ranks = np.empty(keys.shape, dtype=np.float32)
+    steps = np.broadcast_to(np.arange(n, dtype=np.float32), keys.shape)
+    np.put_along_axis(ranks, keys & 0xFFFFFFFF, steps, axis=1)
+    return np.moveaxis(ranks.reshape(rows.shape), -1, 1) / np.float32(n - 1)
 
 
 def keep_probabilities(magnitude: np.ndarray, density: float, epsilon: float) -> np.ndarray:
