@@ -85,6 +85,23 @@ def test_errors_are_one_line_with_exit_1(work, run_mvc):
     assert "Traceback" not in proc.stderr
 
 
+def test_failed_switch_create_leaves_no_branch(work, run_mvc):
+    run_mvc(work, "add", "model")
+    run_mvc(work, "commit", "-m", "base")
+    run_mvc(work, "switch", "-c", "a")
+    write_model_folder(work / "model", fine_tuned(random_weights(0)))
+    run_mvc(work, "commit", "-am", "a")
+    run_mvc(work, "switch", "main")
+    write_model_folder(work / "model", fine_tuned(random_weights(0), seed=5))  # dirty
+    before = (snapshot(work), (work / ".git" / "index").read_bytes())
+    proc = run_mvc(work, "switch", "-c", "b", "a", check=False)
+    assert proc.returncode == 1 and "uncommitted changes" in proc.stderr
+    branches = json.loads(run_mvc(work, "branch", "--json").stdout)
+    assert {b["name"] for b in branches} == {"main", "a"}
+    assert [b["name"] for b in branches if b["current"]] == ["main"]
+    assert (snapshot(work), (work / ".git" / "index").read_bytes()) == before
+
+
 def test_usage_error_exits_2(work, run_mvc):
     assert run_mvc(work, "commit", check=False).returncode == 2
 

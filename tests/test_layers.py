@@ -30,7 +30,7 @@ LAYERS = (
     "demo",
     "cli",
 )
-LAYER_FREE = ("errors", "progress", "memory", "files")
+LAYER_FREE = ("errors", "progress", "memory", "files", "lazy")
 
 
 def module_name(path: Path) -> str:

@@ -207,11 +207,15 @@ def test_remote_stopped_or_offline_fails_in_one_line_and_changes_nothing(publish
     line = run(bob, "--offline", "switch", "old", code=1).output.splitlines()[0]
     assert line.startswith("mvc: error: object ") and MODEL in line and "--offline" in line
     assert state(bob) == before
+    line = run(bob, "--offline", "switch", "-c", "newer", old, code=1).output.splitlines()[0]
+    assert line.startswith("mvc: error: object ") and MODEL in line
+    assert state(bob) == before  # the new branch is not left behind
 
     fetch(bob, "origin", all_objects=False)  # still reachable here
     server.stop()
     for args in (
         ["switch", "old"],
+        ["switch", "-c", "newer", old],
         ["checkout", old],
         ["merge", "origin/other", "--strategy", "task_arithmetic"],
         ["diff", old, "HEAD"],

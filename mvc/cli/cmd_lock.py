@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
-from mvc.cli.output import open_repo
+from mvc.cli.output import choice_option, open_repo
 
 
 @click.command()
@@ -18,22 +20,26 @@ def keygen(file: str) -> None:
     click.echo("keep it outside the repository: whoever holds it can unlock", err=True)
 
 
+def _key_and_message(key_help: str) -> Callable:
+    """REV's key file and the commit message, as lock and unlock both take them."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option("-m", "--message", default=None, help="Commit message.")(command)
+        return click.option(
+            "--key", "key_file", required=True, type=click.Path(dir_okay=False), help=key_help
+        )(command)
+
+    return decorate
+
+
 @click.command()
 @click.argument("rev")
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Key file from `mvc keygen`.",
-)
-@click.option("-m", "--message", default=None, help="Commit message.")
-@click.option(
+@_key_and_message("Key file from `mvc keygen`.")
+@choice_option(
     "--level",
-    type=click.Choice(["attention", "full"]),
+    ["attention", "full"],
+    "attention: the paper's QK/VO transform; full: also FFN neurons and the residual stream.",
     default="full",
-    show_default=True,
-    help="attention: the paper's QK/VO transform; full: also FFN neurons and the residual stream.",
 )
 @click.option(
     "--reads-hidden",
@@ -64,14 +70,7 @@ def lock(
 
 @click.command()
 @click.argument("rev")
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="The key REV was locked with.",
-)
-@click.option("-m", "--message", default=None, help="Commit message.")
+@_key_and_message("The key REV was locked with.")
 def unlock(rev: str, key_file: str, message: str | None) -> None:
     """Commit the unlocked model of a locked REV."""
     from mvc.lock.commit import unlock_commit

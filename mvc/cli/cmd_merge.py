@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import choice_option, emit_json, open_repo
 from mvc.merge.strategies import PARAMETERS, STRATEGY_NAMES, strategies
 
 
@@ -98,12 +98,8 @@ def merge_options(f):
         click.option("--no-masks", is_flag=True, help="Do not store TALL masks in the record."),
         click.option("--base", "base_rev", default=None, help="Merge base (for criss-cross)."),
         click.option("--allow-locked", is_flag=True, help="Merge MergeLock'ed commits anyway."),
-        click.option(
-            "--layout",
-            type=click.Choice(["ours", "theirs"]),
-            default="ours",
-            show_default=True,
-            help="Whose shard layout a model folder is written in.",
+        choice_option(
+            "--layout", ["ours", "theirs"], "Whose shard layout a model folder is written in."
         ),
         click.option(
             "--max-shard-size",
@@ -111,28 +107,25 @@ def merge_options(f):
             help="Write model folders in shards of at most this size (40MB, 5GB, bytes).",
         ),
         click.option(
-            "--adapter-rank", type=int, default=None, help="LoRA output rank (default: largest input)."
+            "--adapter-rank",
+            type=int,
+            default=None,
+            help="LoRA output rank (default: largest input).",
         ),
-        click.option(
+        choice_option(
             "--adapter-combine",
-            type=click.Choice(["svd", "cat"]),
-            default="svd",
-            show_default=True,
-            help="Write merged LoRA modules by truncated SVD, or concatenate (linear rules).",
+            ["svd", "cat"],
+            "Write merged LoRA modules by truncated SVD, or concatenate (linear rules).",
         ),
-        click.option(
+        choice_option(
             "--into",
-            type=click.Choice(["adapter", "model"]),
-            default="adapter",
-            show_default=True,
-            help="Merged LoRA adapters as an adapter, or baked into the stored base model.",
+            ["adapter", "model"],
+            "Merged LoRA adapters as an adapter, or baked into the stored base model.",
         ),
-        click.option(
+        choice_option(
             "--adapter-svd",
-            type=click.Choice(["auto", "exact", "randomized"]),
-            default="auto",
-            show_default=True,
-            help="SVD for LoRA write-back (auto: randomized when the rank is small for the module).",
+            ["auto", "exact", "randomized"],
+            "SVD for LoRA write-back (auto: randomized when the rank is small for the module).",
         ),
     ]
     for decorator in reversed(decorators):

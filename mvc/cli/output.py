@@ -1,8 +1,9 @@
-"""Shared printing helpers for commands: JSON output and opening the repository."""
+"""Shared helpers for commands: JSON output, opening the repository, a choice option."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -11,6 +12,20 @@ import click
 def emit_json(data: Any) -> None:
     """Print `data` as stable, indented JSON (the `--json` flag of every read command)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def choice_option(
+    flag: str, choices: Sequence[str], help: str, default: str | None = None
+) -> Callable:
+    """An option taking one of ``choices``, ``default`` (the first choice unless given) shown
+    in the help: one spelling for the many "pick a mode" options."""
+    return click.option(
+        flag,
+        type=click.Choice(list(choices)),
+        default=choices[0] if default is None else default,
+        show_default=True,
+        help=help,
+    )
 
 
 def open_repo():

@@ -24,23 +24,8 @@ backend, or to read fp8 values).
 
 from __future__ import annotations
 
-from typing import Any
-
+from mvc.lazy import lazy_exports
 from mvc.lineage.records import recipe_line
 
-_EXPORTS = {
-    "lineage_graph": "mvc.lineage.graph",
-    "to_dot": "mvc.lineage.graph",
-    "to_mermaid": "mvc.lineage.graph",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
-
-
-__all__ = ["recipe_line", *_EXPORTS]
+_NAMES, __getattr__ = lazy_exports({"mvc.lineage.graph": ("lineage_graph", "to_dot", "to_mermaid")})
+__all__ = ["recipe_line", *_NAMES]

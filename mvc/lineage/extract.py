@@ -23,17 +23,11 @@ import numpy as np
 
 from mvc.errors import MvcError
 from mvc.formats.safetensors import build_header, plan_layout, write_safetensors
-from mvc.lineage.records import (
-    PROVENANCE_PATH,
-    PROVENANCE_RECORD,
-    merge_record,
-    parent_index,
-    parent_label,
-)
+from mvc.lineage.records import merge_parent, parent_entry, parent_label, with_provenance
 from mvc.lineage.tensors import as_float64, chunk_shape, iter_rows, load, mask_slice, row_numel
 from mvc.merge.layout import LayoutChoice, align
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
-from mvc.repo.references import RECORD_PREFIX
+from mvc.repo.records import without_records
 from mvc.repo.worktree import checked_path, is_model_path
 
 if TYPE_CHECKING:
@@ -122,8 +116,7 @@ def extract(
     """
     if out_dir is None and branch is None:
         out_dir = f"extract-{parent}"
-    sha, record = merge_record(repo, rev)
-    index = parent_index(record, parent, repo)
+    sha, record, index = merge_parent(repo, rev, parent)
     result = ExtractResult(
         sha, index, parent_label(record, index), record["parents"][index], None, None
     )
@@ -132,7 +125,7 @@ def extract(
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise MvcError(f"{target} exists and is not an empty folder", hint="choose another -o")
         result.out_dir = target
-    merged = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
+    merged = without_records(repo.files(sha))
     base_files, parent_files = repo.files(record["base"]), repo.files(result.parent_commit)
     if record.get("layout"):  # the merge rewrote shards: see base and parent in its layout
         aligned = align(base_files, [parent_files], merged, LayoutChoice(sha))
@@ -330,19 +323,9 @@ def _commit(
     branch: str,
 ) -> str:
     """Commit the extracted model as branch `branch`, child of the merge, with provenance."""
-    provenance = {
-        **PROVENANCE_RECORD.header(),
-        "kind": "extract",
-        "extract_of": sha,
-        "parent": {
-            "index": index,
-            "name": parent_label(record, index),
-            "commit": record["parents"][index],
-        },
-        "commit_parents": [sha],
-        "store_objects": [],
-    }
-    files = {**files, PROVENANCE_PATH: PROVENANCE_RECORD.encode(provenance)}
+    files = with_provenance(
+        files, "extract", sha, parent=parent_entry(record, index), store_objects=[]
+    )
     message = f"Extract {parent_label(record, index)} from {sha[:12]}"
     commit = repo.commit_tree(files, [sha], message, update_ref=False, update_worktree=False)
     repo.create_branch(branch, commit)

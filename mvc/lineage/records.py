@@ -13,7 +13,7 @@ Everything here reads single blobs by path and never imports torch: `mvc log` ca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mvc.errors import MvcError, NotFoundError
 from mvc.merge.declare import TALL_LAMBDA, Param
@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 PROVENANCE_RECORD = RecordType("provenance", 1, ".mvc/provenance.json", "provenance record")
 PROVENANCE_PATH = PROVENANCE_RECORD.path
+V = TypeVar("V")
+
+
+def with_provenance(
+    files: Mapping[str, V], kind: str, of: str, **fields: Any
+) -> dict[str, V | bytes]:
+    """``files`` and the provenance record of a commit that ``kind`` (unmerge, extract, bake)
+    makes from commit ``of``, its only parent: one layout for every kind, ``<kind>_of``
+    naming that commit."""
+    record = {**PROVENANCE_RECORD.header(), "kind": kind, f"{kind}_of": of, **fields}
+    return {**files, PROVENANCE_PATH: PROVENANCE_RECORD.encode({**record, "commit_parents": [of]})}
 
 
 def commit_parents(repo: Repo, sha: str) -> list[str]:
@@ -51,6 +62,13 @@ def merge_record(repo: Repo, rev: str) -> tuple[str, dict[str, Any]]:
             hint="name a commit made by `mvc merge`",
         )
     return sha, record
+
+
+def merge_parent(repo: Repo, rev: str, parent: str) -> tuple[str, dict[str, Any], int]:
+    """(commit id, merge record, parent index) of merge ``rev`` and the parent ``parent``
+    names (a name, a commit or an index): what unmerge and extract start from."""
+    sha, record = merge_record(repo, rev)
+    return sha, record, parent_index(record, parent, repo)
 
 
 def find_provenance(repo: Repo, sha: str) -> dict[str, Any] | None:
@@ -85,6 +103,11 @@ def parent_index(record: Mapping[str, Any], spec: str, repo: Repo | None = None)
         f"{i}={names[i] if i < len(names) else p[:12]}" for i, p in enumerate(parents)
     )
     raise NotFoundError(f"'{spec}' is not a parent of this merge", hint=f"its parents are {shown}")
+
+
+def parent_entry(record: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Parent ``index`` of a merge as provenance records name it: index, label and commit."""
+    return {"index": index, "name": parent_label(record, index), "commit": record["parents"][index]}
 
 
 def parent_label(record: Mapping[str, Any], index: int) -> str:

@@ -19,15 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
-from mvc.lineage.records import (
-    PROVENANCE_PATH,
-    PROVENANCE_RECORD,
-    merge_record,
-    parent_index,
-    parent_label,
-)
+from mvc.lineage.records import merge_parent, parent_entry, parent_label, with_provenance
 from mvc.merge.recipe import Recipe
-from mvc.repo.references import RECORD_PREFIX
+from mvc.repo.records import without_records
 
 if TYPE_CHECKING:
     from mvc.progress import Progress
@@ -58,8 +52,7 @@ def unmerge(
     from mvc.merge.pipeline import run_on_commits
 
     with repo.locked():
-        sha, record = merge_record(repo, rev)
-        index = parent_index(record, drop, repo)
+        sha, record, index = merge_parent(repo, rev, drop)
         head = repo.head()
         if head != sha:
             raise MvcError(
@@ -76,31 +69,22 @@ def unmerge(
             outcome = "recomputed"
         else:
             source = recipe.branches[0] if recipe.contributing else record["base"]
-            files = {
-                path: data
-                for path, data in repo.files(source).items()
-                if not path.startswith(RECORD_PREFIX)
-            }
+            files = without_records(repo.files(source))
             outcome = "parent" if recipe.contributing else "base"
         dropped_name = parent_label(record, index)
-        parents: list[str] = record["parents"]
         nested = merged.record if merged is not None else None
-        provenance = {
-            **PROVENANCE_RECORD.header(),
-            "kind": "unmerge",
-            "unmerge_of": sha,
-            "dropped": {"index": index, "name": dropped_name, "commit": parents[index]},
-            "remaining": [
-                {"index": i, "name": parent_label(record, i), "commit": commit}
-                for i, commit in enumerate(parents)
-                if i != index
+        files = with_provenance(
+            files,
+            "unmerge",
+            sha,
+            dropped=parent_entry(record, index),
+            remaining=[
+                parent_entry(record, i) for i in range(len(record["parents"])) if i != index
             ],
-            "result": outcome,
-            "commit_parents": [sha],
-            "record": nested,
-            "store_objects": nested["store_objects"] if nested else [],
-        }
-        files[PROVENANCE_PATH] = PROVENANCE_RECORD.encode(provenance)
+            result=outcome,
+            record=nested,
+            store_objects=nested["store_objects"] if nested else [],
+        )
         text = message or f"Unmerge {dropped_name} from {sha[:12]}"
         try:
             prewritten = merged.written if merged is not None else None

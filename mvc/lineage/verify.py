@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from mvc.lineage.records import find_provenance, merge_record
 from mvc.lineage.tensors import max_abs_difference
 from mvc.repo.manifest import Manifest
-from mvc.repo.references import RECORD_PREFIX
+from mvc.repo.records import without_records
 from mvc.repo.worktree import is_model_path
 from mvc.store import ObjectStore, object_id
 
@@ -178,12 +178,9 @@ def verify(
             record=False,
         )
         _compare_decisions(record, result, report, store)
-        commit_files = {
-            path: data
-            for path, data in repo.files(sha).items()
-            if not path.startswith(RECORD_PREFIX)
-        }
-        _compare_files(store, result.files, commit_files, result.results, report)
+        _compare_files(
+            store, result.files, without_records(repo.files(sha)), result.results, report
+        )
     finally:
         store.close()
     return report
@@ -199,8 +196,7 @@ def _verify_bake(
     store = ScratchStore(repo.store)
     try:
         files, _ = baked_files(repo, store, provenance["bake_of"], provenance["adapter"])  # type: ignore[arg-type]
-        committed = {p: d for p, d in repo.files(sha).items() if not p.startswith(RECORD_PREFIX)}
-        _compare_files(store, files, committed, {}, report)
+        _compare_files(store, files, without_records(repo.files(sha)), {}, report)
     finally:
         store.close()
     return report

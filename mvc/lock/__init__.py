@@ -7,30 +7,15 @@ pay for it; the transform, the equivalence check and the commit operations impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mvc.lazy import lazy_exports
 
-_EXPORTS = {
-    "keygen": "mvc.lock.keys",
-    "load_key": "mvc.lock.keys",
-    "key_id": "mvc.lock.keys",
-    "LOCK_RECORD_PATH": "mvc.lock.record",
-    "is_locked": "mvc.lock.record",
-    "lock_record": "mvc.lock.record",
-    "plan_lock": "mvc.lock.families",
-    "plan_for": "mvc.lock.transform",
-    "lock_tensors": "mvc.lock.transform",
-    "unlock_tensors": "mvc.lock.transform",
-    "check_equivalence": "mvc.lock.equivalence",
-    "lock_commit": "mvc.lock.commit",
-    "unlock_commit": "mvc.lock.commit",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(name)
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__ = lazy_exports(
+    {
+        "mvc.lock.keys": ("keygen", "load_key", "key_id"),
+        "mvc.lock.record": ("LOCK_RECORD_PATH", "is_locked", "lock_record"),
+        "mvc.lock.families": ("plan_lock",),
+        "mvc.lock.transform": ("plan_for", "lock_tensors", "unlock_tensors"),
+        "mvc.lock.equivalence": ("check_equivalence",),
+        "mvc.lock.commit": ("lock_commit", "unlock_commit"),
+    }
+)

@@ -6,24 +6,13 @@ strategies' declarations) without importing the executor.
 
 from __future__ import annotations
 
-from typing import Any
+from mvc.lazy import lazy_exports
 
-_EXPORTS = {
-    "merge": "mvc.merge.api",
-    "MergeOptions": "mvc.merge.api",
-    "MergeResult": "mvc.merge.api",
-    "MergeParams": "mvc.merge.params",
-    "Recipe": "mvc.merge.recipe",
-    "run": "mvc.merge.pipeline",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
-
-
-__all__ = list(_EXPORTS)
+__all__, __getattr__ = lazy_exports(
+    {
+        "mvc.merge.api": ("merge", "MergeOptions", "MergeResult"),
+        "mvc.merge.params": ("MergeParams",),
+        "mvc.merge.recipe": ("Recipe",),
+        "mvc.merge.pipeline": ("run",),
+    }
+)

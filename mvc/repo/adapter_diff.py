@@ -24,7 +24,7 @@ import numpy as np
 from mvc.errors import FormatError
 from mvc.formats.numeric import to_float64
 from mvc.formats.peft import LoraConfig, adapter_folder, config_path, layout
-from mvc.repo.diff import ChangeStats, TensorDiff
+from mvc.repo.diff_stats import ChangeStats, TensorDiff
 from mvc.repo.manifest import TensorEntry
 
 if TYPE_CHECKING:

@@ -57,20 +57,31 @@ def built_target(
 def switch(
     repo: RepoCore, name: str, create: bool = False, start: str | None = None, force: bool = False
 ) -> str:
-    """Check out branch `name` (with `create`, make it first at `start` or HEAD)."""
+    """Check out branch `name` (with `create`, make it first at `start` or HEAD).
+
+    A branch this call creates (with `create`, or from a remote-tracking branch) is removed
+    again when the checkout fails (dirty work tree, an object missing offline), so a failed
+    switch changes nothing.
+    """
     with repo.locked():
         ref = f"refs/heads/{name}".encode()
+        created = None
         if create:
-            create_branch(repo, name, start or "HEAD")
+            created = create_branch(repo, name, start or "HEAD")
         elif ref not in repo.git.refs:
             tracking = tracking_candidate(repo, name)
             if tracking is None:
                 raise NotFoundError(
                     f"no branch named '{name}'", hint=f"create it with `mvc switch -c {name}`"
                 )
-            create_branch(repo, name, tracking)
+            created = create_branch(repo, name, tracking)
         target = repo.git.refs[ref].decode()
-        move_worktree(repo, head(repo), Target(tree_files(repo, target)), force)
+        try:
+            move_worktree(repo, head(repo), Target(tree_files(repo, target)), force)
+        except BaseException:
+            if created is not None:
+                repo.git.refs.remove_if_equals(ref, created.encode())
+            raise
         repo.git.refs.set_symbolic_ref(b"HEAD", ref)
     return target
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dulwich.object_store import tree_lookup_path
 
 from mvc.errors import FormatError
 from mvc.formats.jsonutil import strict_loads
-from mvc.repo.references import LOCK_RECORD_PATH
+from mvc.repo.references import LOCK_RECORD_PATH, RECORD_PREFIX
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -80,6 +80,15 @@ class RecordType:
         """The record in commit ``sha``'s tree, decoded; None when it has none."""
         data = tree_blob(repo, sha, self.path)
         return None if data is None else self.decode(data)
+
+
+V = TypeVar("V")
+
+
+def without_records(files: Mapping[str, V]) -> dict[str, V]:
+    """A tree's files less its records (``.mvc/``): what a commit built from them, or a
+    comparison of them, must not inherit, since a record describes only its own commit."""
+    return {path: data for path, data in files.items() if not path.startswith(RECORD_PREFIX)}
 
 
 def tree_blob(repo: Repo, sha: str, path: str) -> bytes | None:

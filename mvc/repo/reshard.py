@@ -15,16 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mvc.errors import ConflictError, CorruptObjectError, MvcError, NotFoundError
+from mvc.repo import models
 from mvc.repo.manifest import Manifest
-from mvc.repo.models import (
-    folder_of,
-    index_path,
-    layout_index,
-    model_folders,
-    model_view,
-    realign,
-    sharded_layout,
-)
 from mvc.repo.worktree import is_model_path, relative_to_root
 
 if TYPE_CHECKING:
@@ -52,11 +44,11 @@ def reshard(
         if head is None:
             raise MvcError("nothing to reshard on an empty branch", hint="commit the model first")
         files = repo.files(head)
-        folder = folder_of(rel) if is_model_path(rel) else rel
-        view = model_view(files, folder)
+        folder = models.folder_of(rel) if is_model_path(rel) else rel
+        view = models.model_view(files, folder)
         if view is None or not view.shards:
             raise NotFoundError(f"'{rel or '.'}' holds no committed model at HEAD")
-        if folder not in model_folders([files]) and len(view.shards) > 1:
+        if folder not in models.model_folders([files]) and len(view.shards) > 1:
             raise MvcError(
                 f"'{folder or '.'}' has several safetensors files but no index or config.json",
                 hint="a folder is one model when it holds model.safetensors.index.json or "
@@ -67,17 +59,21 @@ def reshard(
                 "you have uncommitted changes", hint="commit them first (reshard commits)"
             )
         entries = view.entries()
-        layout = sharded_layout(
+        layout = models.sharded_layout(
             folder, [(n, e.nbytes) for n, e in entries.items()], max_shard_size
         )
         first = next(iter(view.shards.values()))
-        new_files = realign(files, view, layout, {}, first.header.metadata)
+        new_files = models.realign(files, view, layout, {}, first.header.metadata)
         shards = {p: Manifest.from_bytes(new_files[p], p) for p, _ in layout.shards}
         if layout.index:
-            new_files[index_path(folder)] = layout_index(folder, shards, view.index_raw)
+            new_files[models.index_path(folder)] = models.layout_index(
+                folder, shards, view.index_raw
+            )
         if new_files == files:
             raise MvcError(f"'{folder or '.'}' is already in this layout")
-        missing = [oid for m in shards.values() for oid in m.object_ids() if not repo.store.has(oid)]
+        missing = [
+            oid for m in shards.values() for oid in m.object_ids() if not repo.store.has(oid)
+        ]
         if missing:
             raise CorruptObjectError(f"object {missing[0]} of the model is missing from the store")
         before = _object_bytes(repo)

@@ -11,7 +11,7 @@ a million elements at random for larger tensors. The merge base is not used.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -73,8 +73,7 @@ class ArceeFusionJob(TensorJob):
             return
         yield from self.selection.passes()
         q1, median, q3 = (
-            np.array([cut.value], dtype=np.int32).view(np.float32)[0]
-            for cut in self.selection.cuts
+            np.array([cut.value], dtype=np.int32).view(np.float32)[0] for cut in self.selection.cuts
         )
         self.threshold = float(median + np.float32(1.5) * (q3 - q1))
 
@@ -98,6 +97,4 @@ class ArceeFusion(Strategy):
     needs_base = False
     min_branches = 2
     max_branches = 2
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return ArceeFusionJob(params, spec, masks)
+    job = ArceeFusionJob

@@ -305,7 +305,8 @@ class Strategy(ABC):
     line, as consensus does with its TALL λ), ``presets``, how many branches it takes,
     whether it reads the merge base, and ``mergekit``/``mergekit_base`` (the mergekit
     method it exports as, None for none; whose model is mergekit's ``base_model``:
-    ``"base"`` the merge base, ``"first"`` the first branch, ``"none"`` no base_model).
+    ``"base"`` the merge base, ``"first"`` the first branch, ``"none"`` no base_model),
+    and ``job``, the :class:`TensorJob` subclass that merges one tensor.
     See docs/architecture.md, "Adding a strategy".
     """
 
@@ -320,6 +321,9 @@ class Strategy(ABC):
     max_branches: ClassVar[int | None] = None
     mergekit: ClassVar[str | None] = None
     mergekit_base: ClassVar[str] = "base"
+    # The job class built for each tensor as ``job(params, spec, masks=masks)``; a strategy
+    # whose job needs more (the model context, which side it copies) overrides ``_job``.
+    job: ClassVar[type[TensorJob]]
 
     @classmethod
     def declared(cls) -> tuple[Param, ...]:
@@ -375,8 +379,8 @@ class Strategy(ABC):
         self.check_tensor(spec)
         return self._job(params, spec, model, masks)
 
-    @abstractmethod
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob: ...
+    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
+        return self.job(params, spec, masks=masks)
 
 
 def resolved_normalize(params: MergeParams, default: bool) -> bool:

@@ -10,21 +10,14 @@ ranks of equal magnitudes ordered by flat index. Both cuts are exact rank select
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mvc.merge.arrays import Array
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT, Param
 from mvc.merge.lines import LINES
 from mvc.merge.select import Request, Selection, magnitude_keys
-from mvc.merge.strategies.base import (
-    Chunk,
-    Step,
-    Strategy,
-    TensorJob,
-    TensorSpec,
-    resolved_normalize,
-)
-from mvc.merge.strategies.task_arithmetic import weighted_sum
-from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
+from mvc.merge.strategies.base import Chunk, Pass, Strategy, TensorSpec
+from mvc.merge.strategies.sparse import SparseJob
 
 if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
@@ -42,12 +35,14 @@ GAMMA = Param(
 )
 
 
-class BreadcrumbsJob(TensorJob):
-    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
-        super().__init__(params, spec, masks=masks)
-        n, numel = spec.n_branches, spec.numel
+class OutlierBand:
+    """Per-branch magnitude bands of one tensor: the largest γ fraction of |τ_i| dropped, the
+    next ``density`` fraction kept (two exact rank cuts per branch)."""
+
+    def __init__(self, params: MergeParams, spec: TensorSpec) -> None:
+        numel = spec.numel
         requests = []
-        for i, d in enumerate(params.densities_for(n)):
+        for i, d in enumerate(params.densities_for(spec.n_branches)):
             if d >= 1:
                 low, high = 0, numel
             else:
@@ -57,10 +52,10 @@ class BreadcrumbsJob(TensorJob):
             requests += [Request(i, False, low), Request(i, False, high)]
         self.selection = Selection(requests, numel, spec.dtype)
 
-    def plan(self) -> Iterator:
+    def passes(self) -> Iterator[Pass]:
         yield from self.selection.passes()
 
-    def trimmed(self, chunk: Chunk) -> tuple:
+    def apply(self, chunk: Chunk) -> tuple[Array, ...]:
         """τ̂_i: each task vector outside its kept magnitude band zeroed."""
         ops, cuts = chunk.ops, self.selection.cuts
         hats = []
@@ -71,32 +66,17 @@ class BreadcrumbsJob(TensorJob):
             hats.append(tau * (below_high & ~below_low))
         return tuple(hats)
 
-    def step(self, chunk: Chunk) -> Step:
-        hats = self.trimmed(chunk)
-        delta = weighted_sum(hats, self.weights, resolved_normalize(self.params, False))
-        return Step(
-            out=apply_lambda(chunk.base_c, delta, self.params.lambda_),
-            kept=tuple(h != 0 for h in hats),
-            signs=hats,
-        )
+
+class BreadcrumbsJob(SparseJob):
+    sparsify = OutlierBand
 
 
-class BreadcrumbsTiesJob(BreadcrumbsJob):
-    """The breadcrumbs band, then TIES' weighted sign election over what survives."""
+class BreadcrumbsTiesJob(SparseJob):
+    """The breadcrumbs band, then TIES' weighted sign election over what survives (mergekit
+    sums the agreeing edits; the default takes their weighted mean, as ties does)."""
 
-    def step(self, chunk: Chunk) -> Step:
-        hats = self.trimmed(chunk)
-        # mergekit sums the agreeing edits; the default takes their weighted mean, as ties does.
-        normalize = resolved_normalize(self.params, self.params.preset != "mergekit")
-        election = elect_and_merge(
-            chunk.ops, hats, self.weights, preset="mergekit", normalize=normalize
-        )
-        return Step(
-            out=apply_lambda(chunk.base_c, election.delta, self.params.lambda_),
-            kept=tuple(h != 0 for h in hats),
-            contributed=election.agree,
-            signs=hats,
-        )
+    sparsify = OutlierBand
+    elect = True
 
 
 class Breadcrumbs(Strategy):
@@ -109,21 +89,15 @@ class Breadcrumbs(Strategy):
     parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit")
     mergekit = "breadcrumbs"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return BreadcrumbsJob(params, spec, masks)
+    job = BreadcrumbsJob
 
 
-class BreadcrumbsTies(Strategy):
+class BreadcrumbsTies(Breadcrumbs):
     name = "breadcrumbs_ties"
     summary = "The breadcrumbs band of each task vector, then TIES' sign election."
     formula = (
         "τ̂_i = τ_i where |τ_i| ranks in the band below the top γ, of width density; "
         "θ = θ_base + λ·Σ_agree w_i·τ̂_i (/ Σ_agree w_i by default)"
     )
-    parameters = (DENSITY, GAMMA, WEIGHT, LAMBDA, NORMALIZE, LINES)
-    presets = (None, "mergekit")
     mergekit = "breadcrumbs_ties"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return BreadcrumbsTiesJob(params, spec, masks)
+    job = BreadcrumbsTiesJob

@@ -9,7 +9,7 @@ The masks m_i are also what lineage stores for this strategy.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.merge.declare import DENSITY, NORMALIZE, TALL_LAMBDA, WEIGHT, Param
 from mvc.merge.lines import LINES
@@ -39,9 +39,7 @@ K = Param(
     low=0,
     optional=True,
 )
-ALPHA = Param(
-    "alpha", float, 1.0, "Consensus: scale of the kept multi-task vector.", mergekit=None
-)
+ALPHA = Param("alpha", float, 1.0, "Consensus: scale of the kept multi-task vector.", mergekit=None)
 ON = Param(
     "on",
     str,
@@ -122,5 +120,4 @@ class Consensus(Strategy):
         super().check(params, n_branches)
         params.k_for(n_branches)
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return ConsensusJob(params, spec, masks)
+    job = ConsensusJob

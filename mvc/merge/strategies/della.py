@@ -18,7 +18,7 @@ generator DARE uses (:mod:`mvc.merge.rng`); ranks of equal magnitudes go by inde
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,18 +28,9 @@ from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, SEED, WEIGHT, Param
 from mvc.merge.exact import ExactSum
 from mvc.merge.lines import LINES
 from mvc.merge.rng import stream_key, uniforms
-from mvc.merge.strategies.base import (
-    Chunk,
-    Pass,
-    Step,
-    Strategy,
-    TensorJob,
-    TensorSpec,
-    resolved_normalize,
-)
+from mvc.merge.strategies.base import Chunk, Pass, Strategy, TensorSpec
 from mvc.merge.strategies.dare import L1RescalePass
-from mvc.merge.strategies.task_arithmetic import weighted_sum
-from mvc.merge.strategies.ties import apply_lambda, elect_and_merge
+from mvc.merge.strategies.sparse import SparseJob
 from mvc.merge.strategies.whole import Gathered, GatherPass
 
 if TYPE_CHECKING:
@@ -84,9 +75,7 @@ def keep_probabilities(magnitude: np.ndarray, density: float, epsilon: float) ->
     return (density - epsilon) + rank_fraction(magnitude) * 2 * epsilon
 
 
-def keep_draws(
-    seed: int, name: str, branch: int, start: int, probs: np.ndarray
-) -> np.ndarray:
+def keep_draws(seed: int, name: str, branch: int, start: int, probs: np.ndarray) -> np.ndarray:
     """True where element ``start + j`` survives (uniform < p_j), from mvc's generator."""
     u = uniforms(stream_key(seed, name, branch), start, probs.size)
     return u.reshape(probs.shape) < probs
@@ -176,32 +165,18 @@ class MagPrune:
         return tuple(out)
 
 
-class DellaJob(TensorJob):
-    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool, ties: bool) -> None:
-        super().__init__(params, spec, masks=masks)
-        self.prune = MagPrune(params, spec)
-        self.ties = ties
-        self.normalize = resolved_normalize(params, ties)
+class DellaLinearJob(SparseJob):
+    sparsify = MagPrune
 
-    def plan(self) -> Iterator:
-        yield from self.prune.passes()
 
-    def step(self, chunk: Chunk) -> Step:
-        hats = self.prune.apply(chunk)
-        lam = self.params.lambda_
-        kept = tuple(h != 0 for h in hats)
-        if not self.ties:
-            delta = weighted_sum(hats, self.weights, self.normalize)
-            return Step(out=apply_lambda(chunk.base_c, delta, lam), kept=kept, signs=hats)
-        election = elect_and_merge(
-            chunk.ops, hats, self.weights, preset="mergekit", normalize=self.normalize
-        )
-        return Step(
-            out=apply_lambda(chunk.base_c, election.delta, lam),
-            kept=kept,
-            contributed=election.agree,
-            signs=hats,
-        )
+class DellaJob(SparseJob):
+    """MAGPRUNE, then TIES' election with the weighted mean by default (mergekit's too)."""
+
+    sparsify = MagPrune
+    elect = True
+
+    def normalizes(self, params: MergeParams) -> bool:
+        return True
 
 
 class Della(Strategy):
@@ -214,7 +189,7 @@ class Della(Strategy):
     parameters = (DENSITY, EPSILON, WEIGHT, LAMBDA, RESCALE, NORMALIZE, SEED, LINES)
     presets = (None, "mergekit")
     mergekit = "della"
-    ties = True
+    job = DellaJob
 
     def check(self, params: MergeParams, n_branches: int) -> None:
         super().check(params, n_branches)
@@ -226,9 +201,6 @@ class Della(Strategy):
                     f"epsilon {eps}"
                 )
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return DellaJob(params, spec, masks, self.ties)
-
 
 class DellaLinear(Della):
     name = "della_linear"
@@ -238,4 +210,4 @@ class DellaLinear(Della):
         "θ = θ_base + λ·Σ w_i·τ̂_i"
     )
     mergekit = "della_linear"
-    ties = False
+    job = DellaLinearJob

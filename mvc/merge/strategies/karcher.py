@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvc.merge.declare import Param
 from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
+from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.whole import GramPass
 
 if TYPE_CHECKING:
@@ -99,16 +100,15 @@ class KarcherJob(TensorJob):
             return
         gram = GramPass(lambda chunk: chunk.thetas_c, self.spec.n_branches)
         yield gram
-        self.c = karcher_coefficients(gram.gram(), self.alphas, self.params.max_iter, self.params.tol)
+        self.c = karcher_coefficients(
+            gram.gram(), self.alphas, self.params.max_iter, self.params.tol
+        )
 
     def step(self, chunk: Chunk) -> Step:
         thetas = chunk.thetas_c
         if self.c is None:
             return Step(out=thetas[0])
-        merged = thetas[0] * float(self.c[0])
-        for theta, c in zip(thetas[1:], self.c[1:], strict=True):
-            merged = merged + theta * float(c)
-        return Step(out=merged)
+        return Step(out=weighted_sum(thetas, tuple(float(c) for c in self.c), normalize=False))
 
 
 class Karcher(Strategy):
@@ -120,6 +120,4 @@ class Karcher(Strategy):
     mergekit = "karcher"
     mergekit_base = "none"
     needs_base = False
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return KarcherJob(params, spec, masks)
+    job = KarcherJob

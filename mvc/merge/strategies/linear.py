@@ -5,7 +5,7 @@ Accumulated in branch order (w_i·θ_i rounded, then added), then divided by Σ 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.errors import MvcError
 from mvc.merge.declare import NORMALIZE, WEIGHT
@@ -14,9 +14,9 @@ from mvc.merge.strategies.base import (
     Step,
     Strategy,
     TensorJob,
-    TensorSpec,
     resolved_normalize,
 )
+from mvc.merge.strategies.task_arithmetic import weighted_sum
 
 if TYPE_CHECKING:
     from mvc.merge.params import MergeParams
@@ -24,10 +24,7 @@ if TYPE_CHECKING:
 
 class LinearJob(TensorJob):
     def step(self, chunk: Chunk) -> Step:
-        thetas = chunk.thetas_c
-        result = thetas[0] * self.weights[0]
-        for theta, w in zip(thetas[1:], self.weights[1:], strict=True):
-            result = result + theta * w
+        result = weighted_sum(chunk.thetas_c, self.weights, normalize=False)
         if resolved_normalize(self.params, True):
             result = result / sum(self.weights)
         return Step(out=result)
@@ -48,5 +45,4 @@ class Linear(Strategy):
         if resolved_normalize(params, True) and sum(params.weights_for(n_branches)) == 0:
             raise MvcError("weights sum to zero; linear cannot normalise them")
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return LinearJob(params, spec, masks=masks)
+    job = LinearJob

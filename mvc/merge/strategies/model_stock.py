@@ -11,7 +11,7 @@ row (last-dimension vector) on its own. Needs at least two branches.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -88,13 +88,10 @@ class ModelStock(Strategy):
     name = "model_stock"
     summary = "Move from the base toward the branches' average by how much their edits agree."
     formula = (
-        "c = mean_{i<j} cos(τ_i, τ_j); t = n·c / (1 + (n−1)·c); "
-        "θ = t·mean_i θ_i + (1 − t)·θ_base"
+        "c = mean_{i<j} cos(τ_i, τ_j); t = n·c / (1 + (n−1)·c); θ = t·mean_i θ_i + (1 − t)·θ_base"
     )
     parameters = (FILTER_WISE, LINES)
     presets = (None, "mergekit")
     min_branches = 2
     mergekit = "model_stock"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return ModelStockJob(params, spec, masks)
+    job = ModelStockJob

@@ -12,7 +12,7 @@ Weights are normalised to sum 1 unless ``--no-normalize-weights``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from mvc.merge.strategies.base import (
     TensorSpec,
 )
 from mvc.merge.strategies.nuslerp import _vectors
+from mvc.merge.strategies.task_arithmetic import weighted_sum
 from mvc.merge.strategies.whole import GramPass
 
 if TYPE_CHECKING:
@@ -86,9 +87,7 @@ class MultiSlerpJob(TensorJob):
         vectors = _vectors(chunk)
         if self.c is None:
             return Step(out=chunk.thetas_c[0])
-        merged = vectors[0] * float(self.c[0])
-        for v, c in zip(vectors[1:], self.c[1:], strict=True):
-            merged = merged + v * float(c)
+        merged = weighted_sum(vectors, tuple(float(c) for c in self.c), normalize=False)
         return Step(out=merged if chunk.base is None else chunk.base_c + merged)
 
 
@@ -109,5 +108,4 @@ class MultiSlerp(Strategy):
         if params.normalize_weights and abs(sum(params.weights_for(n_branches))) < 1e-12:
             raise MvcError("multislerp: weights sum to zero; they cannot be normalised")
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return MultiSlerpJob(params, spec, masks)
+    job = MultiSlerpJob

@@ -7,13 +7,8 @@ base model). The merge base is not used. A useful t is small: the default is 1e-
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from mvc.merge.declare import Param
-from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob, TensorSpec
-
-if TYPE_CHECKING:
-    from mvc.merge.params import MergeParams
+from mvc.merge.strategies.base import Chunk, Step, Strategy, TensorJob
 
 DISTANCE = Param(
     "distance",
@@ -30,7 +25,8 @@ class NearSwapJob(TensorJob):
         ops = chunk.ops
         a, b = chunk.thetas_c
         distance = ops.maximum(abs(a - b), 1e-6)
-        w = (1 / distance) * self.params.distance  # t / x is reciprocal(x)·t in torch: the same here
+        # t / x is reciprocal(x)·t in torch: the same here
+        w = (1 / distance) * self.params.distance
         w = ops.where(w > 1, ops.zeros_like(w, w.dtype) + 1, w)
         return Step(out=w * b + (1 - w) * a)
 
@@ -46,6 +42,4 @@ class NearSwap(Strategy):
     needs_base = False
     min_branches = 2
     max_branches = 2
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return NearSwapJob(params, spec, masks=masks)
+    job = NearSwapJob

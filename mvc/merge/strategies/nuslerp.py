@@ -11,7 +11,7 @@ mergekit 0.1.5 does. Exactly two branches: use multislerp for more.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -128,13 +128,13 @@ class NuSlerpJob(TensorJob):
 class NuSlerp(Strategy):
     name = "nuslerp"
     summary = "Spherical interpolation of two branches' task vectors, t from their weights."
-    formula = "t = w_2/(w_1 + w_2); Ω = ∠(τ_1, τ_2); θ = θ_base + (sin((1−t)Ω)·τ_1 + sin(tΩ)·τ_2)/sin Ω"
+    formula = (
+        "t = w_2/(w_1 + w_2); Ω = ∠(τ_1, τ_2); θ = θ_base + (sin((1−t)Ω)·τ_1 + sin(tΩ)·τ_2)/sin Ω"
+    )
     parameters = (WEIGHT, FLATTEN, ROW_WISE)
     presets = (None, "mergekit")
     mergekit = "nuslerp"
     needs_base = False
     min_branches = 2
     max_branches = 2
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return NuSlerpJob(params, spec, masks)
+    job = NuSlerpJob

@@ -16,14 +16,14 @@ The paper tunes λ and the ratio on validation data; the defaults are λ = 1, ra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mvc.errors import MvcError
 from mvc.merge.declare import DENSITY, LAMBDA
 from mvc.merge.lines import LINES
-from mvc.merge.strategies.base import Strategy, TensorJob, TensorSpec
+from mvc.merge.strategies.base import Strategy
 from mvc.merge.strategies.whole import Gathered, WholeTensorJob
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ class PcbJob(WholeTensorJob):
         ratio = self.params.densities_for(self.spec.n_branches)[0]
         stacked = np.stack([t.reshape(-1) for t in taus])
         delta = pcb_delta(stacked, ratio).reshape(inputs.base.shape)
-        lam = self.params.lambda_
-        return inputs.base + (delta * lam if lam != 1 else delta).astype(inputs.base.dtype)
+        return self.onto_base(inputs.base, delta)
 
 
 class Pcb(Strategy):
@@ -85,5 +84,4 @@ class Pcb(Strategy):
         if len(set(params.densities_for(n_branches))) > 1:
             raise MvcError("pcb ranks all branches' scores together: give one --density")
 
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return PcbJob(params, spec, masks)
+    job = PcbJob

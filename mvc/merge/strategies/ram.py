@@ -13,7 +13,7 @@ Branch weights and λ do not enter, as in mergekit.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.merge.arrays import Array
 from mvc.merge.declare import Param
@@ -65,10 +65,11 @@ class _CountPass(Pass):
 
 
 class RamJob(TensorJob):
-    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool, plus: bool) -> None:
+    plus: bool = False  # RAM+: boost the unique edits (one counting pass first)
+
+    def __init__(self, params: MergeParams, spec: TensorSpec, masks: bool) -> None:
         super().__init__(params, spec, masks=masks)
         self.epsilon = params.threshold
-        self.plus = plus
         n = spec.n_branches
         self.shared = [0] * n
         self.unique = [0] * n
@@ -77,7 +78,9 @@ class RamJob(TensorJob):
     def changed(self, chunk: Chunk) -> tuple[tuple[Array, ...], Array]:
         ops = chunk.ops
         changed = tuple(m > self.epsilon for m in chunk.magnitudes())
-        count = sum((ops.astype(c, ops.int32) for c in changed[1:]), ops.astype(changed[0], ops.int32))
+        count = sum(
+            (ops.astype(c, ops.int32) for c in changed[1:]), ops.astype(changed[0], ops.int32)
+        )
         return changed, count
 
     def plan(self) -> Iterator[Pass]:
@@ -105,17 +108,20 @@ class RamJob(TensorJob):
         return Step(out=chunk.base_c + merged, kept=changed)
 
 
+class RamPlusJob(RamJob):
+    plus = True
+
+
 class Ram(Strategy):
     name = "ram"
     summary = "Keep edits only one branch made whole; average those several branches made."
-    formula = "c_j = #{i: |τ_ij| > threshold}; θ = θ_base + Σ_{changed} τ_ij · (1 if c_j = 1 else 1/c_j)"
+    formula = (
+        "c_j = #{i: |τ_ij| > threshold}; θ = θ_base + Σ_{changed} τ_ij · (1 if c_j = 1 else 1/c_j)"
+    )
     parameters = (THRESHOLD, LINES)
     presets = (None, "mergekit")
     mergekit = "ram"
-    plus = False
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return RamJob(params, spec, masks, self.plus)
+    job = RamJob
 
 
 class RamPlusTl(Ram):
@@ -127,4 +133,4 @@ class RamPlusTl(Ram):
     )
     parameters = (THRESHOLD, R, CAP, LINES)
     mergekit = "ramplus_tl"
-    plus = True
+    job = RamPlusJob

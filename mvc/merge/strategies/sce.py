@@ -13,7 +13,7 @@ The branches' own weights and λ do not enter (as in the paper and mergekit).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.merge.arrays import Array
 from mvc.merge.declare import Param
@@ -96,8 +96,8 @@ class SceJob(TensorJob):
         means = [s.value() / numel for s in squares]
         total = sum(means)
         n = self.spec.n_branches
-        self.eta = tuple(1.0 / n for _ in means) if abs(total) < 1e-6 else tuple(
-            m / total for m in means
+        self.eta = (
+            tuple(1.0 / n for _ in means) if abs(total) < 1e-6 else tuple(m / total for m in means)
         )
 
     def selected(self, chunk: Chunk) -> tuple[Array, ...]:
@@ -137,6 +137,4 @@ class Sce(Strategy):
     parameters = (SELECT_TOPK, LINES)
     presets = (None, "mergekit")
     mergekit = "sce"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return SceJob(params, spec, masks)
+    job = SceJob

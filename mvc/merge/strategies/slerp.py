@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mvc.merge.declare import Param
 from mvc.merge.exact import ExactSum
@@ -75,6 +75,4 @@ class Slerp(Strategy):
     max_branches = 2
     mergekit = "slerp"
     mergekit_base = "first"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return SlerpJob(params, spec, masks)
+    job = SlerpJob

@@ -110,8 +110,7 @@ class SvdJob(WholeTensorJob):
             delta = iso_c_delta(taus)
         else:
             delta = iso_cts_delta(taus, self.params.common)
-        lam = self.params.lambda_
-        return inputs.base + (delta * lam if lam != 1 else delta).astype(inputs.base.dtype)
+        return self.onto_base(inputs.base, delta)
 
 
 class Tsv(Strategy):

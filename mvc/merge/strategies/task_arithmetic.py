@@ -6,8 +6,6 @@ is the only one that changed the element and w_i = λ = 1 (mathematically identi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from mvc.merge.arrays import Array, ArrayOps
 from mvc.merge.declare import LAMBDA, NORMALIZE, WEIGHT
 from mvc.merge.lines import LINES
@@ -16,13 +14,9 @@ from mvc.merge.strategies.base import (
     Step,
     Strategy,
     TensorJob,
-    TensorSpec,
     resolved_normalize,
 )
 from mvc.merge.strategies.ties import apply_lambda
-
-if TYPE_CHECKING:
-    from mvc.merge.params import MergeParams
 
 
 def weighted_sum(hats: tuple[Array, ...], weights: tuple[float, ...], normalize: bool) -> Array:
@@ -67,6 +61,4 @@ class TaskArithmetic(Strategy):
     parameters = (WEIGHT, LAMBDA, NORMALIZE, LINES)
     presets = (None, "mergekit", "peft")
     mergekit = "task_arithmetic"
-
-    def _job(self, params: MergeParams, spec: TensorSpec, model: Any, masks: bool) -> TensorJob:
-        return TaskArithmeticJob(params, spec, masks=masks)
+    job = TaskArithmeticJob

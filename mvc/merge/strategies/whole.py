@@ -89,9 +89,7 @@ class GatherPass(Pass):
     def update(self, chunk: Chunk) -> None:
         ops = chunk.ops
         base = None if chunk.base is None else ops.to_numpy(chunk.base_c)
-        self.parts.append(
-            (chunk.start, base, tuple(ops.to_numpy(t) for t in chunk.thetas_c))
-        )
+        self.parts.append((chunk.start, base, tuple(ops.to_numpy(t) for t in chunk.thetas_c)))
         self.scale = chunk.tau_scale
 
     def assemble(self, spec: TensorSpec) -> Gathered:
@@ -102,9 +100,7 @@ class GatherPass(Pass):
 
         has_base = self.parts[0][1] is not None
         base = joined([p[1] for p in self.parts]) if has_base else None  # type: ignore[misc]
-        thetas = tuple(
-            joined([p[2][i] for p in self.parts]) for i in range(spec.n_branches)
-        )
+        thetas = tuple(joined([p[2][i] for p in self.parts]) for i in range(spec.n_branches))
         self.parts = []
         return Gathered(base, thetas, self.scale)
 
@@ -133,3 +129,9 @@ class WholeTensorJob(TensorJob):
         assert self.result is not None, "combine before the gather pass"
         rows = self.result[chunk.flat_start : chunk.flat_start + chunk.numel]
         return Step(out=chunk.ops.from_numpy(np.ascontiguousarray(rows)))
+
+    def onto_base(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """θ_base + λ·δ on the host (λ from ``--lambda``; no multiply when λ = 1, as
+        ``apply_lambda`` on the device), δ cast to the base's dtype first."""
+        lam = self.params.lambda_
+        return base + (delta * lam if lam != 1 else delta).astype(base.dtype)
