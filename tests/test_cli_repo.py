@@ -128,3 +128,40 @@ def test_fast_commands_do_not_import_torch(work, assert_no_torch):
         "    pass\n"
     )
     assert_no_torch(code, work)
+
+
+def test_command_table_names_every_command_of_its_module():
+    """The CLI imports a command's module only when it runs: its table must be complete."""
+    import importlib
+
+    import click
+
+    from mvc.cli.main import COMMANDS
+
+    registered: dict[str, str] = {}
+    for module in set(COMMANDS.values()):
+        group = click.Group()
+        importlib.import_module(module).register(group)
+        registered.update(dict.fromkeys(group.commands, module))
+    assert registered == COMMANDS
+
+
+def test_push_loads_no_merge_layer(work, run_mvc, tmp_path):
+    """`mvc push` starts without the merge strategies (start-up is most of a small push)."""
+    import subprocess
+    import sys
+
+    run_mvc(work, "add", "model")
+    run_mvc(work, "commit", "-m", "base")
+    code = (
+        "import sys\n"
+        "from mvc.cli.main import main\n"
+        "try:\n"
+        f"    main(['push', '-q', {str(tmp_path / 'remote')!r}, 'main'])\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "assert not any(m.startswith('mvc.merge') for m in sys.modules), 'merge imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "remote" / "refs" / "heads" / "main").is_file()

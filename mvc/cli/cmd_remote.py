@@ -1,11 +1,9 @@
-"""Remote commands: remote (add/remove/list), push, fetch, pull, clone."""
+"""Remote commands: remote (add/remove/list), push, fetch, clone (pull: cmd_pull)."""
 
 from __future__ import annotations
 
 import click
 
-from mvc.cli.cmd_merge import build_options, merge_options
-from mvc.cli.cmd_merge import report as report_merge
 from mvc.cli.output import emit_json, open_repo
 
 
@@ -17,7 +15,7 @@ def _size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def _echo_report(report, verb: str, quiet: bool) -> None:
+def echo_report(report, verb: str, quiet: bool) -> None:
     if quiet:
         return
     click.echo(
@@ -72,9 +70,9 @@ def remote_list(verbose: bool, as_json: bool) -> None:
         click.echo(f"{r.name}\t{r.url}{extra}" if verbose else r.name)
 
 
-_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 _json = click.option("--json", "as_json", is_flag=True, help="Print the transfer report as JSON.")
-_endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for this command.")
+endpoint_option = click.option("--endpoint", default=None, help="S3 endpoint URL for this command.")
 
 
 @click.command()
@@ -87,8 +85,8 @@ _endpoint = click.option("--endpoint", default=None, help="S3 endpoint URL for t
 @click.option(
     "--paranoid", is_flag=True, help="Decode and verify every object again before sending it."
 )
-@_endpoint
-@_quiet
+@endpoint_option
+@quiet_option
 @_json
 def push(
     remote_name: str | None,
@@ -119,7 +117,7 @@ def push(
     elif not report.refs and not quiet:
         click.echo("Everything up-to-date")
     else:
-        _echo_report(report, f"To {report.remote}: sent", quiet)
+        echo_report(report, f"To {report.remote}: sent", quiet)
 
 
 @click.command()
@@ -129,8 +127,8 @@ def push(
     "--all-objects", is_flag=True, help="A lazy clone: fetch every missing tensor object too."
 )
 @click.option("--depth", type=int, default=None, help="Stop history N commits below each tip.")
-@_endpoint
-@_quiet
+@endpoint_option
+@quiet_option
 @_json
 def fetch(
     remote_name: str,
@@ -160,62 +158,7 @@ def fetch(
     if as_json:
         emit_json(report.to_json())
     else:
-        _echo_report(report, f"From {report.remote}: received", quiet)
-
-
-@click.command()
-@click.argument("remote_name", metavar="[REMOTE]", required=False)
-@click.argument("branch", required=False)
-@click.option("-m", "--message", default=None, help="Merge commit message.")
-@click.option("--no-commit", is_flag=True, help="Stage the merge; commit it yourself.")
-@click.option(
-    "--no-ff", is_flag=True, help="Make a merge commit even when a fast-forward would do."
-)
-@click.option("--ff-only", is_flag=True, help="Refuse to merge; only fast-forward.")
-@_endpoint
-@_quiet
-@merge_options
-def pull(
-    remote_name: str | None,
-    branch: str | None,
-    message: str | None,
-    no_commit: bool,
-    no_ff: bool,
-    ff_only: bool,
-    endpoint: str | None,
-    quiet: bool,
-    **recipe,
-) -> None:
-    """Fetch, then fast-forward or three-way merge REMOTE/BRANCH into the current branch.
-
-    REMOTE and BRANCH default to the branch's upstream (else origin and the current
-    branch's name). Diverged histories are merged as `mvc merge` would, with the same
-    recipe options (TIES by default); with conflicts nothing is written.
-    """
-    from mvc.progress import BarProgress
-    from mvc.remote import pull as pull_branch
-
-    if ff_only and no_ff:
-        raise click.UsageError("--ff-only and --no-ff contradict each other")
-    result = pull_branch(
-        open_repo(),
-        remote_name,
-        branch,
-        build_options(message, no_commit, no_ff, **recipe),
-        ff_only=ff_only,
-        endpoint=endpoint,
-        quiet=quiet,
-        progress=BarProgress(enabled=None if not quiet else False),
-    )
-    _echo_report(result.report, f"From {result.report.remote}: received", quiet)
-    if quiet:
-        return
-    if result.outcome == "up-to-date":
-        click.echo("Already up to date.")
-    elif result.outcome == "fast-forward":
-        click.echo(f"Fast-forward to {result.commit[:12]}")
-    else:
-        report_merge(result.merge, as_json=False)
+        echo_report(report, f"From {report.remote}: received", quiet)
 
 
 @click.command()
@@ -223,8 +166,8 @@ def pull(
 @click.argument("directory", required=False)
 @click.option("--full", is_flag=True, help="Fetch every tensor object, not only the checkout's.")
 @click.option("--depth", type=int, default=None, help="Keep only the last N commits of history.")
-@_endpoint
-@_quiet
+@endpoint_option
+@quiet_option
 def clone(
     url: str,
     directory: str | None,
@@ -243,11 +186,11 @@ def clone(
     result = clone_remote(url, directory, endpoint=endpoint, full=full, depth=depth, quiet=quiet)
     if result.resumed and not quiet:
         click.echo("resumed an interrupted clone")
-    _echo_report(result.report, "received", quiet)
+    echo_report(result.report, "received", quiet)
     if not quiet:
         click.echo(f"checked out '{result.branch}' in {result.repo.root}")
 
 
 def register(group: click.Group) -> None:
-    for command in (remote, push, fetch, pull, clone):
+    for command in (remote, push, fetch, clone):
         group.add_command(command)

@@ -19,22 +19,43 @@ import click  # noqa: E402
 
 from mvc.errors import MvcError  # noqa: E402
 
-COMMAND_MODULES: list[str] = [
-    "mvc.cli.cmd_repo",
-    "mvc.cli.cmd_history",
-    "mvc.cli.cmd_merge",
-    "mvc.cli.cmd_models",
-    "mvc.cli.cmd_lock",
-    "mvc.cli.cmd_adapters",
-    "mvc.cli.cmd_lineage",
-    "mvc.cli.cmd_remote",
-    "mvc.cli.cmd_git",
-    "mvc.cli.cmd_demo",
-]
+# Which module registers each command. A command's module is imported only when that
+# command runs (or for `--help`), so `mvc push` does not pay for the merge strategies,
+# lineage or MergeLock: start-up is a large part of a small command's time.
+# tests/test_cli_repo.py checks this table against what the modules register.
+COMMANDS: dict[str, str] = {
+    **dict.fromkeys(
+        "init add rm status commit log show diff branch switch checkout fsck gc import".split(),
+        "mvc.cli.cmd_repo",
+    ),
+    **dict.fromkeys("tag reset revert cherry-pick".split(), "mvc.cli.cmd_history"),
+    "merge": "mvc.cli.cmd_merge",
+    "reshard": "mvc.cli.cmd_models",
+    **dict.fromkeys("keygen lock unlock".split(), "mvc.cli.cmd_lock"),
+    **dict.fromkeys(("bake", "extract-lora"), "mvc.cli.cmd_adapters"),
+    **dict.fromkeys("lineage verify unmerge extract blame export".split(), "mvc.cli.cmd_lineage"),
+    **dict.fromkeys("remote push fetch clone".split(), "mvc.cli.cmd_remote"),
+    "pull": "mvc.cli.cmd_pull",
+    **dict.fromkeys(
+        "install-git git-clean git-smudge git-filter-process git-textconv git-merge".split(),
+        "mvc.cli.cmd_git",
+    ),
+    "demo": "mvc.cli.cmd_demo",
+}
 
 
 class MvcGroup(click.Group):
-    """A click group that turns library errors into git-style one-line messages."""
+    """A click group that turns library errors into git-style one-line messages, and
+    imports a command's module only when the command is looked up (see ``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(module).register(self)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -68,10 +89,6 @@ def cli(ctx: click.Context, debug: bool, directory: str | None, offline: bool) -
         import os
 
         os.chdir(directory)
-
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

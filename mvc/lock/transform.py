@@ -80,11 +80,7 @@ def lock_tensors(
     reads_hidden: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
     """All of ``tensors`` locked (entries no symmetry touches are passed through as is)."""
-    plan = plan_for(tensors, config, key, level, reads_hidden)
-    out = dict(tensors)
-    for name in plan.tensor_names:
-        out[name] = apply_one(plan, name, tensors[name], inverse=False)
-    return out
+    return _applied(plan_for(tensors, config, key, level, reads_hidden), tensors, inverse=False)
 
 
 def unlock_tensors(
@@ -101,7 +97,13 @@ def unlock_tensors(
     norms, which the locked tensors no longer hold.
     """
     plan = plan_for(tensors, config, key, level, reads_hidden, norms)
+    return _applied(plan, tensors, inverse=True)
+
+
+def _applied(
+    plan: LockTransform, tensors: Mapping[str, torch.Tensor], inverse: bool
+) -> dict[str, torch.Tensor]:
     out = dict(tensors)
     for name in plan.tensor_names:
-        out[name] = apply_one(plan, name, tensors[name], inverse=True)
+        out[name] = apply_one(plan, name, tensors[name], inverse)
     return out

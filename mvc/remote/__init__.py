@@ -14,15 +14,8 @@ from mvc.remote.config import (
     set_upstream,
     upstream,
 )
-from mvc.remote.sync import (
-    CloneResult,
-    PullResult,
-    TransferReport,
-    clone,
-    fetch,
-    pull,
-    push,
-)
+from mvc.remote.pull import PullResult, pull
+from mvc.remote.sync import CloneResult, TransferReport, clone, fetch, push
 from mvc.remote.transport import RefConflict, RemoteNotFoundError, Transport
 from mvc.remote.url import open_transport, parse_url
 

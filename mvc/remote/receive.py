@@ -158,8 +158,12 @@ def receive_tensors(
     ids: Iterable[str],
     pool: ThreadPoolExecutor,
     progress: Tally,
+    on_stored: Callable[[str, memoryview], None] | None = None,
 ) -> None:
     """Fetch and verify the tensor objects in `ids` (and delta bases) not stored locally.
+
+    `on_stored(oid, content)` is called with each object's decoded bytes once it is stored
+    (a clone writes its checkout from them, see `direct_checkout`).
 
     Each object is decoded and checked once, in the pass that stores it: a delta that
     arrives before its base waits (spilled) in a list under that base, and the worker that
@@ -181,6 +185,8 @@ def receive_tensors(
             (incoming / oid).unlink(missing_ok=True)
             raise _bad("object", oid, transport.url, err.message) from None
         (incoming / oid).unlink(missing_ok=True)
+        if on_stored is not None and decoded is not None:
+            on_stored(oid, decoded)
         with lock:
             ready = children.pop(oid, [])
         for child in ready:  # bounded: a chain is at most MAX_DELTA_DEPTH deep

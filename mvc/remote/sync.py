@@ -1,4 +1,4 @@
-"""push, fetch, clone and pull: move what the other side lacks, then move refs by CAS.
+"""push, fetch and clone (pull: `mvc.remote.pull`): move what the other side lacks, then move refs by CAS.
 
 Order is what makes interruptions harmless: objects travel first (tensor objects, then git
 blobs and trees, then commits), the ref moves last with a compare-and-swap against the
@@ -10,19 +10,19 @@ branch both upload, but only one CAS succeeds; the other is told to fetch and me
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dulwich.objects import Commit
+from dulwich.objects import Commit, ShaFile
 
-from mvc.errors import ConflictError, MvcError, NotFoundError, RemoteError
+from mvc.errors import MvcError, NotFoundError, RemoteError
 from mvc.progress import BarProgress, Progress, Tally
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
+from mvc.remote.direct_checkout import CheckoutWriter
 from mvc.remote.layout import (
     BARE_CONFIG,
     BRANCH_PREFIX,
@@ -49,10 +49,9 @@ from mvc.remote.tagsync import REMOTE_TAG_PREFIX, push_tags, remote_tags, store_
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
 from mvc.repo import Repo
+from mvc.repo.checkout import Target, move_worktree
 from mvc.repo.promised import promisor_remote, set_promisor
-
-if TYPE_CHECKING:  # pull imports the merge layer only when it has to merge
-    from mvc.merge.api import MergeOptions, MergeResult
+from mvc.repo.trees import tree_files
 
 DEFAULT_WORKERS = 8
 
@@ -251,6 +250,23 @@ def fetch(
     comes, and the remote-tracking refs move only once everything they reach is stored.
     `depth` stops history that many commits below each tip (a shallow repository).
     """
+    return _fetch(repo, remote, branches, all_objects, depth, endpoint, quiet, workers)[0]
+
+
+def _fetch(
+    repo: Repo,
+    remote: str,
+    branches: Sequence[str] | None,
+    all_objects: bool,
+    depth: int | None,
+    endpoint: str | None,
+    quiet: bool,
+    workers: int,
+    checkout_of: Callable[[dict[str, str]], str] | None = None,
+) -> tuple[TransferReport, dict[str, Path]]:
+    """`fetch`; with `checkout_of` (a clone's: remote branches -> the branch it checks
+    out), also the model files of that branch's tip, written from the objects as they were
+    verified: path -> finished file in the scratch folder (see `direct_checkout`)."""
     target = resolve_remote(repo, remote, endpoint)
     if target.name is None:
         raise MvcError(
@@ -274,15 +290,24 @@ def fetch(
             wants = [*heads.values(), *tags.values()]
             held = receive_git(repo, transport, wants, pool, history, depth, shallow)
         if lazy:
-            used = branches if branches is not None else checked_out_branches(
-                repo, target.name, heads
+            used = (
+                branches if branches is not None else checked_out_branches(repo, target.name, heads)
             )
             ids = tensor_ids_of(repo, held, [heads[b] for b in used])
         else:
             ids = tensor_ids_of(repo, held)
         wanted = [oid for oid in ids if not repo.store.has(oid)]
-        with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
-            receive_tensors(repo, transport, wanted, pool, objects)
+        writer = None
+        if checkout_of is not None and heads:
+            writer = CheckoutWriter(repo, heads[checkout_of(heads)], _getter(repo, held))
+        try:
+            with Tally(_bar(quiet), "receiving objects", len(wanted)) as objects:
+                receive_tensors(repo, transport, wanted, pool, objects, writer and writer.stored)
+            prewritten = writer.finish() if writer else {}
+        except BaseException:
+            if writer:
+                writer.discard()
+            raise
         write_graph(repo, held)
         if shallow:
             repo.git.update_shallow([s.encode() for s in shallow], None)
@@ -296,7 +321,18 @@ def fetch(
     report.git_objects = history.objects
     report.tensor_objects = objects.objects
     report.bytes = history.bytes + objects.bytes
-    return report
+    return report, prewritten
+
+
+def _getter(repo: Repo, held: dict[str, ShaFile]) -> Callable[[str], ShaFile | None]:
+    """Received trees and commits first, else what the repository already has."""
+
+    def get(sha: str) -> ShaFile | None:
+        if sha in held:
+            return held[sha]
+        return repo.git[sha.encode()] if sha.encode() in repo.git.object_store else None
+
+    return get
 
 
 def _move_tracking_refs(
@@ -370,7 +406,17 @@ def clone(
             set_promisor(repo, "origin")
         if head is not None:  # what the lazy fetch brings tensor objects for
             repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{head}".encode())
-    report = fetch(repo, "origin", depth=depth, quiet=quiet, workers=workers)
+    report, prewritten = _fetch(
+        repo,
+        "origin",
+        None,
+        False,
+        depth,
+        endpoint,
+        quiet,
+        workers,
+        checkout_of=lambda heads: _default_branch(head, heads),
+    )
     tracking = {
         ref.decode(): repo.git.refs[b"refs/remotes/origin/" + ref].decode()
         for ref in repo.git.refs.keys(base=b"refs/remotes/origin/")
@@ -382,15 +428,25 @@ def clone(
         raise NotFoundError(
             f"remote {url} has no branches to clone", hint="check the URL, or push to it first"
         )
-    branch = head if head in tracking else ("main" if "main" in tracking else sorted(tracking)[0])
-    repo.create_branch(branch, f"refs/remotes/origin/{branch}", force=True)
-    repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
+    branch = _default_branch(head, tracking)
     attach_promisor(repo, quiet=quiet)
-    # A fresh work tree: every file is written (force: nothing there can be lost).
-    repo.update_worktree(branch, force=True)
+    # Under the lock, so a kill while HEAD is written is recovered by the re-run. A fresh
+    # work tree: every file is written (force: nothing there can be lost), the model files
+    # by renaming those the fetch wrote as their objects arrived.
+    with repo.locked():
+        repo.create_branch(branch, f"refs/remotes/origin/{branch}", force=True)
+        repo.git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{branch}".encode())
+        files = tree_files(repo, branch)
+        move_worktree(repo, repo.head(), Target(files, prewritten), force=True)
     set_upstream(repo, branch, "origin")
     (folder / ".git" / _CLONING_MARK).unlink(missing_ok=True)
     return CloneResult(repo, branch, report, resumed)
+
+
+def _default_branch(head: str | None, branches: Iterable[str]) -> str:
+    """The branch a clone checks out: the remote's HEAD, else main, else the first."""
+    names = sorted(branches)
+    return head if head in names else ("main" if "main" in names else names[0])
 
 
 # Present from `init` until the checkout is done: its presence makes a re-run resume.
@@ -411,71 +467,3 @@ def _resumable(folder: Path, url: str) -> bool:
         return False
     finally:
         repo.close()
-
-
-# ---------------------------------------------------------------------------------- pull
-@dataclass
-class PullResult:
-    """What `pull` did: the fetch, then "up-to-date", "fast-forward", "merged" or "staged"."""
-
-    report: TransferReport
-    outcome: str
-    commit: str | None
-    merge: MergeResult | None = None
-
-
-def pull(
-    repo: Repo,
-    remote: str | None = None,
-    branch: str | None = None,
-    options: MergeOptions | None = None,
-    *,
-    ff_only: bool = False,
-    endpoint: str | None = None,
-    quiet: bool = False,
-    workers: int = DEFAULT_WORKERS,
-    progress: Progress | None = None,
-) -> PullResult:
-    """Fetch, then bring the remote branch into the current one, as `git pull` does.
-
-    Fast-forwards when the current branch has nothing of its own (unless the options ask
-    for a merge commit); diverged histories get a three-way parameter merge of
-    `REMOTE/BRANCH` into HEAD with `options` (TIES by default). A conflicting merge stops
-    before writing anything: the branch and work tree stay as they were, while the
-    fetched remote-tracking branch stays, ready for `mvc merge` with other options.
-    """
-    current = repo.current_branch()
-    if current is None:
-        raise MvcError("HEAD is detached; switch to a branch before pulling")
-    tracked = upstream(repo, current)
-    remote = remote or (tracked[0] if tracked else "origin")
-    if branch is None:
-        branch = tracked[1] if tracked and tracked[0] == remote else current
-    report = fetch(repo, remote, endpoint=endpoint, quiet=quiet, workers=workers)
-    tracking = f"refs/remotes/{remote}/{branch}"
-    if tracking.encode() not in repo.git.refs:
-        raise NotFoundError(f"remote '{remote}' has no branch '{branch}'")
-    theirs = repo.git.refs[tracking.encode()].decode()
-    ours = repo.head()
-    with repo.locked():
-        if ours == theirs or (ours is not None and repo.is_ancestor(theirs, ours)):
-            return PullResult(report, "up-to-date", ours or theirs)
-        fast_forward = options is None or options.fast_forward
-        if ours is None or (fast_forward and repo.is_ancestor(ours, theirs)):
-            repo.update_worktree(theirs)
-            repo.move_branch(ours, theirs, f"pull: fast-forward to {remote}/{branch}")
-            return PullResult(report, "fast-forward", theirs)
-    if ff_only:
-        raise ConflictError(
-            f"'{current}' and '{remote}/{branch}' have diverged; not fast-forwarding",
-            hint=f"pull without --ff-only to merge, or run `mvc merge {remote}/{branch}`",
-        )
-    from mvc.merge.api import MergeOptions, merge
-
-    options = options or MergeOptions()
-    if options.message is None:
-        options = dataclasses.replace(
-            options, message=f"Merge {remote}/{branch} into {current} ({options.strategy})"
-        )
-    result = merge(repo, [f"{remote}/{branch}"], options, progress=progress)
-    return PullResult(report, "merged" if result.commit else "staged", result.commit, result)
