@@ -15,13 +15,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from dulwich.objects import Commit, ShaFile, Tree
+from dulwich.objects import Commit, ShaFile
 
 from mvc.formats.safetensors import RowWriter
+from mvc.remote.negotiate import tree_entries
 from mvc.repo import Manifest, Repo
 from mvc.repo.worktree import is_model_path
-
-SUBMODULE_MODE = 0o160000
 
 
 class CheckoutWriter:
@@ -80,18 +79,8 @@ def _model_blobs(commit: str, get: Callable[[str], ShaFile | None]) -> list[tupl
     top = get(commit)
     if not isinstance(top, Commit):
         return []
-    found, stack = [], [(top.tree.decode(), "")]
-    while stack:
-        sha, prefix = stack.pop()
-        tree = get(sha)
-        if not isinstance(tree, Tree):
-            continue
-        for entry in tree.iteritems():
-            path = prefix + entry.path.decode()
-            if entry.mode == SUBMODULE_MODE:
-                continue
-            if entry.mode & 0o040000:
-                stack.append((entry.sha.decode(), path + "/"))
-            elif is_model_path(path) and entry.mode != 0o120000:
-                found.append((path, entry.sha))
-    return found
+    return [
+        (path, entry.sha)
+        for path, entry in tree_entries([top.tree.decode()], get)
+        if is_model_path(path) and entry.mode != 0o120000
+    ]

@@ -9,10 +9,10 @@ minus those the remote lists.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from dulwich.object_store import MissingObjectFinder, iter_tree_contents
-from dulwich.objects import Commit, ShaFile, Tree
+from dulwich.objects import Commit, ShaFile, Tree, TreeEntry
 
 from mvc.remote.layout import GIT_OBJECT_PREFIX, TENSOR_OBJECT_PREFIX, ids_from_keys
 from mvc.remote.transport import Transport
@@ -56,23 +56,22 @@ def referenced_tensor_ids(repo: Repo, commits: Iterable[str], blobs: set[str]) -
     return ids
 
 
-def tree_tensor_ids(
-    repo: Repo, trees: Iterable[str], get: Callable[[str], ShaFile | None]
-) -> set[str]:
-    """Tensor objects referenced by the model files and records under `trees`.
+def tree_entries(
+    roots: Iterable[str], get: Callable[[str], ShaFile | None], walked: set[str] | None = None
+) -> Iterator[tuple[str, TreeEntry]]:
+    """(path, entry) of every file below the trees `roots`, submodules left out.
 
-    `get` gives a tree by id; a tree it does not give (None, or not a tree) is not walked,
-    which lets a fetch walk only the trees it received.
+    A tree `get` does not give (None, or not a tree) is not walked. With `walked`, a tree
+    met twice is walked once: for callers that collect what files reference, not where.
     """
-    ids: set[str] = set()
-    done: set[str] = set()
-    stack = [(sha, "") for sha in trees]
+    stack = [(sha, "") for sha in roots]
     while stack:
-        tree_sha, prefix = stack.pop()
-        if tree_sha in done:
-            continue
-        done.add(tree_sha)
-        tree = get(tree_sha)
+        sha, prefix = stack.pop()
+        if walked is not None:
+            if sha in walked:
+                continue
+            walked.add(sha)
+        tree = get(sha)
         if not isinstance(tree, Tree):
             continue
         for entry in tree.iteritems():
@@ -82,7 +81,20 @@ def tree_tensor_ids(
             if entry.mode & 0o040000:
                 stack.append((entry.sha.decode(), path + "/"))
             else:
-                ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
+                yield path, entry
+
+
+def tree_tensor_ids(
+    repo: Repo, trees: Iterable[str], get: Callable[[str], ShaFile | None]
+) -> set[str]:
+    """Tensor objects referenced by the model files and records under `trees`.
+
+    `get` gives a tree by id; a tree it does not give (None, or not a tree) is not walked,
+    which lets a fetch walk only the trees it received.
+    """
+    ids: set[str] = set()
+    for path, entry in tree_entries(trees, get, walked=set()):
+        ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
     return ids
 
 
