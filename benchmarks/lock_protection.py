@@ -24,6 +24,7 @@ METHODS = {
     "TIES 0.2": ("ties", {"density": 0.2}),
     "TIES 0.5": ("ties", {"density": 0.5}),
     "task arithmetic": ("task_arithmetic", {}),
+    "task arithmetic λ 0.5": ("task_arithmetic", {"lambda_": 0.5}),
     "linear": ("linear", {}),
     "DARE-TIES 0.5": ("dare_ties", {"density": 0.5}),
 }
@@ -62,12 +63,17 @@ def main(argv: list[str] | None = None) -> int:
             heads[task.name] = load_head(head_path(root / "model", task.name))
             repo.add([root / "model"])
             repo.commit(f"{task.name} fine-tune")
-            branch[task.name] = accuracy(repo.load_state_dict("HEAD", MODEL), heads[task.name], task)
+            branch[task.name] = accuracy(
+                repo.load_state_dict("HEAD", MODEL), heads[task.name], task
+            )
         unlearned = [t.name for t in tasks if branch[t.name] - base[t.name] < MIN_GAIN]
         if unlearned:  # a gain kept is a ratio over the gain: without one it measures nothing
             for name in unlearned:
-                print(f"{name}: the fine-tune scores {branch[name]:.2f} against the base's "
-                      f"{base[name]:.2f}; left out (a gain of {MIN_GAIN} is needed)", flush=True)
+                print(
+                    f"{name}: the fine-tune scores {branch[name]:.2f} against the base's "
+                    f"{base[name]:.2f}; left out (a gain of {MIN_GAIN} is needed)",
+                    flush=True,
+                )
             tasks = [t for t in tasks if t.name not in unlearned]
             if len(tasks) < 2:
                 raise SystemExit("fewer than two tasks learned: raise --steps")
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 strategy, params = METHODS[method]
                 kept = {}
                 for label, source in (("plain", task.name), ("locked", f"{task.name}-locked")):
-                    repo.switch(f"{task.name}-{label}-{strategy}-{len(rows)}", create=True, start=partner)
+                    repo.switch(
+                        f"{task.name}-{label}-{strategy}-{len(rows)}", create=True, start=partner
+                    )
                     options = MergeOptions(
                         strategy=strategy, params=MergeParams(**params), allow_locked=True
                     )
@@ -92,17 +100,33 @@ def main(argv: list[str] | None = None) -> int:
                     merged = repo.load_state_dict("HEAD", MODEL)
                     used = [heads[task.name]] + ([locked_head] if label == "locked" else [])
                     kept[label] = max(
-                        gain_retention(base[task.name], branch[task.name], accuracy(merged, h, task))
+                        gain_retention(
+                            base[task.name], branch[task.name], accuracy(merged, h, task)
+                        )
                         for h in used
                     )
-                rows.append((task.name, partner, method, kept["plain"], kept["locked"]))
-                print(f"{task.name} + {partner}, {method}: plain {kept['plain']:.0%}, "
-                      f"locked {kept['locked']:.0%}", flush=True)
-    print("\n| locked task (base → branch) | merged with | method | gain kept, no lock | gain kept, locked |")
-    print("|---|---|---|---|---|")
-    for name, partner, method, plain, locked in rows:
-        print(f"| {name} ({base[name]:.2f} → {branch[name]:.2f}) | {partner} | {method} | "
-              f"{plain:.0%} | {locked:.0%} |")
+                    other = next(t for t in tasks if t.name == partner)
+                    kept[f"{label} partner"] = gain_retention(
+                        base[partner], branch[partner], accuracy(merged, heads[partner], other)
+                    )
+                rows.append((task.name, partner, method, kept))
+                print(
+                    f"{task.name} + {partner}, {method}: plain {kept['plain']:.0%}, "
+                    f"locked {kept['locked']:.0%}; partner's task kept: plain "
+                    f"{kept['plain partner']:.0%}, locked {kept['locked partner']:.0%}",
+                    flush=True,
+                )
+    print(
+        "\n| locked task (base → branch) | merged with | method | gain kept, no lock | "
+        "gain kept, locked | partner's gain kept, no lock / locked |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, partner, method, kept in rows:
+        print(
+            f"| {name} ({base[name]:.2f} → {branch[name]:.2f}) | {partner} | {method} | "
+            f"{kept['plain']:.0%} | {kept['locked']:.0%} | "
+            f"{kept['plain partner']:.0%} / {kept['locked partner']:.0%} |"
+        )
     return 0
 
 
