@@ -18,7 +18,7 @@ extracted adapter with each task's own head, unchanged. Gain kept on a task is
    branch from ``main``; ``mvc extract-lora`` at several ranks turns it into an adapter,
    which PEFT loads and the fine-tune's own head scores.
 
-Run: ``.venv/bin/python -m benchmarks.adapter_quality [--tasks agent,order] [--lora-steps 150]``
+Run: ``.venv/bin/python -m benchmarks.adapter_quality [--tasks agent,sentiment] [--lora-steps 150]``
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def extract_part(args, work: Path, tasks, probe: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="agent,order")
+    parser.add_argument("--tasks", default="agent,sentiment")
     parser.add_argument("--lora-steps", type=int, default=LORA_STEPS)
     parser.add_argument("--lora-lr", type=float, default=LORA_LR)
     parser.add_argument("--ranks", default=",".join(map(str, EXTRACT_RANKS)))

@@ -28,6 +28,7 @@ METHODS = {
     "DARE-TIES 0.5": ("dare_ties", {"density": 0.5}),
 }
 TASKS = ("sentiment", "agent", "order", "comparison")
+MIN_GAIN = 0.1  # accuracy points a fine-tune must gain over the base probe to be measured
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             repo.add([root / "model"])
             repo.commit(f"{task.name} fine-tune")
             branch[task.name] = accuracy(repo.load_state_dict("HEAD", MODEL), heads[task.name], task)
+        unlearned = [t.name for t in tasks if branch[t.name] - base[t.name] < MIN_GAIN]
+        if unlearned:  # a gain kept is a ratio over the gain: without one it measures nothing
+            for name in unlearned:
+                print(f"{name}: the fine-tune scores {branch[name]:.2f} against the base's "
+                      f"{base[name]:.2f}; left out (a gain of {MIN_GAIN} is needed)", flush=True)
+            tasks = [t for t in tasks if t.name not in unlearned]
+            if len(tasks) < 2:
+                raise SystemExit("fewer than two tasks learned: raise --steps")
         key = Path(tmp) / "bench.key"
         keygen(key)
         rows = []

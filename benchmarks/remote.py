@@ -25,7 +25,13 @@
    a synthetic BERT fp32 model at two sizes (``benchmarks.synthetic``), next to the growth
    of the model: both stream objects one at a time, so memory should not follow the model.
 
-Run: ``.venv/bin/python -m benchmarks.remote [--quick] [--throughput-only]``.
+3. Throughput at LLM scale: a LLaMA-shaped bf16 model of about 1.1 GB in three shards
+   (``benchmarks.synthetic.write_llama``), one commit, ``mvc push`` to a path remote on
+   the remotes' filesystem and ``mvc clone`` of it back, in MB/s of model files, next to
+   ``cp -r`` of the same files along the same two paths in the same run (the disks'
+   limit for a plain copy). ``--llama-dir`` puts the model and the repositories there.
+
+Run: ``.venv/bin/python -m benchmarks.remote [--quick] [--throughput-only] [--llama-only]``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from benchmarks.measure import (
     tree_size,
 )
 from benchmarks.storage import GIT_ENV
-from benchmarks.synthetic import shape_for, write_model
+from benchmarks.synthetic import LlamaShape, shape_for, write_llama, write_model
 
 FILES = (MODEL_FILE, "config.json")
 LFS_ENV = {**GIT_ENV, "GIT_LFS_SKIP_SMUDGE": "0"}
@@ -260,6 +266,53 @@ def _memory(targets: tuple[int, int]) -> None:
     )
 
 
+LLAMA_LAYERS = 10  # TinyLlama's widths, 10 of its 22 layers: 1.14 GB of bf16
+
+
+def _llama_throughput(work: Path, remotes: Path) -> None:
+    """MB/s of `mvc push` and `mvc clone` of a 1 GB+ sharded bf16 model against `cp -r`."""
+    mvc = tool("mvc")
+    repo = write_llama(work / "repo", LlamaShape.tiny_llama(LLAMA_LAYERS), seed=5, shards=3)
+    names = sorted(p.name for p in repo.iterdir())
+    size = sum((repo / n).stat().st_size for n in names)
+    cp_push = run(["cp", "-r", str(repo), str(remotes / "cp-remote")])
+    cp_clone = run(["cp", "-r", str(remotes / "cp-remote"), str(work / "cp-clone")])
+    shutil.rmtree(remotes / "cp-remote")
+    run([mvc, "init"], cwd=repo, env=GIT_ENV)
+    run([mvc, "add", *names], cwd=repo, env=GIT_ENV)
+    run([mvc, "commit", "-m", "base"], cwd=repo, env=GIT_ENV)
+    remote, clone = remotes / "mvc-remote", work / "mvc-clone"
+    pushed = run([mvc, "push", "-q", str(remote), "main"], cwd=repo, env=GIT_ENV)
+    wire = tree_size(remote)
+    cloned = run([mvc, "clone", "-q", str(remote), str(clone)], cwd=work, env=GIT_ENV)
+    for name in names:
+        if (clone / name).read_bytes() != (work / "cp-clone" / name).read_bytes():
+            raise RuntimeError(f"{clone / name} differs from the model")
+    mb = size / 1e6
+    print(
+        f"\nthroughput: LLaMA-shaped bf16 model, {len(names) - 2} shards + index + config, "
+        f"{mb:.0f} MB; mvc moved {wire / 1e6:.0f} MB on the wire"
+    )
+    print_table(
+        "MB/s of model files (MB = 10^6 bytes), cp -r of the same files in the same run",
+        ["step", "mvc s", "cp s", "mvc MB/s", "cp MB/s", "mvc/cp time"],
+        [
+            [
+                label,
+                f"{ours.seconds:.2f}",
+                f"{peer.seconds:.2f}",
+                f"{mb / ours.seconds:.0f}",
+                f"{mb / peer.seconds:.0f}",
+                ratio(ours.seconds, peer.seconds),
+            ]
+            for label, ours, peer in (
+                ("push (work tree -> remote)", pushed, cp_push),
+                ("clone (remote -> new folder)", cloned, cp_clone),
+            )
+        ],
+    )
+
+
 def _remote_parent() -> str | None:
     """A folder on another filesystem than the work folder, for the remotes.
 
@@ -285,13 +338,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--throughput-only", action="store_true", help="only part 1 (against Git LFS)"
     )
+    parser.add_argument("--llama-only", action="store_true", help="only part 3 (1 GB+ vs cp)")
+    parser.add_argument("--llama-dir", default=None, help="folder for part 3's model and repos")
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-") as tmp,
         tempfile.TemporaryDirectory(prefix="mvc-bench-remote-", dir=_remote_parent()) as remotes,
     ):
-        _throughput(Path(tmp), Path(remotes))
-    if not args.throughput_only:
+        if not args.llama_only:
+            _throughput(Path(tmp), Path(remotes))
+        if not args.throughput_only:
+            with tempfile.TemporaryDirectory(prefix="llama-", dir=args.llama_dir) as big:
+                _llama_throughput(Path(big), Path(remotes))
+    if not (args.throughput_only or args.llama_only):
         _memory((128, 512) if args.quick else (512, 2048))
     return 0
 

@@ -30,7 +30,7 @@ LAYERS = (
     "demo",
     "cli",
 )
-LAYER_FREE = ("errors", "progress", "memory", "files", "lazy")
+LAYER_FREE = ("errors", "progress", "memory", "files", "lazy", "tuning")
 
 
 def module_name(path: Path) -> str:

@@ -335,3 +335,24 @@ def test_verify_and_extract_never_import_torch(three, assert_no_torch):
         f"extract(repo, '{sha}', 'b', '../b-out')\n"
     )
     assert_no_torch(code, three.root)
+
+
+@pytest.mark.parametrize("tensor", ["layer.0.weight", "layer.1.weight"])
+def test_verify_fail_fast_stops_at_the_tampered_tensor_and_names_it(three, monkeypatch, tensor):
+    from click.testing import CliRunner
+
+    from mvc.cli.main import cli
+
+    sha = octopus(three, density=0.5)
+    assert verify(three, sha, device="cpu", fail_fast=True).ok
+    forged = forge(three, sha, tensor)
+    report = verify(three, forged, device="cpu", fail_fast=True)
+    assert report.stopped and not report.ok
+    assert [(m.path, m.tensor, m.reason) for m in report.mismatches] == [
+        (MODEL, tensor, "content differs")
+    ]
+    assert report.mismatches[0].max_abs_diff == pytest.approx(1e-3, rel=1e-3)
+    monkeypatch.chdir(three.root)
+    bad = CliRunner().invoke(cli, ["verify", forged, "-q", "--device", "cpu", "--fail-fast"])
+    assert bad.exit_code == 1
+    assert bad.output.splitlines()[0].startswith(f"MISMATCH {MODEL}::{tensor}: content differs")

@@ -87,7 +87,10 @@ def blame(rev: str, target: str, as_json: bool) -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify(rev: str, device: str, tolerance: float | None, quiet: bool, as_json: bool) -> None:
+@click.option("--fail-fast", is_flag=True, help="Stop at the first tensor that differs.")
+def verify(
+    rev: str, device: str, tolerance: float | None, quiet: bool, as_json: bool, fail_fast: bool
+) -> None:
     """Recompute the merge REV from its record; exit 1 unless every hash matches."""
     from mvc.lineage.verify import DEFAULT_TOLERANCE
     from mvc.lineage.verify import verify as run_verify
@@ -99,6 +102,7 @@ def verify(rev: str, device: str, tolerance: float | None, quiet: bool, as_json:
         device=device,
         tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
         progress=BarProgress(enabled=None if not quiet else False),
+        fail_fast=fail_fast,
     )
     if as_json:
         emit_json(report.to_json())
@@ -112,6 +116,9 @@ def verify(rev: str, device: str, tolerance: float | None, quiet: bool, as_json:
                 f"(merged on {report.recorded_device}, verified on {report.device})"
             )
         verdict = "verified" if report.ok else "FAILED"
+        if report.stopped:
+            click.echo(f"FAILED: {report.commit[:12]}, stopped at the first mismatch")
+            raise SystemExit(1)
         click.echo(
             f"{verdict}: {report.commit[:12]}, {report.resolved} resolved tensors recomputed, "
             f"{report.tensors} tensors in {report.files} files compared, "

@@ -11,6 +11,10 @@ largest absolute difference between the commit's values and the recomputed ones.
 Merge arithmetic is deterministic on one device class, but a GPU and a CPU may round
 differently; when verify runs on another device class than the merge did, a resolved tensor
 whose values differ by at most `tolerance` is reported as tolerated instead of failing.
+
+Each resolved tensor is checked as soon as the recomputation has produced its chunk ids
+(a watch on the merge pipeline), against the record and the commit; with `fail_fast` the
+first tensor that differs stops the recomputation, and the report names only it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mvc.lineage.records import find_provenance, merge_record
 from mvc.lineage.tensors import max_abs_difference
-from mvc.repo.manifest import Manifest
+from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.records import without_records
 from mvc.repo.worktree import is_model_path
 from mvc.store import ObjectStore, object_id
@@ -112,6 +116,7 @@ class VerifyReport:
     resolved: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     tolerated: list[Mismatch] = field(default_factory=list)
+    stopped: bool = False  # fail_fast stopped at the first mismatch; the rest is unchecked
 
     @property
     def ok(self) -> bool:
@@ -133,6 +138,7 @@ class VerifyReport:
             "resolved": self.resolved,
             "mismatches": [m.to_json() for m in self.mismatches],
             "tolerated": [m.to_json() for m in self.tolerated],
+            "stopped": self.stopped,
         }
 
 
@@ -155,8 +161,10 @@ def verify(
     device: str = "auto",
     tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress | None = None,
+    fail_fast: bool = False,
 ) -> VerifyReport:
-    """Recompute the merge `rev` and compare it with its record and its tree."""
+    """Recompute the merge `rev` and compare it with its record and its tree; with
+    `fail_fast`, stop at the first resolved tensor that differs."""
     from mvc.merge.device import resolve_device
     from mvc.merge.pipeline import run_on_commits
     from mvc.merge.recipe import Recipe
@@ -168,6 +176,8 @@ def verify(
     compute_device = resolve_device(device)
     report = VerifyReport(sha, str(record.get("device", "cpu")), str(compute_device), tolerance)
     store = ScratchStore(repo.store)
+    commit_files = without_records(repo.files(sha))
+    watch = _Watch(record, commit_files, report, store) if fail_fast else None
     try:
         result = run_on_commits(
             repo,
@@ -176,14 +186,66 @@ def verify(
             store=store,  # type: ignore[arg-type]
             progress=progress,
             record=False,
+            watch=watch,
         )
         _compare_decisions(record, result, report, store)
-        _compare_files(
-            store, result.files, without_records(repo.files(sha)), result.results, report
-        )
+        _compare_files(store, result.files, commit_files, result.results, report)
+    except _Stopped:
+        report.stopped = True
     finally:
         store.close()
     return report
+
+
+class _Stopped(Exception):
+    """The first mismatch under fail_fast (already in the report)."""
+
+
+class _Watch:
+    """Checks each resolved tensor as the recomputation produces it: its chunk ids against
+    the record's output and the commit's tensor; the first that differs (beyond what another
+    device class tolerates) goes into the report and stops the merge."""
+
+    def __init__(
+        self,
+        record: Mapping[str, Any],
+        commit_files: Mapping[str, bytes],
+        report: VerifyReport,
+        store: ScratchStore,
+    ) -> None:
+        self.recorded: Mapping[str, Any] = record["files"]
+        self.commit_files = commit_files
+        self.report = report
+        self.store = store
+        self._manifests: dict[str, dict[str, TensorEntry] | None] = {}
+
+    def _committed(self, path: str) -> dict[str, TensorEntry] | None:
+        if path not in self._manifests:
+            blob = self.commit_files.get(path)
+            manifest = Manifest.from_bytes(blob, path) if blob and is_model_path(path) else None
+            self._manifests[path] = manifest.by_name() if manifest is not None else None
+        return self._manifests[path]
+
+    def __call__(self, path: str, entry: TensorEntry) -> None:
+        ids = list(entry.chunk_ids)
+        recorded = self.recorded.get(path, {}).get("tensors", {}).get(entry.name, {})
+        if recorded.get("output") != ids:
+            self._stop(Mismatch(path, entry.name, "recomputed output ids differ from the record"))
+        theirs = (self._committed(path) or {}).get(entry.name)
+        if theirs is None:
+            self._stop(Mismatch(path, entry.name, "missing from the commit"))
+        if list(theirs.chunk_ids) == ids:
+            return
+        if (theirs.dtype, theirs.shape) != (entry.dtype, entry.shape):
+            self._stop(Mismatch(path, entry.name, "dtype or shape differs in the commit"))
+        diff = max_abs_difference(self.store, entry, theirs)
+        if not self.report.same_device_class and diff <= self.report.tolerance:
+            return  # the full comparison afterwards reports it as tolerated
+        self._stop(Mismatch(path, entry.name, "content differs", diff))
+
+    def _stop(self, mismatch: Mismatch) -> None:
+        self.report.mismatches.append(mismatch)
+        raise _Stopped
 
 
 def _verify_bake(

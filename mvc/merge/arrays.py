@@ -34,6 +34,9 @@ _BF16_NAN = 0x7FC0  # the quiet NaN torch's scalar conversion produces
 class ArrayOps(ABC):
     """One backend: where arrays live and the functions the operators do not cover."""
 
+    # Whether several threads computing at once use several cores (numpy releases the GIL
+    # inside large operations; torch already parallelises each operation itself).
+    concurrent: bool = False
     float32: Any
     float64: Any
     int32: Any
@@ -97,6 +100,8 @@ def _numpy_storage(dtype: str) -> np.dtype:
 
 class NumpyOps(ArrayOps):
     """The CPU backend. Python float scalars stay weak (NEP 50): fp32 arrays stay fp32."""
+
+    concurrent = True
 
     float32 = np.float32
     float64 = np.float64

@@ -2,18 +2,26 @@
 
 For each tensor the plan resolves, the strategy's statistics passes and then its combine
 step read the base's and the branches' row chunks from the store (decoded on a read-ahead
-thread, on the backend's device) and compute on windows of at most ``SLICE_BYTES``; every
+thread, on the backend's device) and compute on windows of at most ``window_bytes``; every
 merged chunk is stored at once, as a delta against the same chunk of the merge base (a
 merge stays close to its base: measured on MiniLM TIES, 41% smaller than a delta against
 the first branch, and one delta level shallower to read).
-What is alive at a time is bounded by constants times the chunk size (``CACHE_BYTES`` of
+What is alive at a time is bounded by constants times the chunk size (``cache_bytes`` of
 decoded inputs, a dozen window-sized temporaries), so peak memory does not grow with the
 model. Tensors the plan takes whole are never read at all.
+
+On the CPU, ``threads`` tensors are computed at once (numpy releases the GIL inside each
+large operation, so two tensors keep two cores busy) and as many chunk sets are decoded at
+once. A tensor's job sees its chunks in order on one thread, so the bits do not depend on
+the thread count; memory grows by the same per-tensor bound for each thread. The window
+size, cache size and thread count come from :mod:`mvc.tuning`.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,15 +43,13 @@ from mvc.repo.manifest import Chunk as StoredChunk
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.store import ObjectStore
 from mvc.store.chunking import DEFAULT_CHUNK_BYTES
+from mvc.tuning import cache_bytes, threads, window_bytes
 
-# Compute windows: temporaries scale with this, not with the stored chunk (16 MiB).
-SLICE_BYTES = 4 * 1024 * 1024
-# A tensor whose decoded base + inputs fit here is read from the store once, not per pass.
-CACHE_BYTES = 12 * DEFAULT_CHUNK_BYTES
 WRITE_BEHIND_BYTES = 4 * DEFAULT_CHUNK_BYTES  # merged data queued (each chunk: a put and a write)
 SAMPLE_CHUNKS = 3  # chunk sets a sampling pass reads from a tensor too large to cache
 
 _Key = tuple[str, str]  # (model file path, tensor name)
+
 
 @dataclass
 class TensorResult:
@@ -70,6 +76,7 @@ class Executor:
         masks: bool = True,
         progress: Progress | None = None,
         scratch: Path | None = None,
+        watch: Callable[[str, TensorEntry], None] | None = None,
     ) -> None:
         self.store = store
         self.base = base_files
@@ -83,6 +90,15 @@ class Executor:
         # computed (``written``: path -> file), ready to be moved into the work tree.
         self.scratch = scratch
         self.written: dict[str, Path] = {}
+        # Told (model file path, entry) as each resolved tensor's chunk ids become known, in
+        # file order; what it raises stops the merge (verify --fail-fast).
+        self.watch = watch
+        # Compute windows (temporaries scale with them, not with the stored chunk), the
+        # decoded-input cache per tensor, and tensors computed at once (mvc.tuning).
+        self.window_bytes = window_bytes()
+        self.cache_bytes = cache_bytes()
+        self.threads = threads() if ops.concurrent else 1
+        self._progress_lock = threading.Lock()
 
     def run(self, plan: MergePlan) -> dict[str, Manifest | bytes]:
         """The merged file set: manifests for model files, bytes for everything else."""
@@ -98,10 +114,12 @@ class Executor:
         )
         reuse_large_buffers(2 * DEFAULT_CHUNK_BYTES)
         with (
-            ThreadPoolExecutor(max_workers=1) as reader,
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mvc-read") as reader,
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mvc-merge") as compute,
             WriteBehind(self.store, WRITE_BEHIND_BYTES) as writer,
         ):
             self._reader = reader
+            self._compute = compute
             self._writer = writer
             self._prefetched: dict[_Key, Future[_Loaded]] = {}
             self._context = self._model_context(plan)
@@ -161,22 +179,44 @@ class Executor:
         return Manifest(header_raw, tuple(entries[name] for name in order))
 
     def _merge_tensors(self, file_plan: FilePlan, sink: RowWriter | None) -> dict[str, TensorEntry]:
-        # Resolved tensors finish (their chunk ids arrive) once their writes are done.
-        finishers: dict[str, Callable[[], TensorEntry]] = {}
+        """Every tensor's entry; resolved ones computed ``threads`` at a time, each finished
+        (its chunk ids known, ``watch`` told) in file order as soon as it is done."""
+        entries: dict[str, TensorEntry] = {}
         resolving = [d for d in file_plan.tensors if d.action == "resolve"]
         if resolving:
             self._prefetch(file_plan.path, resolving[0])
         following = {d.name: n for d, n in zip(resolving, resolving[1:], strict=False)}
-        for decision in file_plan.tensors:
-            if decision.action == "resolve":
-                if decision.name in following:
-                    self._prefetch(file_plan.path, following[decision.name])
-                finishers[decision.name] = self._resolve(file_plan.path, decision, sink)
-            elif decision.entry is not None and decision.action != "deleted":
-                if sink is not None:
-                    self._writer.submit(self._copy_entry, sink, decision.entry)
-                finishers[decision.name] = lambda entry=decision.entry: entry
-        return {name: finish() for name, finish in finishers.items()}
+        running: deque[tuple[str, Future[Callable[[], TensorEntry]]]] = deque()
+
+        def settle(wait: bool) -> None:
+            """Finish tensors from the oldest on: those computed (with ``wait``, all)."""
+            while running and (wait or running[0][1].done()):
+                name, task = running.popleft()
+                entries[name] = task.result()()
+                if self.watch is not None:
+                    self.watch(file_plan.path, entries[name])
+
+        try:
+            for decision in file_plan.tensors:
+                if decision.action == "resolve":
+                    while len(running) >= self.threads:  # at most `threads` tensors at once
+                        running[0][1].exception()
+                        settle(wait=False)
+                    settle(wait=False)
+                    if decision.name in following:
+                        self._prefetch(file_plan.path, following[decision.name])
+                    task = self._compute.submit(self._resolve, file_plan.path, decision, sink)
+                    running.append((decision.name, task))
+                elif decision.entry is not None and decision.action != "deleted":
+                    if sink is not None:
+                        self._writer.submit(self._copy_entry, sink, decision.entry)
+                    entries[decision.name] = decision.entry
+            settle(wait=True)
+        finally:  # nothing may still be computing when the caller cleans up
+            for _, task in running:
+                task.exception()
+        order = [d.name for d in file_plan.tensors if d.name in entries]
+        return {name: entries[name] for name in order}
 
     def _output_layout(self, template: Manifest, file_plan: FilePlan) -> tuple[bytes, list[str]]:
         """The output header and its tensor order, known before anything is computed.
@@ -261,9 +301,7 @@ class Executor:
         """Compute a tensor and queue its writes; the returned call waits for them."""
         strategy = get_strategy(decision.strategy or "ties")
         n_total = len(self.branches)
-        params = self.params.with_overrides(decision.params).for_subset(
-            decision.branches, n_total
-        )
+        params = self.params.with_overrides(decision.params).for_subset(decision.branches, n_total)
         base_entry = self.base[path].tensor(decision.name)
         inputs = [self.branches[i][path].tensor(decision.name) for i in decision.branches]
         spec = self._spec(path, decision)
@@ -308,7 +346,8 @@ class Executor:
             rows = (len(stats.masks), len(stats.masks[0]))
             mask_write = self._writer.put(b"".join(stats.masks), "U8", rows)
             stats.masks = None
-        self.progress.advance(base_entry.nbytes, decision.name)
+        with self._progress_lock:
+            self.progress.advance(base_entry.nbytes, decision.name)
 
         def finish() -> TensorEntry:
             stored = tuple(StoredChunk(lay.start, lay.stop, oid.result()) for lay, oid in writes)
@@ -328,14 +367,14 @@ class Executor:
     ) -> Callable[[bool], Iterable[tuple[_Loaded, list[Chunk]]]]:
         """How to iterate the tensor once per pass and once more for combine.
 
-        A tensor whose decoded inputs fit in ``CACHE_BYTES`` (a fixed multiple of the chunk
+        A tensor whose decoded inputs fit in ``cache_bytes`` (a fixed multiple of the chunk
         size, so the bound does not grow with the model) is decoded once and every pass
         reuses it; when it is also a single compute slice (most tensors) the same
         :class:`Chunk` is reused, with its task vectors. Larger tensors are streamed from
         the store again on each pass, except that a sampling pass (the argument) reads only
         ``SAMPLE_CHUNKS`` chunks spread over the tensor.
         """
-        if base.nbytes * (1 + len(inputs)) > CACHE_BYTES:
+        if base.nbytes * (1 + len(inputs)) > self.cache_bytes:
             count = len(base.chunks)
             spread = sorted(
                 {i * (count - 1) // max(1, SAMPLE_CHUNKS - 1) for i in range(SAMPLE_CHUNKS)}
@@ -360,14 +399,14 @@ class Executor:
             yield from self._slices(spec, item)
 
     def _slices(self, spec: TensorSpec, item: _Loaded) -> list[Chunk]:
-        """Row windows of one stored chunk of at most ``SLICE_BYTES`` each.
+        """Row windows of one stored chunk of at most ``window_bytes`` each.
 
         Strategies give the same bits for any chunking, so computing on small windows only
         bounds the temporaries (a dozen or so per window), not the result.
         """
         rows = item.base.shape[0] if spec.shape else 1
         row_bytes = spec.row_numel * get_dtype(spec.dtype).itemsize
-        step = max(1, SLICE_BYTES // max(1, row_bytes))
+        step = max(1, self.window_bytes // max(1, row_bytes))
         if rows <= step:
             return [Chunk(spec, item.start, item.base, item.thetas, self.ops)]
         return [

@@ -14,7 +14,7 @@ model files), and each manifest is parsed once, for the planner and the executor
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from mvc.merge.layout import align
 from mvc.merge.planner import MergePlan, Planner, raise_conflicts
 from mvc.merge.recipe import Recipe
 from mvc.merge.record import MERGE_RECORD
-from mvc.repo.manifest import Manifest
+from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.worktree import is_model_path
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def run(
     scratch: Path | None = None,
     record: bool = True,
     layout_files: Mapping[str, bytes] | None = None,
+    watch: Callable[[str, TensorEntry], None] | None = None,
 ) -> MergeOutcome:
     """Plan, check, execute and (with ``record``) record ``recipe``.
 
@@ -98,7 +99,8 @@ def run(
     source commit, and every side's model folders are first aligned to that layout.
     Conflicts raise :class:`~mvc.merge.planner.MergeConflicts` and bad parameters
     :class:`~mvc.errors.MvcError`, both before anything is computed or stored. New objects go into ``store``; with ``scratch``, merged model files are also
-    written there as they are computed (``MergeOutcome.written``).
+    written there as they are computed (``MergeOutcome.written``). ``watch`` is told each
+    resolved tensor's entry as soon as its chunk ids are known (see :class:`Executor`).
     """
     recipe.check()
     manifests = _Manifests()
@@ -126,6 +128,7 @@ def run(
         masks=recipe.masks,
         progress=progress,
         scratch=scratch,
+        watch=watch,
     )
     try:
         files = executor.run(plan)
@@ -172,6 +175,7 @@ def run_on_commits(
     scratch: Path | None = None,
     record: bool = True,
     files: Mapping[str, Mapping[str, bytes]] | None = None,
+    watch: Callable[[str, TensorEntry], None] | None = None,
 ) -> MergeOutcome:
     """:func:`run` over the recipe's commits; ``files`` are those :func:`read_commits`
     read (read here when not given)."""
@@ -189,6 +193,7 @@ def run_on_commits(
         scratch=scratch,
         record=record,
         layout_files=files[recipe.layout.source] if recipe.layout is not None else None,
+        watch=watch,
     )
 
 

@@ -10,6 +10,7 @@ peak memory. More writer threads were measured no faster on two cores.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +22,10 @@ T = TypeVar("T")
 
 
 class WriteBehind:
-    """``put`` returns a future of the object id; ``close`` waits for every write."""
+    """``put`` returns a future of the object id; ``close`` waits for every write.
+
+    Safe to call from several threads (the executor computes tensors on a pool).
+    """
 
     def __init__(self, store: ObjectStore, max_bytes: int, workers: int = 1) -> None:
         self._store = store
@@ -29,6 +33,7 @@ class WriteBehind:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mvc-put")
         self._pending: deque[tuple[Future[Any], int]] = deque()
         self._pending_bytes = 0
+        self._lock = threading.Lock()
 
     def put(
         self,
@@ -44,14 +49,15 @@ class WriteBehind:
 
     def submit(self, task: Callable[..., T], *args: Any, nbytes: int = 0) -> Future[T]:
         """Queue any write holding ``nbytes`` of data; waits first while the queue is full."""
-        while self._pending and (
-            self._pending[0][0].done() or self._pending_bytes + nbytes > self._max_bytes
-        ):
-            self._settle_oldest(raise_errors=True)
-        future = self._pool.submit(task, *args)
-        self._pending.append((future, nbytes))
-        self._pending_bytes += nbytes
-        return future
+        with self._lock:
+            while self._pending and (
+                self._pending[0][0].done() or self._pending_bytes + nbytes > self._max_bytes
+            ):
+                self._settle_oldest(raise_errors=True)
+            future = self._pool.submit(task, *args)
+            self._pending.append((future, nbytes))
+            self._pending_bytes += nbytes
+            return future
 
     def _settle_oldest(self, *, raise_errors: bool) -> None:
         future, nbytes = self._pending.popleft()
@@ -63,8 +69,9 @@ class WriteBehind:
 
     def drain(self, *, raise_errors: bool = True) -> None:
         """Wait for every queued task (re-raising the first failure unless told not to)."""
-        while self._pending:
-            self._settle_oldest(raise_errors=raise_errors)
+        with self._lock:
+            while self._pending:
+                self._settle_oldest(raise_errors=raise_errors)
 
     def close(self) -> None:
         try:
