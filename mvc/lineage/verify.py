@@ -232,16 +232,9 @@ class _Watch:
         if recorded.get("output") != ids:
             self._stop(Mismatch(path, entry.name, "recomputed output ids differ from the record"))
         theirs = (self._committed(path) or {}).get(entry.name)
-        if theirs is None:
-            self._stop(Mismatch(path, entry.name, "missing from the commit"))
-        if list(theirs.chunk_ids) == ids:
-            return
-        if (theirs.dtype, theirs.shape) != (entry.dtype, entry.shape):
-            self._stop(Mismatch(path, entry.name, "dtype or shape differs in the commit"))
-        diff = max_abs_difference(self.store, entry, theirs)
-        if not self.report.same_device_class and diff <= self.report.tolerance:
-            return  # the full comparison afterwards reports it as tolerated
-        self._stop(Mismatch(path, entry.name, "content differs", diff))
+        found = _tensor_mismatch(self.store, path, entry.name, entry, theirs, True, self.report)
+        if found is not None and not found[1]:  # a tolerated one is reported afterwards
+            self._stop(found[0])
 
     def _stop(self, mismatch: Mismatch) -> None:
         self.report.mismatches.append(mismatch)
@@ -356,29 +349,37 @@ def _compare_manifest(
     ours_by_name, theirs_by_name = mine.by_name(), theirs.by_name()
     for name in sorted(set(ours_by_name) | set(theirs_by_name)):
         report.tensors += 1
-        a, b = ours_by_name.get(name), theirs_by_name.get(name)
-        if a is None or b is None:
-            where = "commit" if b is None else "recomputed merge"
-            report.mismatches.append(Mismatch(path, name, f"missing from the {where}"))
-            continue
-        if a.dtype == b.dtype and a.shape == b.shape and a.chunk_ids == b.chunk_ids:
-            continue
-        if a.dtype != b.dtype or a.shape != b.shape:
-            report.mismatches.append(
-                Mismatch(
-                    path,
-                    name,
-                    f"{b.dtype}{list(b.shape)} in the commit, {a.dtype}{list(a.shape)} recomputed",
-                )
-            )
-            continue
-        diff = max_abs_difference(store, a, b)
-        mismatch = Mismatch(path, name, "content differs", diff)
         resolved = (path, name) in results
-        if resolved and not report.same_device_class and diff <= report.tolerance:
-            mismatch.reason = "differs within tolerance (other device class)"
-            report.tolerated.append(mismatch)
-        else:
-            report.mismatches.append(mismatch)
+        a, b = ours_by_name.get(name), theirs_by_name.get(name)
+        found = _tensor_mismatch(store, path, name, a, b, resolved, report)
+        if found is not None:
+            mismatch, tolerated = found
+            (report.tolerated if tolerated else report.mismatches).append(mismatch)
     if mine.header_raw != theirs.header_raw and not any(m.path == path for m in report.mismatches):
         report.mismatches.append(Mismatch(path, None, "safetensors header differs"))
+
+
+def _tensor_mismatch(
+    store: ScratchStore,
+    path: str,
+    name: str,
+    mine: TensorEntry | None,
+    theirs: TensorEntry | None,
+    resolved: bool,
+    report: VerifyReport,
+) -> tuple[Mismatch, bool] | None:
+    """How the recomputed tensor differs from the committed one (None: not at all), and
+    whether the difference is tolerated: a resolved tensor recomputed on another device
+    class than the merge's, within the report's tolerance."""
+    if mine is None or theirs is None:
+        where = "commit" if theirs is None else "recomputed merge"
+        return Mismatch(path, name, f"missing from the {where}"), False
+    if (mine.dtype, mine.shape) != (theirs.dtype, theirs.shape):
+        shown = f"{theirs.dtype}{list(theirs.shape)} in the commit, "
+        return Mismatch(path, name, shown + f"{mine.dtype}{list(mine.shape)} recomputed"), False
+    if mine.chunk_ids == theirs.chunk_ids:
+        return None
+    diff = max_abs_difference(store, mine, theirs)
+    if resolved and not report.same_device_class and diff <= report.tolerance:
+        return Mismatch(path, name, "differs within tolerance (other device class)", diff), True
+    return Mismatch(path, name, "content differs", diff), False
