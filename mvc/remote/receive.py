@@ -30,7 +30,7 @@ from mvc.remote.layout import git_object_key, tensor_object_key
 from mvc.remote.negotiate import children, tree_tensor_ids
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
-from mvc.store.codecs import CodecError
+from mvc.store.codec_header import CodecError
 from mvc.store.objfile import parse_header
 
 INCOMING_DIR = "incoming"

@@ -31,10 +31,9 @@ from typing import NamedTuple, Protocol
 from mvc.errors import CorruptObjectError, NotFoundError
 from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
-from mvc.store import codecs
 from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
-from mvc.store.codecs import Codec, CodecError
+from mvc.store.codec_header import Codec, CodecError, Mapper
 from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
@@ -255,6 +254,10 @@ class ObjectStore:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
+        # Imported here, not at the top: the transforms need numpy, which commands that only
+        # read or copy stored files (a push, see ``check_intact``) never import.
+        from mvc.store import codecs
+
         for current, header, frames in reversed(chain):
             if data is not None and header.codec.is_delta:
                 data = padded(data, header.raw_size)
@@ -323,6 +326,8 @@ class ObjectStore:
         if path.is_file():
             return oid, path, None
         base_bytes, depth = self._usable_base(base, oid, dtype, shape, base_data)
+        from mvc.store import codecs  # numpy, only once something is encoded (see _decode)
+
         codec, frames = codecs.encode(view, itemsize, base_bytes, mapper=self._mapper())
         header = pack_header(
             codec,
@@ -444,7 +449,7 @@ class ObjectStore:
 
     # -- parallelism -------------------------------------------------------------------------
 
-    def _mapper(self) -> codecs.Mapper:
+    def _mapper(self) -> Mapper:
         """Map pieces over the store's pool, or serially inside a ``put_many`` worker."""
         if getattr(self._local, "serial", False):
             return map
