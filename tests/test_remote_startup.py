@@ -1,4 +1,5 @@
-"""Start-up of push and clone: what they import (most of a small push is start-up)."""
+"""Start-up: what push and clone import (most of a small push is start-up), and the
+`python -m mvc` entry point."""
 
 from __future__ import annotations
 
@@ -27,3 +28,18 @@ def test_push_imports_neither_numpy_nor_torch_and_clone_no_torch(tmp_path, asser
     assert (remote / "refs" / "heads" / "main").read_text().strip() == repo.head()
     assert_no_torch(_cli("clone", "-q", "--full", str(remote), "copy"), tmp_path)
     assert (tmp_path / "copy" / "model").is_dir()
+
+
+def test_python_dash_m_mvc_runs_the_cli(tmp_path):
+    """`python -m mvc` is the CLI: same commands, same exit codes."""
+    import subprocess
+    import sys
+
+    def mvc(*args: str, cwd=tmp_path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "mvc", *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+    assert mvc("init").returncode == 0 and (tmp_path / ".git" / "mvc").is_dir()
+    assert "Usage" in mvc("--help").stdout
+    outside = mvc("status", cwd="/")
+    assert outside.returncode == 1 and "not an mvc repository" in outside.stderr
