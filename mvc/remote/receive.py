@@ -24,7 +24,7 @@ from pathlib import Path
 from dulwich.objects import Blob, Commit, ShaFile
 
 from mvc.errors import CorruptObjectError, FormatError
-from mvc.files import TEMP_PREFIX, atomic_write
+from mvc.files import TEMP_PREFIX, FolderSyncs, atomic_write
 from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
 from mvc.remote.negotiate import children, tree_tensor_ids
@@ -169,6 +169,10 @@ def receive_tensors(
     arrives before its base waits (spilled) in a list under that base, and the worker that
     stores the base stores the waiting deltas next, against the base's bytes it has just
     decoded, instead of decoding the base's chain again for each of them.
+
+    Each object file is fsynced before its rename, but the folders' fsyncs are batched
+    (``FolderSyncs``): each folder once, at the end, before the caller writes anything that
+    points at the objects; a delta's base is made durable before the delta appears.
     """
     store = repo.store
     incoming = repo.mvc_dir / INCOMING_DIR
@@ -177,10 +181,11 @@ def receive_tensors(
     waiting: dict[str, str] = {}
     children: dict[str, list[str]] = {}  # base -> spilled deltas waiting for it
     lock = threading.Lock()
+    folder_syncs = FolderSyncs()
 
     def keep(oid: str, data: bytes, known: dict[str, memoryview] | None = None) -> None:
         try:
-            decoded = store.write_raw(oid, data, known)
+            decoded = store.write_raw(oid, data, known, folder_syncs)
         except (CorruptObjectError, FormatError) as err:
             (incoming / oid).unlink(missing_ok=True)
             raise _bad("object", oid, transport.url, err.message) from None
@@ -217,24 +222,27 @@ def receive_tensors(
         keep(oid, data)  # the base was stored while this delta was being spilled
         return None
 
-    while todo:
-        following = []
-        for oid, base in zip(todo, pool.map(one, todo), strict=True):
-            if base is None:
-                continue
-            waiting[oid] = base
-            if base not in requested and not store.has(base):
-                requested.add(base)
-                following.append(base)
-        todo = following
-    waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
-    while waiting:  # only left by a resumed fetch whose bases were kept earlier
-        ready = [oid for oid, base in waiting.items() if store.has(base)]
-        if not ready:
-            oid, base = next(iter(waiting.items()))
-            raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
-        list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
+    try:
+        while todo:
+            following = []
+            for oid, base in zip(todo, pool.map(one, todo), strict=True):
+                if base is None:
+                    continue
+                waiting[oid] = base
+                if base not in requested and not store.has(base):
+                    requested.add(base)
+                    following.append(base)
+            todo = following
         waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
+        while waiting:  # only left by a resumed fetch whose bases were kept earlier
+            ready = [oid for oid, base in waiting.items() if store.has(base)]
+            if not ready:
+                oid, base = next(iter(waiting.items()))
+                raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
+            list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
+            waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
+    finally:
+        folder_syncs.flush(pool.map)
     if incoming.is_dir() and not any(incoming.iterdir()):
         incoming.rmdir()
 

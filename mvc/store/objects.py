@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from mvc.errors import CorruptObjectError, NotFoundError
-from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
+from mvc.files import TEMP_PREFIX, FolderSyncs, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
 from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
@@ -424,7 +424,11 @@ class ObjectStore:
         return [oid for oid, _ in results]
 
     def write_raw(
-        self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
+        self,
+        oid: str,
+        stored: bytes,
+        known: Mapping[str, bytes | memoryview] | None = None,
+        folder_syncs: FolderSyncs | None = None,
     ) -> memoryview | None:
         """Keep an encoded object received from elsewhere, after decoding and verifying it.
 
@@ -432,20 +436,34 @@ class ObjectStore:
         ``known`` (as for ``get``) holds the base's bytes when the caller has them, so the
         base's chain is not decoded again. Returns the decoded bytes (None when the object
         was here already), for the deltas that come next.
+
+        With ``folder_syncs`` (a batch, see ``mvc.files.FolderSyncs``) the folder fsync is
+        left to the batch's flush, except that a delta's base is made durable before the
+        delta is renamed into place: a crash never leaves a delta without its base.
         """
         path = self.path(oid)
         if path.is_file():
             return None
         data = self._decode(oid, stored, known)
-        self._write_atomic(path, [stored])
+        if folder_syncs is not None and (base := parse_header(stored).base) is not None:
+            folder_syncs.durable(self.path(base).parent)
+            folder_syncs.durable(self.path(base))
+        self._write_atomic(path, [stored], folder_syncs)
         return data
 
-    def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
+    def _write_atomic(
+        self,
+        path: Path,
+        chunks: Sequence[bytes | memoryview],
+        folder_syncs: FolderSyncs | None = None,
+    ) -> None:
         folder = path.parent
-        if not folder.is_dir():
+        if folder_syncs is not None:
+            folder_syncs.mkdir(folder)
+        elif not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             fsync_dir(folder.parent)
-        atomic_write(path, chunks, prefix=TEMP_PREFIX)
+        atomic_write(path, chunks, prefix=TEMP_PREFIX, folder_syncs=folder_syncs)
 
     # -- parallelism -------------------------------------------------------------------------
 
