@@ -1,7 +1,7 @@
 """push, fetch and clone (pull: `mvc.remote.pull`): move what the other side lacks, then move refs by CAS.
 
-Order is what makes interruptions harmless: objects travel first (tensor objects, then git
-blobs and trees, then commits), the ref moves last with a compare-and-swap against the
+Order is what makes interruptions harmless: objects travel first (tensor objects, git
+blobs and trees together, then commits), the ref moves last with a compare-and-swap against the
 value we based the push on. A push killed midway leaves only unreferenced objects on the
 remote, which the retry skips (they are listed there); a fetch or clone killed midway
 keeps the verified objects it received and moves no ref. Two concurrent pushes to one
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,12 +190,16 @@ def _send_objects(
     paranoid: bool,
 ) -> None:
     haves = set(remote_branches(transport, pool).values())
+    # Pipelined: the remote lists its objects on the pool while the local history is
+    # walked here, and the objects go out together, commits last (see `_send`).
+    git_listing = pool.submit(remote_git_ids, transport)
+    tensor_listing = pool.submit(remote_tensor_ids, transport)
     git_ids = git_objects_missing(repo, [local], haves)
-    on_remote = remote_git_ids(transport) if git_ids else set()
-    git_send = [sha for sha in git_ids if sha not in on_remote]
     commits = [sha for sha in git_ids if isinstance(repo.git[sha.encode()], Commit)]
     referenced = referenced_tensor_ids(repo, commits, set(git_ids))
-    tensors_there = remote_tensor_ids(transport) if referenced else set()
+    on_remote = git_listing.result()
+    git_send = [sha for sha in git_ids if sha not in on_remote]
+    tensors_there = tensor_listing.result()
     tensor_send = sorted(with_delta_bases(repo, referenced, tensors_there))
     report.skipped = (len(git_ids) - len(git_send)) + len(referenced & tensors_there)
 
@@ -218,15 +222,29 @@ def _send_objects(
         transport.put(git_object_key(sha), data)
         progress.add(len(data))
 
-    is_commit = {sha for sha in git_send if sha in set(commits)}
+    is_commit = set(commits)
     total = len(git_send) + len(tensor_send)
     with Tally(_bar(quiet), "pushing objects", total) as progress:
-        list(pool.map(send_tensor, tensor_send))
-        list(pool.map(send_git, [sha for sha in git_send if sha not in is_commit]))
-        list(pool.map(send_git, [sha for sha in git_send if sha in is_commit]))
+        # Tensor objects, blobs and trees in one stream; commits only once all of those are
+        # there, so a remote commit always has its tree and files (the ref moves later).
+        others = [pool.submit(send_tensor, oid) for oid in tensor_send]
+        others += [pool.submit(send_git, sha) for sha in git_send if sha not in is_commit]
+        _results(others)
+        _results([pool.submit(send_git, sha) for sha in git_send if sha in is_commit])
     report.git_objects = len(git_send)
     report.tensor_objects = len(tensor_send)
     report.bytes = progress.bytes
+
+
+def _results(futures: list[Future]) -> None:
+    """Wait for every one of `futures`; raise the first failure, cancelling the rest."""
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
 
 
 # ---------------------------------------------------------------------------------- fetch
