@@ -111,22 +111,48 @@ class FolderSyncs:
             pass
 
 
-def create_temp(path: Path, prefix: str | None = None) -> tuple[int, Path]:
-    """A new file beside ``path`` (same filesystem, so the final rename is atomic).
+def temp_path(path: Path, prefix: str | None = None) -> Path:
+    """A fresh random temp name beside ``path`` (same folder, so the final rename is atomic)."""
+    token = secrets.token_hex(6)
+    if prefix is None:
+        return path.with_name(f".{path.name}.{token}.tmp")
+    return path.with_name(f"{prefix}{path.name}-{token}")
 
-    Opened exclusively under a random name, so concurrent writers of one path never share
-    a temp file.
-    """
+
+def create_temp(path: Path, prefix: str | None = None) -> tuple[int, Path]:
+    """A new file beside ``path``, opened exclusively under a ``temp_path`` name, so
+    concurrent writers of one path never share a temp file."""
     while True:
-        token = secrets.token_hex(6)
-        if prefix is None:
-            tmp = path.with_name(f".{path.name}.{token}.tmp")
-        else:
-            tmp = path.with_name(f"{prefix}{path.name}-{token}")
+        tmp = temp_path(path, prefix)
         try:
             return os.open(tmp, _CREATE_FLAGS, 0o666), tmp
         except FileExistsError:
             continue
+
+
+def publish(
+    tmp: Path, path: Path, mode: int | None = None, folder_syncs: FolderSyncs | None = None
+) -> None:
+    """Rename a complete, fsynced temp file over ``path`` and make the rename durable.
+
+    The second half of ``atomic_write``, also for writers that fill the temp file
+    themselves (by positional writes in any order: checkout's ``RowWriter``). ``mode`` sets
+    the permission bits first; ``folder_syncs`` takes the folder's fsync for later. On an
+    error the temp file is removed and ``path`` is left as it was.
+    """
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if folder_syncs is None:
+            os.replace(tmp, path)
+        else:
+            folder_syncs.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if folder_syncs is None:
+        fsync_dir(path.parent)
 
 
 def atomic_write(
@@ -152,15 +178,8 @@ def atomic_write(
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        if folder_syncs is None:
-            os.replace(tmp, path)
-        else:
-            folder_syncs.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if folder_syncs is None:
-        fsync_dir(path.parent)
+    publish(tmp, path, mode, folder_syncs)

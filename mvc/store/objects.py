@@ -19,6 +19,7 @@ stores its old rows as a delta and the new ones as they are.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -45,8 +46,8 @@ from mvc.store.objfile import (
     parse_object,
     trailer,
 )
+from mvc.tuning import threads
 
-DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
@@ -377,15 +378,12 @@ class ObjectStore:
         workers: int | None = None,
         done_reading: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """``put`` each request; ids in request order.
-
-        ``done_reading(i)`` is called once request ``i``'s data has been read (encoded or
-        found stored), so a caller serving the data from a file mapping can let it go.
-
-        ``workers`` threads (default 2, one per core) compress whole objects, so pieces of
-        one object are not parallelised here (no nested pools), except for a single request. Writes go to a separate
-        pool of ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where one
-        writer would wait for a commit per file. A request's ``base`` must already be
+        """``put`` each request; ids in request order. ``done_reading(i)`` is called once
+        request ``i``'s data is read (encoded or found stored): a file mapping can let it go.
+        ``workers`` threads (default ``mvc.tuning.threads()``: every core) hash and compress
+        whole objects, each one's pieces serially (no nested pools) unless it is alone.
+        Writes go to ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where
+        one writer would wait for a commit per file. A request's ``base`` must already be
         stored (not merely in the same batch) to be used.
         """
         reqs = [r if isinstance(r, PutRequest) else PutRequest(*r) for r in requests]
@@ -399,17 +397,14 @@ class ObjectStore:
                 pending.release()
 
         with (
-            ThreadPoolExecutor(workers or DEFAULT_WORKERS, thread_name_prefix="mvc-put") as cpu,
+            ThreadPoolExecutor(workers or threads(), thread_name_prefix="mvc-put") as cpu,
             ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mvc-io") as io,
         ):
 
             def one(item: tuple[int, PutRequest]) -> tuple[str, Future | None]:
                 index, r = item
-                self._local.serial = serial
-                try:
+                with self.serial_pieces(serial):
                     oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base, r.base_data)
-                finally:
-                    self._local.serial = False
                 if done_reading is not None:
                     done_reading(index)
                 if chunks is None:
@@ -467,15 +462,23 @@ class ObjectStore:
 
     # -- parallelism -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def serial_pieces(self, serial: bool = True) -> Iterator[None]:
+        """In the block this thread codes an object's pieces itself (for a caller whose
+        pool already runs one object per core: no nested pools)."""
+        before, self._local.serial = getattr(self._local, "serial", False), serial
+        try:
+            yield
+        finally:
+            self._local.serial = before
+
     def _mapper(self) -> Mapper:
-        """Map pieces over the store's pool, or serially inside a ``put_many`` worker."""
+        """Map pieces over the store's pool, or serially (``serial_pieces``)."""
         if getattr(self._local, "serial", False):
             return map
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=DEFAULT_WORKERS, thread_name_prefix="mvc-zstd"
-                )
+                self._pool = ThreadPoolExecutor(threads(), thread_name_prefix="mvc-zstd")
         return self._pool.map
 
     def close(self) -> None:
