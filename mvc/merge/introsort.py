@@ -29,15 +29,19 @@ import numpy as np
 THRESHOLD = 16  # libstdc++ _S_threshold: runs this short are left to the insertion sort
 
 
-def torch_kept_ties(keys: np.ndarray, value: int, take: int) -> np.ndarray:
+def torch_kept_ties(
+    keys: np.ndarray, value: int, take: int, *, overwrite: bool = False
+) -> np.ndarray:
     """Sorted flat indices of the ``take`` elements equal to ``value`` that torch's CPU
     ``argsort(descending=True)`` of ``keys`` places first among the equal ones.
 
     ``keys`` are integers ordered like the sorted floats (fp32 bits of |w|); NaN patterns
-    must already be folded into one key, since torch treats all NaNs as equal.
+    must already be folded into one key, since torch treats all NaNs as equal. With
+    ``overwrite`` the replay reorders ``keys`` itself instead of a copy (a tensor's worth of
+    memory saved when the caller has no further use for them).
     """
     n = keys.shape[0]
-    a = np.array(keys, copy=True)
+    a = keys if overwrite else np.array(keys, copy=True)
     idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
     if n > 1:
         _introsort(a, idx, value, 2 * (n.bit_length() - 1))
