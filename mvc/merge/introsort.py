@@ -116,6 +116,8 @@ class _PurePermutations:
 
     With every key equal, the median of three is the middle element, and the Hoare scans
     stop at every position, swapping the i-th after the pivot with the i-th from the end.
+    Each size's permutation is kept (int32) for the halves that recur: at most about three
+    entries per tied element, since the pure segments hold only ties.
     """
 
     def __init__(self) -> None:
@@ -138,9 +140,9 @@ class _PurePermutations:
     def permutation(self, size: int) -> np.ndarray:
         """``perm`` such that the sorted segment is ``segment[perm]``."""
         if size <= THRESHOLD:
-            return np.arange(size, dtype=np.int64)
+            return np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
         if size not in self._perm:
-            perm = np.arange(size, dtype=np.int64)
+            perm = np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
             perm[0], perm[size // 2] = perm[size // 2], perm[0]
             swaps, cut = self._split(size)
             left = np.arange(1, 1 + swaps)
