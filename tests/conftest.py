@@ -45,16 +45,22 @@ def run_mvc() -> Callable[..., subprocess.CompletedProcess]:
     return _run_mvc
 
 
-def _assert_no_torch(code: str, cwd: Path | None = None) -> None:
-    script = f"import sys\n{code}\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+def _assert_no_torch(
+    code: str, cwd: Path | None = None, forbidden: tuple[str, ...] = ("torch",)
+) -> None:
+    checks = "".join(
+        f"assert {name!r} not in sys.modules, '{name} was imported'\n" for name in forbidden
+    )
+    script = f"import sys\n{code}\n{checks}"
     proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
 @pytest.fixture
 def assert_no_torch() -> Callable[..., None]:
-    """`assert_no_torch(code, cwd=None)`: run `code` in a fresh interpreter and fail unless
-    it succeeds without importing torch (whose import costs seconds and ~200 MiB)."""
+    """`assert_no_torch(code, cwd=None, forbidden=("torch",))`: run `code` in a fresh
+    interpreter and fail unless it succeeds without importing torch (whose import costs
+    seconds and ~200 MiB), nor any other module named in `forbidden` (push: numpy too)."""
     return _assert_no_torch
 
 

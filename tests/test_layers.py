@@ -6,7 +6,8 @@ import still ties the two modules together, and only defers the cost. Imports un
 for cycles, since they never run: a module of `mvc/repo` may name `Repo` in its hints while
 `Repo` delegates to it. The order is the one docs/architecture.md describes: the demo application sits on
 the library and below the CLI, which exposes it as `mvc demo`. The package's own
-`__init__` is the Python API's front door and may name any layer.
+`__init__` is the Python API's front door and `__main__` the CLI's (`python -m mvc`): both
+may name any layer.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def top(module: str) -> str:
 
 
 def rank(module: str) -> int | None:
-    """The layer index of a module; None for the layer-free ones and the package itself."""
-    if top(module) in LAYER_FREE or not top(module):
+    """The layer index of a module; None for the layer-free ones, the package itself and
+    its `__main__`."""
+    if top(module) in LAYER_FREE or top(module) in ("", "__main__"):
         return None
     assert top(module) in LAYERS, f"{module} belongs to no layer; add its package to LAYERS"
     return LAYERS.index(top(module))

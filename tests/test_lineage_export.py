@@ -30,7 +30,7 @@ def merged(tmp_path):
 
 def checkout(repo: Repo, rev: str, folder):
     """The commit's model folder written out (what a user's checkout holds)."""
-    from mvc.repo.ingest import materialize
+    from mvc.repo.materialize import materialize
 
     for path, data in repo.files(rev).items():
         if not path.startswith("model/"):

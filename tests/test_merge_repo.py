@@ -275,7 +275,7 @@ def test_merged_chunks_are_stored_as_deltas_on_the_base(branched):
 
 def _checked_out_bytes(repo: Repo, rel: str, tmp_path) -> bytes:
     """What a checkout of HEAD writes for `rel` (materialized from the store)."""
-    from mvc.repo.ingest import materialize
+    from mvc.repo.materialize import materialize
 
     out = tmp_path / "materialized.safetensors"
     materialize(repo.store, repo.model_files("HEAD")[rel], out)

@@ -194,8 +194,10 @@ def test_interrupted_push_resumes_without_resending(origin, tmp_path, remote_url
             push(origin, "origin", "main")
     assert open_transport(remote_url).read_ref("refs/heads/main") == (None, None)
     report = push(origin, "origin", "main")
+    # Exactly 3 tensor objects got there; git blobs and trees travel alongside tensor
+    # objects, so some of those may have too (skipped counts both kinds).
+    assert report.tensor_objects == 5 - 3
     assert report.skipped >= 3
-    assert report.tensor_objects == 5 - report.skipped
     bob = clone(remote_url, str(tmp_path / "bob")).repo
     assert snapshot(bob.root) == snapshot(origin.root) and bob.fsck() == []
 

@@ -3,15 +3,22 @@
 mvc works on raw little-endian bytes so that fast commands never need torch. numpy lacks
 bf16 and fp8, so those dtypes have no numpy equivalent here; code that needs to look at
 their values works on the bit patterns through ``DType.uint`` instead.
+
+numpy is imported only when a numpy dtype is asked for: the table itself (names, widths)
+is all that commands moving stored bytes (push, clone's negotiation) need, and they should
+not pay numpy's import at start-up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from mvc.errors import FormatError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -21,36 +28,41 @@ class DType:
     name: str
     itemsize: int
     kind: str
-    numpy: np.dtype | None
+    numpy_code: str | None  # numpy's type string, None where numpy has no such dtype
 
-    @property
+    @cached_property
+    def numpy(self) -> np.dtype | None:
+        """The numpy dtype viewing these bytes as values, or None (bf16, fp8)."""
+        import numpy as np
+
+        return None if self.numpy_code is None else np.dtype(self.numpy_code)
+
+    @cached_property
     def uint(self) -> np.dtype:
         """The unsigned integer dtype of the same width, for bit-pattern work (deltas, XOR)."""
+        import numpy as np
+
         return np.dtype(f"<u{self.itemsize}")
-
-
-def _dtype(name: str, itemsize: int, kind: str, numpy: str | None) -> DType:
-    return DType(name, itemsize, kind, None if numpy is None else np.dtype(numpy))
 
 
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in (
-        _dtype("BOOL", 1, "bool", "?"),
-        _dtype("U8", 1, "uint", "u1"),
-        _dtype("I8", 1, "int", "i1"),
-        _dtype("U16", 2, "uint", "<u2"),
-        _dtype("I16", 2, "int", "<i2"),
-        _dtype("F16", 2, "float", "<f2"),
-        _dtype("BF16", 2, "float", None),
-        _dtype("U32", 4, "uint", "<u4"),
-        _dtype("I32", 4, "int", "<i4"),
-        _dtype("F32", 4, "float", "<f4"),
-        _dtype("U64", 8, "uint", "<u8"),
-        _dtype("I64", 8, "int", "<i8"),
-        _dtype("F64", 8, "float", "<f8"),
-        _dtype("F8_E4M3", 1, "float", None),
-        _dtype("F8_E5M2", 1, "float", None),
+        DType("BOOL", 1, "bool", "?"),
+        DType("U8", 1, "uint", "u1"),
+        DType("I8", 1, "int", "i1"),
+        DType("U16", 2, "uint", "<u2"),
+        DType("I16", 2, "int", "<i2"),
+        DType("F16", 2, "float", "<f2"),
+        DType("BF16", 2, "float", None),
+        DType("U32", 4, "uint", "<u4"),
+        DType("I32", 4, "int", "<i4"),
+        DType("F32", 4, "float", "<f4"),
+        DType("U64", 8, "uint", "<u8"),
+        DType("I64", 8, "int", "<i8"),
+        DType("F64", 8, "float", "<f8"),
+        DType("F8_E4M3", 1, "float", None),
+        DType("F8_E5M2", 1, "float", None),
     )
 }
 

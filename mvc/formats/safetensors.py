@@ -15,6 +15,7 @@ import mmap
 import operator
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -438,7 +439,8 @@ class RowWriter:
 
     A merge produces its output one chunk at a time and not in file order; this writes
     each chunk straight to its offset (``pwrite``), so the file exists once the last chunk
-    is computed, without decoding anything back from the store. ``close`` refuses a file
+    is computed, without decoding anything back from the store; ``write`` may be called from
+    many threads at once (checkout decodes on a pool). ``close`` refuses a file
     with bytes left unwritten, fsyncs it and leaves it at ``path`` for the caller to move
     into place; ``discard`` removes it.
     """
@@ -447,6 +449,7 @@ class RowWriter:
         self.path = path
         self.header = parse_header(header_raw)
         self._missing = self.header.data_size
+        self._count_lock = threading.Lock()
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(path, flags, 0o666)
         try:
@@ -468,7 +471,8 @@ class RowWriter:
         while view.nbytes:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
-            self._missing -= written
+            with self._count_lock:
+                self._missing -= written
 
     def close(self) -> Path:
         assert self._fd is not None, "closed twice"

@@ -5,8 +5,9 @@ a checkout afterwards would decode every one again to write the model files. Ins
 clone opens the checked-out commit's model files in the repository's scratch folder first
 and each verified chunk goes straight to its offset there (`RowWriter`, as a merge writes
 its output), so each object is decoded once in all. Chunks that were not decoded in this
-pass (already stored by an interrupted clone) are read from the store at the end. The
-files are then renamed into the work tree as a checkout's prewritten files.
+pass (already stored by an interrupted clone) are decoded from the store at the end, on
+every core, by the checkout's own primitive (`mvc.repo.materialize.fill`). The files are
+then renamed into the work tree as a checkout's prewritten files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dulwich.objects import Commit, ShaFile
 from mvc.formats.safetensors import RowWriter
 from mvc.remote.negotiate import tree_entries
 from mvc.repo import Manifest, Repo
+from mvc.repo.materialize import Placement, fill, placements
 from mvc.repo.worktree import is_model_path
 
 
@@ -30,7 +32,7 @@ class CheckoutWriter:
         self.repo = repo
         self.files: dict[str, Path] = {}
         self._writers: list[RowWriter] = []
-        self._slots: dict[str, list[tuple[RowWriter, str, int]]] = {}  # oid -> where it goes
+        self._slots: dict[str, list[Placement]] = {}  # oid -> where it goes
         self._lock = threading.Lock()
         try:
             for path, blob in _model_blobs(commit, get):
@@ -40,10 +42,8 @@ class CheckoutWriter:
                 writer = RowWriter(target, manifest.header_raw)
                 self._writers.append(writer)
                 self.files[path] = target
-                for entry in manifest.tensors:
-                    for chunk in entry.chunks:
-                        slot = (writer, entry.name, chunk.start)
-                        self._slots.setdefault(chunk.oid, []).append(slot)
+                for oid, places in placements(writer, manifest).items():
+                    self._slots.setdefault(oid, []).extend(places)
         except BaseException:
             self.discard()
             raise
@@ -58,10 +58,9 @@ class CheckoutWriter:
     def finish(self) -> dict[str, Path]:
         """Fill what was not written on arrival, fsync; path -> the finished file."""
         try:
-            for oid, slots in list(self._slots.items()):
-                data = self.repo.store.get(oid)
-                for writer, name, first_row in slots:
-                    writer.write(name, first_row, data)
+            with self._lock:
+                rest, self._slots = self._slots, {}
+            fill(self.repo.store, rest)
             for writer in self._writers:
                 writer.close()
         except BaseException:

@@ -20,18 +20,19 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from dulwich.objects import Blob, Commit, ShaFile
 
 from mvc.errors import CorruptObjectError, FormatError
-from mvc.files import TEMP_PREFIX, atomic_write
+from mvc.files import TEMP_PREFIX, FolderSyncs, atomic_write
 from mvc.progress import Tally
 from mvc.remote.layout import git_object_key, tensor_object_key
 from mvc.remote.negotiate import children, tree_tensor_ids
 from mvc.remote.transport import Transport
 from mvc.repo import Repo
-from mvc.store.codecs import CodecError
-from mvc.store.objfile import parse_header
+from mvc.store.codec_header import CodecError
+from mvc.store.objfile import MAX_DELTA_DEPTH, parse_header
 
 INCOMING_DIR = "incoming"
 _DAMAGED_HINT = "the remote copy is damaged; push it again from a repository that has it intact"
@@ -165,22 +166,27 @@ def receive_tensors(
     `on_stored(oid, content)` is called with each object's decoded bytes once it is stored
     (a clone writes its checkout from them, see `direct_checkout`).
 
-    Each object is decoded and checked once, in the pass that stores it: a delta that
-    arrives before its base waits (spilled) in a list under that base, and the worker that
-    stores the base stores the waiting deltas next, against the base's bytes it has just
-    decoded, instead of decoding the base's chain again for each of them.
+    Each object is decoded and checked once, in the pass that stores it. A delta whose
+    base nobody is fetching yet has its base fetched first by the same worker (a chain at
+    most MAX_DELTA_DEPTH deep in memory), then is stored against the bytes the base just
+    decoded to. A delta whose base another worker is fetching waits (spilled to disk) in a
+    list under that base, and that worker stores the waiting deltas next, the same way.
+
+    Each object file is fsynced before its rename, but the folders' fsyncs are batched
+    (``FolderSyncs``): each folder once, at the end, before the caller writes anything that
+    points at the objects; a delta's base is made durable before the delta appears.
     """
     store = repo.store
     incoming = repo.mvc_dir / INCOMING_DIR
     todo = [oid for oid in dict.fromkeys(ids) if not store.has(oid)]
-    requested = set(todo)
-    waiting: dict[str, str] = {}
+    started: set[str] = set()  # objects a worker has taken on
     children: dict[str, list[str]] = {}  # base -> spilled deltas waiting for it
     lock = threading.Lock()
+    folder_syncs = FolderSyncs()
 
-    def keep(oid: str, data: bytes, known: dict[str, memoryview] | None = None) -> None:
+    def keep(oid: str, data: bytes, known: dict[str, memoryview] | None = None) -> Stored:
         try:
-            decoded = store.write_raw(oid, data, known)
+            decoded = store.write_raw(oid, data, known, folder_syncs)
         except (CorruptObjectError, FormatError) as err:
             (incoming / oid).unlink(missing_ok=True)
             raise _bad("object", oid, transport.url, err.message) from None
@@ -193,8 +199,17 @@ def receive_tensors(
             spilled = incoming / child
             if spilled.is_file():
                 keep(child, spilled.read_bytes(), {oid: decoded} if decoded else None)
+        return Stored(None, decoded)
 
-    def one(oid: str) -> str | None:
+    def one(oid: str, above: int = 0) -> Stored:
+        """Fetch and keep `oid` (the base of `above` deltas fetched by this worker), unless
+        a worker has it already or it has to wait."""
+        if above > MAX_DELTA_DEPTH:
+            raise _bad("object", oid, transport.url, "its delta chain is too deep")
+        with lock:
+            if oid in started:
+                return Stored(None, None)
+            started.add(oid)
         spilled = incoming / oid
         if spilled.is_file():
             data = spilled.read_bytes()
@@ -206,37 +221,44 @@ def receive_tensors(
         except (CodecError, FormatError) as exc:
             raise _bad("object", oid, transport.url, str(exc)) from None
         if base is None or store.has(base):
-            keep(oid, data)
-            return None
+            return keep(oid, data)
+        first = one(base, above + 1)  # stored here, unless another worker has it or it has to wait
+        if store.has(base):
+            return keep(oid, data, None if first.decoded is None else {base: first.decoded})
         if not spilled.is_file():
             _write_spill(incoming, oid, data)
         with lock:
             if not store.has(base):
                 children.setdefault(base, []).append(oid)
-                return base
-        keep(oid, data)  # the base was stored while this delta was being spilled
-        return None
+                return Stored(base, None)
+        return keep(oid, data)  # the base was stored while this delta was being spilled
 
-    while todo:
-        following = []
-        for oid, base in zip(todo, pool.map(one, todo), strict=True):
-            if base is None:
-                continue
-            waiting[oid] = base
-            if base not in requested and not store.has(base):
-                requested.add(base)
-                following.append(base)
-        todo = following
-    waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
-    while waiting:  # only left by a resumed fetch whose bases were kept earlier
-        ready = [oid for oid, base in waiting.items() if store.has(base)]
-        if not ready:
-            oid, base = next(iter(waiting.items()))
-            raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
-        list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
+    try:
+        waiting = {
+            oid: done.waits for oid, done in zip(todo, pool.map(one, todo), strict=True) if done.waits
+        }
+        # Every waiting delta was stored by the worker that stored its base, unless the
+        # base never came: a resumed fetch's leftovers, or a remote whose deltas loop.
         waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
+        while waiting:
+            ready = [oid for oid, base in waiting.items() if store.has(base)]
+            if not ready:
+                oid, base = next(iter(waiting.items()))
+                raise _bad("object", oid, transport.url, f"its delta base {base} never arrived")
+            list(pool.map(lambda oid: keep(oid, (incoming / oid).read_bytes()), ready))
+            waiting = {oid: base for oid, base in waiting.items() if not store.has(oid)}
+    finally:
+        folder_syncs.flush(pool.map)
     if incoming.is_dir() and not any(incoming.iterdir()):
         incoming.rmdir()
+
+
+class Stored(NamedTuple):
+    """What `receive_tensors` did with one object: the base it waits for (spilled), or
+    None; its decoded bytes when it was just stored."""
+
+    waits: str | None
+    decoded: memoryview | None
 
 
 def _write_spill(folder: Path, oid: str, data: bytes) -> None:

@@ -19,8 +19,8 @@ from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.files import atomic_write, fsync_dir
 from mvc.repo.changes import content_blob_id, status
 from mvc.repo.core import RepoCore
-from mvc.repo.ingest import materialize
 from mvc.repo.manifest import Manifest
+from mvc.repo.materialize import WorktreeChunks, materialize
 from mvc.repo.promised import prefetch_checkout
 from mvc.repo.refs import create_branch, head, resolve, tracking_candidate
 from mvc.repo.staging import Staging, store_blob
@@ -158,19 +158,23 @@ def apply_files(repo: RepoCore, old_files: TreeFiles, target: Target, force: boo
     if not force:
         _refuse_if_dirty(repo, staging, old_files, new_files)
     prefetch_checkout(repo, old_files, new_files)  # a lazy clone's objects, before writing
-    for path, (blob_id, mode) in sorted(new_files.items()):
-        current = staging.get(path)
-        unchanged = (
+    todo = [
+        (path, blob_id, mode)
+        for path, (blob_id, mode) in sorted(new_files.items())
+        if not (
             old_files.get(path) == (blob_id, mode)
-            and current is not None
-            and current.blob_id == blob_id
-            and staging.stat_matches(path, repo.root / path)
+            and _clean(staging, repo.root, path, blob_id)
         )
-        if not unchanged:
+    ]
+    known = _old_model_chunks(repo, staging, old_files, [p for p, _, _ in todo])
+    try:
+        for path, blob_id, mode in todo:
             ready = target.prewritten.get(path)
             if ready is None or not _move_into_worktree(repo, path, ready):
-                _write_worktree_file(repo, path, blob_id, mode)
+                _write_worktree_file(repo, path, blob_id, mode, known)
             staging.set(path, blob_id, repo.root / path)
+    finally:
+        known.close()
     for path in set(staging.paths()) | set(old_files):
         if path not in new_files:
             gone = repo.root / checked_path(path)
@@ -179,6 +183,29 @@ def apply_files(repo: RepoCore, old_files: TreeFiles, target: Target, force: boo
             _prune_empty_dirs(repo.root, path)
             staging.remove(path)
     staging.write()
+
+
+def _clean(staging: Staging, root: Path, rel: str, blob_id: bytes) -> bool:
+    """The index holds ``blob_id`` for ``rel`` and the file is as it was indexed (stat)."""
+    current = staging.get(rel)
+    return current is not None and current.blob_id == blob_id and staging.stat_matches(rel, root / rel)
+
+
+def _old_model_chunks(
+    repo: RepoCore, staging: Staging, old_files: TreeFiles, rels: list[str]
+) -> WorktreeChunks:
+    """The chunks of the clean model files about to be rewritten, read from the work tree
+    instead of the store (see ``mvc.repo.materialize``)."""
+    known = WorktreeChunks()
+    for rel in rels:
+        old = old_files.get(rel)
+        if old is None or old[1] == 0o120000 or not is_model_path(rel):
+            continue
+        path = repo.root / rel
+        if path.is_symlink() or not _clean(staging, repo.root, rel, old[0]):
+            continue
+        known.add_file(path, Manifest.from_bytes(repo.read_blob(old[0]), rel))
+    return known
 
 
 def _refuse_if_dirty(repo: RepoCore, staging: Staging, old: TreeFiles, new: TreeFiles) -> None:
@@ -251,14 +278,16 @@ def _move_into_worktree(repo: RepoCore, rel: str, ready: Path) -> bool:
     return True
 
 
-def _write_worktree_file(repo: RepoCore, rel: str, blob_id: bytes, mode: int) -> None:
+def _write_worktree_file(
+    repo: RepoCore, rel: str, blob_id: bytes, mode: int, known: WorktreeChunks | None = None
+) -> None:
     path = _worktree_target(repo.root, rel)
     data = repo.read_blob(blob_id)
     if mode == 0o120000:
         path.unlink(missing_ok=True)
         os.symlink(data.decode(), path)
     elif is_model_path(rel):
-        materialize(repo.store, Manifest.from_bytes(data, rel), path)
+        materialize(repo.store, Manifest.from_bytes(data, rel), path, known)
     else:
         atomic_write(path, data, mode=0o755 if mode & 0o111 else 0o644)
 

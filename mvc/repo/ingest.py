@@ -2,9 +2,10 @@
 
 `ingest` turns a safetensors file into a manifest, storing each row chunk as an object
 (delta-encoded against the same chunk of the previous version when there is one, also when
-the tensor grew along dim 0);
-`materialize` writes a manifest back out as the byte-identical file. Both stream chunk by
-chunk from a memory map, so memory stays bounded by a few chunks whatever the model size.
+the tensor grew along dim 0), streaming chunk by chunk from a memory map, so memory stays
+bounded by a few chunks whatever the model size. Writing a manifest back out as the
+byte-identical file is `mvc.repo.materialize`; `iter_file_chunks` streams it in order
+(the git smudge filter writes it to a pipe).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mvc.formats.dtypes import get_dtype
-from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo, write_safetensors
+from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.bases import grows_from
@@ -89,12 +90,6 @@ def iter_entry_bytes(store: ObjectStore, entry: TensorEntry) -> Iterator[bytes]:
     """A tensor's raw bytes, chunk by chunk, each verified against its id by the store."""
     for chunk in entry.chunks:
         yield store.get(chunk.oid)
-
-
-def materialize(store: ObjectStore, manifest: Manifest, path: Path) -> None:
-    """Write the byte-identical safetensors file for `manifest` (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path, manifest.header_raw, iter_file_chunks(store, manifest))
 
 
 def iter_file_chunks(store: ObjectStore, manifest: Manifest) -> Iterator[memoryview]:

@@ -24,19 +24,21 @@ The data is cut into pieces of ``piece_bytes`` (see ``chunking.iter_pieces``); e
 is byte-planed and every plane is one independent zstd frame. Independent frames let a
 thread pool (zstd releases the GIL) keep both cores busy on one large object, and bound
 what any single frame may decompress to. A zstd context is not thread-safe, so each
-thread keeps its own.
+thread keeps its own. Codec ids and the frame-table checks, which need no numpy, are in
+``mvc.store.codec_header``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from enum import IntEnum
 
 import numpy as np
 import zstandard
 
 from mvc.store.chunking import PIECE_BYTES, iter_pieces
+from mvc.store.codec_header import Codec, CodecError, Mapper, check_frames
+
+__all__ = ["Codec", "CodecError", "Mapper", "decode", "encode", "sample_spans"]
 
 ZSTD_LEVEL = 1  # measured on a MiniLM fine-tune: level 1 beat 3 in both size and speed
 # Below SAMPLE_FROM_BYTES every candidate compresses all the data: a sample of at least a
@@ -46,26 +48,6 @@ SAMPLE_FROM_BYTES = 512 * 1024
 SAMPLE_BLOCKS = 16
 SAMPLE_SHARE = 16
 SAMPLE_BLOCK_MIN = 8 * 1024
-
-Mapper = Callable[[Callable, Iterable], Iterator]
-
-
-class Codec(IntEnum):
-    """Codec ids as recorded in the object header."""
-
-    RAW = 0
-    PLANES = 1
-    XOR = 2
-    SUB = 3
-
-    @property
-    def is_delta(self) -> bool:
-        return self in (Codec.XOR, Codec.SUB)
-
-
-class CodecError(Exception):
-    """Encoded data does not decode; the store turns it into ``CorruptObjectError``."""
-
 
 _UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INTS = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -226,33 +208,6 @@ def encode(
     if best is None:
         raise ValueError("no candidate codecs")
     return best[1], best[2]
-
-
-def frame_count(raw_size: int, itemsize: int, piece_bytes: int) -> int:
-    """Number of zstd frames a planed object of ``raw_size`` bytes has."""
-    return -(-raw_size // piece_bytes) * itemsize
-
-
-def check_frames(frames: list[memoryview], raw_size: int, itemsize: int, piece_bytes: int) -> None:
-    """Check every frame declares exactly the plane size it must decode to.
-
-    Done before any decoding, so a hostile object cannot make us allocate more than its
-    frames honestly describe: a frame without a content size, or with a different one, is
-    refused outright.
-    """
-    if len(frames) != frame_count(raw_size, itemsize, piece_bytes):
-        raise CodecError("wrong number of frames")
-    for p, (start, stop) in enumerate(iter_pieces(raw_size, itemsize, piece_bytes)):
-        plane_size = (stop - start) // itemsize
-        for frame in frames[p * itemsize : (p + 1) * itemsize]:
-            try:
-                declared = zstandard.frame_content_size(frame)
-            except zstandard.ZstdError as exc:
-                raise CodecError(f"bad zstd frame header ({exc})") from None
-            if declared != plane_size:
-                raise CodecError(
-                    f"zstd frame declares {declared} bytes where the header implies {plane_size}"
-                )
 
 
 def _decode_piece(

@@ -19,6 +19,7 @@ stores its old rows as a delta and the new ones as they are.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -29,12 +30,11 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from mvc.errors import CorruptObjectError, NotFoundError
-from mvc.files import TEMP_PREFIX, atomic_write, fsync_dir
+from mvc.files import TEMP_PREFIX, FolderSyncs, atomic_write, fsync_dir
 from mvc.formats.dtypes import get_dtype
-from mvc.store import codecs
 from mvc.store.bases import grows_from, known_bytes, padded
 from mvc.store.chunking import PIECE_BYTES
-from mvc.store.codecs import Codec, CodecError
+from mvc.store.codec_header import Codec, CodecError, Mapper
 from mvc.store.gc import GcReport
 from mvc.store.ids import check_object_id, is_object_id, object_id
 from mvc.store.objfile import (
@@ -46,8 +46,8 @@ from mvc.store.objfile import (
     parse_object,
     trailer,
 )
+from mvc.tuning import threads
 
-DEFAULT_WORKERS = 2
 IO_WORKERS = 8
 MAX_PENDING_WRITES = 8  # bounds the encoded objects held in memory awaiting their write
 _FSCK_HINT = "run `mvc fsck` to list damaged objects; fetch them again from a remote"
@@ -255,6 +255,10 @@ class ObjectStore:
                 buf = self.read_raw(current)
             except NotFoundError:
                 raise _corrupt(chain[-1][0], f"its delta base {current} is missing") from None
+        # Imported here, not at the top: the transforms need numpy, which commands that only
+        # read or copy stored files (a push, see ``check_intact``) never import.
+        from mvc.store import codecs
+
         for current, header, frames in reversed(chain):
             if data is not None and header.codec.is_delta:
                 data = padded(data, header.raw_size)
@@ -323,6 +327,8 @@ class ObjectStore:
         if path.is_file():
             return oid, path, None
         base_bytes, depth = self._usable_base(base, oid, dtype, shape, base_data)
+        from mvc.store import codecs  # numpy, only once something is encoded (see _decode)
+
         codec, frames = codecs.encode(view, itemsize, base_bytes, mapper=self._mapper())
         header = pack_header(
             codec,
@@ -372,15 +378,12 @@ class ObjectStore:
         workers: int | None = None,
         done_reading: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """``put`` each request; ids in request order.
-
-        ``done_reading(i)`` is called once request ``i``'s data has been read (encoded or
-        found stored), so a caller serving the data from a file mapping can let it go.
-
-        ``workers`` threads (default 2, one per core) compress whole objects, so pieces of
-        one object are not parallelised here (no nested pools), except for a single request. Writes go to a separate
-        pool of ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where one
-        writer would wait for a commit per file. A request's ``base`` must already be
+        """``put`` each request; ids in request order. ``done_reading(i)`` is called once
+        request ``i``'s data is read (encoded or found stored): a file mapping can let it go.
+        ``workers`` threads (default ``mvc.tuning.threads()``: every core) hash and compress
+        whole objects, each one's pieces serially (no nested pools) unless it is alone.
+        Writes go to ``IO_WORKERS`` threads: concurrent fsyncs share journal commits, where
+        one writer would wait for a commit per file. A request's ``base`` must already be
         stored (not merely in the same batch) to be used.
         """
         reqs = [r if isinstance(r, PutRequest) else PutRequest(*r) for r in requests]
@@ -394,17 +397,14 @@ class ObjectStore:
                 pending.release()
 
         with (
-            ThreadPoolExecutor(workers or DEFAULT_WORKERS, thread_name_prefix="mvc-put") as cpu,
+            ThreadPoolExecutor(workers or threads(), thread_name_prefix="mvc-put") as cpu,
             ThreadPoolExecutor(IO_WORKERS, thread_name_prefix="mvc-io") as io,
         ):
 
             def one(item: tuple[int, PutRequest]) -> tuple[str, Future | None]:
                 index, r = item
-                self._local.serial = serial
-                try:
+                with self.serial_pieces(serial):
                     oid, path, chunks = self._encode(r.data, r.dtype, r.shape, r.base, r.base_data)
-                finally:
-                    self._local.serial = False
                 if done_reading is not None:
                     done_reading(index)
                 if chunks is None:
@@ -419,7 +419,11 @@ class ObjectStore:
         return [oid for oid, _ in results]
 
     def write_raw(
-        self, oid: str, stored: bytes, known: Mapping[str, bytes | memoryview] | None = None
+        self,
+        oid: str,
+        stored: bytes,
+        known: Mapping[str, bytes | memoryview] | None = None,
+        folder_syncs: FolderSyncs | None = None,
     ) -> memoryview | None:
         """Keep an encoded object received from elsewhere, after decoding and verifying it.
 
@@ -427,32 +431,54 @@ class ObjectStore:
         ``known`` (as for ``get``) holds the base's bytes when the caller has them, so the
         base's chain is not decoded again. Returns the decoded bytes (None when the object
         was here already), for the deltas that come next.
+
+        With ``folder_syncs`` (a batch, see ``mvc.files.FolderSyncs``) the folder fsync is
+        left to the batch's flush, except that a delta's base is made durable before the
+        delta is renamed into place: a crash never leaves a delta without its base.
         """
         path = self.path(oid)
         if path.is_file():
             return None
         data = self._decode(oid, stored, known)
-        self._write_atomic(path, [stored])
+        if folder_syncs is not None and (base := parse_header(stored).base) is not None:
+            folder_syncs.durable(self.path(base).parent)
+            folder_syncs.durable(self.path(base))
+        self._write_atomic(path, [stored], folder_syncs)
         return data
 
-    def _write_atomic(self, path: Path, chunks: Sequence[bytes | memoryview]) -> None:
+    def _write_atomic(
+        self,
+        path: Path,
+        chunks: Sequence[bytes | memoryview],
+        folder_syncs: FolderSyncs | None = None,
+    ) -> None:
         folder = path.parent
-        if not folder.is_dir():
+        if folder_syncs is not None:
+            folder_syncs.mkdir(folder)
+        elif not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             fsync_dir(folder.parent)
-        atomic_write(path, chunks, prefix=TEMP_PREFIX)
+        atomic_write(path, chunks, prefix=TEMP_PREFIX, folder_syncs=folder_syncs)
 
     # -- parallelism -------------------------------------------------------------------------
 
-    def _mapper(self) -> codecs.Mapper:
-        """Map pieces over the store's pool, or serially inside a ``put_many`` worker."""
+    @contextlib.contextmanager
+    def serial_pieces(self, serial: bool = True) -> Iterator[None]:
+        """In the block this thread codes an object's pieces itself (for a caller whose
+        pool already runs one object per core: no nested pools)."""
+        before, self._local.serial = getattr(self._local, "serial", False), serial
+        try:
+            yield
+        finally:
+            self._local.serial = before
+
+    def _mapper(self) -> Mapper:
+        """Map pieces over the store's pool, or serially (``serial_pieces``)."""
         if getattr(self._local, "serial", False):
             return map
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    max_workers=DEFAULT_WORKERS, thread_name_prefix="mvc-zstd"
-                )
+                self._pool = ThreadPoolExecutor(threads(), thread_name_prefix="mvc-zstd")
         return self._pool.map
 
     def close(self) -> None:

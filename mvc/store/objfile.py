@@ -17,7 +17,7 @@ import xxhash
 
 from mvc.errors import FormatError
 from mvc.formats.dtypes import get_dtype
-from mvc.store.codecs import Codec, CodecError, frame_count
+from mvc.store.codec_header import Codec, CodecError, frame_count
 
 MAGIC = b"MVCO"
 FORMAT_VERSION = 1
