@@ -29,15 +29,19 @@ import numpy as np
 THRESHOLD = 16  # libstdc++ _S_threshold: runs this short are left to the insertion sort
 
 
-def torch_kept_ties(keys: np.ndarray, value: int, take: int) -> np.ndarray:
+def torch_kept_ties(
+    keys: np.ndarray, value: int, take: int, *, overwrite: bool = False
+) -> np.ndarray:
     """Sorted flat indices of the ``take`` elements equal to ``value`` that torch's CPU
     ``argsort(descending=True)`` of ``keys`` places first among the equal ones.
 
     ``keys`` are integers ordered like the sorted floats (fp32 bits of |w|); NaN patterns
-    must already be folded into one key, since torch treats all NaNs as equal.
+    must already be folded into one key, since torch treats all NaNs as equal. With
+    ``overwrite`` the replay reorders ``keys`` itself instead of a copy (a tensor's worth of
+    memory saved when the caller has no further use for them).
     """
     n = keys.shape[0]
-    a = np.array(keys, copy=True)
+    a = keys if overwrite else np.array(keys, copy=True)
     idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
     if n > 1:
         _introsort(a, idx, value, 2 * (n.bit_length() - 1))
@@ -112,6 +116,8 @@ class _PurePermutations:
 
     With every key equal, the median of three is the middle element, and the Hoare scans
     stop at every position, swapping the i-th after the pivot with the i-th from the end.
+    Each size's permutation is kept (int32) for the halves that recur: at most about three
+    entries per tied element, since the pure segments hold only ties.
     """
 
     def __init__(self) -> None:
@@ -134,9 +140,9 @@ class _PurePermutations:
     def permutation(self, size: int) -> np.ndarray:
         """``perm`` such that the sorted segment is ``segment[perm]``."""
         if size <= THRESHOLD:
-            return np.arange(size, dtype=np.int64)
+            return np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
         if size not in self._perm:
-            perm = np.arange(size, dtype=np.int64)
+            perm = np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
             perm[0], perm[size // 2] = perm[size // 2], perm[0]
             swaps, cut = self._split(size)
             left = np.arange(1, 1 + swaps)

@@ -404,8 +404,8 @@ class Selection:
         split = [i for i, cut in enumerate(cuts) if cut.split]
         if gather:
             for i in split:
-                if sum(part.shape[0] for part in gathered[i].values()) != n:
-                    yield from self._gather(gathered, i)
+                # The bracket and radix passes read every chunk, so the keys are all here.
+                assert sum(part.shape[0] for part in gathered[i].values()) == n
                 _keep_torch_ties(cuts[i], gathered[i])
             self.cuts = cuts
             return
@@ -427,15 +427,6 @@ class Selection:
                 cuts[i].set_counts(chunk_counts)
         self.cuts = cuts
 
-    def _gather(self, gathered: dict[int, dict[int, np.ndarray]], i: int) -> Iterator[KeyPass]:
-        """One pass keeping request ``i``'s keys (when the rank passes did not see them all)."""
-        gathered[i].clear()
-
-        def keep(keys, chunk):
-            gathered[i][chunk.flat_start] = chunk.ops.to_numpy(keys[self.requests[i].branch])
-
-        yield KeyPass(keep, keys=self._keys)
-
 
 # Every NaN pattern is one key, as torch's comparator treats all NaNs alike (and first).
 _NAN_KEY = {np.dtype(np.int32): 0x7F800001, np.dtype(np.int64): 0x7FF0000000000001}
@@ -443,9 +434,9 @@ _NAN_KEY = {np.dtype(np.int32): 0x7F800001, np.dtype(np.int64): 0x7FF00000000000
 
 def _keep_torch_ties(cut: Cut, parts: dict[int, np.ndarray]) -> None:
     """Set ``cut.chosen`` to the ties torch's CPU argsort ranks first among the equal keys."""
-    keys = np.concatenate([parts.pop(start) for start in sorted(parts)])
-    keys = np.minimum(keys, _NAN_KEY[keys.dtype])
+    keys = np.concatenate([parts.pop(start) for start in sorted(parts)])  # a fresh array
+    np.minimum(keys, _NAN_KEY[keys.dtype], out=keys)
     value = min(cut.value, _NAN_KEY[keys.dtype])
     if not cut.above:  # ascending: the same sort on negated keys (NaN then sorts last)
         keys, value = np.negative(keys, out=keys), -value
-    cut.chosen = torch_kept_ties(keys, value, cut.take)
+    cut.chosen = torch_kept_ties(keys, value, cut.take, overwrite=True)
