@@ -19,7 +19,8 @@ read in 16 MiB blocks and reduced with ``np.max``): the "limit" column divides a
 seconds per GB of input by that pass's. Goals (issue 15): merge ≤ 0.25 of mergekit's wall
 time and ≤ 0.25 of its peak RSS, verify ≤ the merge's own time.
 
-Run: ``python -m benchmarks.merge_speed --llama --work DIR`` (about 12 GB of disk under DIR
+Run: ``python -m benchmarks.merge_speed --llama --work DIR [--prepare]`` (``--prepare`` builds
+the inputs and repositories first, untimed, outside the benchmark lock; about 25 GB under DIR
 for the 22-layer model, deleted at the end; mergekit needs about 5 GB of memory).
 """
 
@@ -40,6 +41,7 @@ TIME_GOAL = 0.25
 RSS_GOAL = 0.25
 GB = 1e9
 BLOCK = 16 * 1024 * 1024
+READY = "prepared"  # marks a block whose models and repository are complete
 BERT_LARGE = Shape(hidden=1024, layers=24, intermediate=4096)  # 1.34 GB of fp32
 
 
@@ -126,8 +128,7 @@ def bench(
     mvc = tool("mvc")
     folders = [base, a, b]
     gb = input_bytes(folders) / GB
-    files = sorted(p.name for p in base.iterdir())
-    setup = build_repo(work, base, a, b, files)
+    repo = _prepared_repo(work, base, a, b)
     code = f"from benchmarks.merge_llm import numpy_pass; numpy_pass({[str(f) for f in folders]})"
     here = str(Path(__file__).resolve().parent.parent)
     limit_run = run([sys.executable, "-c", code], env={"PYTHONPATH": here})
@@ -139,7 +140,7 @@ def bench(
         rows.append(_row(label, "mergekit-yaml", mk, gb, limit, None))
     for i, mode in enumerate(MODES):
         fresh = work / f"mvc-repo-{i}"
-        _link_copy(setup.root, fresh)
+        _link_copy(repo, fresh)
         merged = mvc_merge(fresh, mode, DENSITY, f"llm-{i}", int_rules=False)
         runs[mode.label] = merged
         rows.append(_row(label, mode.label, merged, gb, limit, mk))
@@ -152,22 +153,46 @@ def bench(
             print(f"row: verify/merge {row[-2]}", flush=True)
             rows.append(row)
         shutil.rmtree(fresh)
-    shutil.rmtree(setup.root)
+    shutil.rmtree(repo)
     return rows, runs
 
 
-def _llama(work: Path, layers: int) -> tuple[list[Path], str]:
-    shape = LlamaShape.tiny_llama(layers)
-    folders = [
-        write_llama(work / name, shape, seed=1, variant=v, shards=3)
-        for v, name in enumerate(("base", "a", "b"))
-    ]
-    params = shape.nbytes / 2 / 1e9
-    return folders, f"LLaMA {layers} layers bf16 ({params:.2f} B params, {shape.nbytes / GB:.2f} GB)"
+def _prepared_repo(work: Path, base: Path, a: Path, b: Path) -> Path:
+    """The repository of the three models (built once: ``--prepare`` may have done it)."""
+    repo = work / "mvc-repo"
+    if not (work / READY).exists():
+        shutil.rmtree(repo, ignore_errors=True)
+        build_repo(work, base, a, b, sorted(p.name for p in base.iterdir()))
+        (work / READY).touch()
+    return repo
 
 
-def main_llama(work_root: Path, layers: int, small_layers: int, quick: bool = False) -> int:
-    """All three blocks and the RSS-flatness table (``quick``: a small BERT, to try it out)."""
+def _inputs(work: Path, kind: str, n_layers: int, quick: bool) -> tuple[list[Path], str]:
+    """The block's three model folders (written unless prepared) and its label."""
+    if kind == "llama":
+        shape = LlamaShape.tiny_llama(n_layers)
+        names = ("base", "a", "b")
+        if not (work / READY).exists():
+            for v, name in enumerate(names):
+                write_llama(work / name, shape, seed=1, variant=v, shards=3)
+        params = shape.nbytes / 2 / 1e9
+        gb = shape.nbytes / GB
+        return [work / n for n in names], f"LLaMA {n_layers} layers bf16 ({params:.2f} B, {gb:.2f} GB)"
+    bert = Shape(hidden=256, layers=2, intermediate=1024) if quick else BERT_LARGE
+    if not (work / READY).exists():
+        for v, name in enumerate(("base", "a", "b")):
+            write_model(work / name, bert, seed=1, variant=v)
+    label = f"BERT {bert.layers}x{bert.hidden} fp32 ({bert.nbytes / GB:.2f} GB)"
+    return [work / n for n in ("base", "a", "b")], label
+
+
+def main_llama(
+    work_root: Path, layers: int, small_layers: int, quick: bool = False, prepare: bool = False
+) -> int:
+    """All three blocks and the RSS-flatness table (``quick``: a small BERT, to try it out).
+
+    ``prepare`` only writes the models and builds their repositories (nothing timed), so
+    a later run under the benchmark lock spends its time on the measured commands."""
     print(
         f"merge at LLM scale: TIES density {DENSITY}, two branches, CPU, {os.cpu_count()} CPUs; "
         f"load average before: {open('/proc/loadavg').read().strip()}"
@@ -178,21 +203,18 @@ def main_llama(work_root: Path, layers: int, small_layers: int, quick: bool = Fa
     blocks = [("llama", layers, True), ("bert", 0, True), ("llama", small_layers, False)]
     for kind, n_layers, peer in blocks:
         work = work_root / f"{kind}{n_layers}"
-        if kind == "llama":
-            folders, label = _llama(work, n_layers)
-        else:
-            shape = Shape(hidden=256, layers=2, intermediate=1024) if quick else BERT_LARGE
-            folders = [
-                write_model(work / name, shape, seed=1, variant=v)
-                for v, name in enumerate(("base", "a", "b"))
-            ]
-            label = f"BERT {shape.layers}x{shape.hidden} fp32 ({shape.nbytes / GB:.2f} GB)"
+        folders, label = _inputs(work, kind, n_layers, quick)
+        if prepare:
+            _prepared_repo(work, *folders)
+            continue
         out_dtype = "bfloat16" if kind == "llama" else "float32"
         block, runs = bench(label, *folders, work, out_dtype, peer=peer, verify=kind == "llama" and peer)
         rows += block
         if kind == "llama":
             flat[label] = runs
         shutil.rmtree(work)
+    if prepare:
+        return 0
     print_table(
         "TIES merge and verify at LLM scale (fresh process each; limit = s/GB over numpy's)",
         [

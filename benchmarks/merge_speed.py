@@ -248,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="--llama: folder for models (deleted)")
     parser.add_argument("--layers", type=int, default=22, help="--llama: layers of the model")
     parser.add_argument("--small-layers", type=int, default=6, help="--llama: RSS comparison")
+    parser.add_argument("--prepare", action="store_true", help="--llama: only build the inputs")
     args = parser.parse_args(argv)
     if args.llama:
         from benchmarks.merge_llm import main_llama
 
         work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mvc-bench-llm-"))
-        return main_llama(work, args.layers, args.small_layers, args.quick)
+        return main_llama(work, args.layers, args.small_layers, args.quick, args.prepare)
     if args.memory:
         return main_memory(args)
     if args.methods:
