@@ -15,6 +15,8 @@ and at most 1/2 of its peak RSS.
 
 Run: ``.venv/bin/python -m benchmarks.merge_speed [--quick]``.
 
+``--llama`` runs issue 15's LLM-scale benchmark instead (``benchmarks/merge_llm.py``).
+
 ``--methods all`` (or a comma list) instead times every strategy against ``mergekit-yaml``
 on the demo's first two MiniLM fine-tunes (``--synthetic``: on the synthetic model too): mvc merges with
 ``--all-tensors --preset mergekit`` where the strategy has that preset (its default
@@ -242,7 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true", help="--methods: synthetic too")
     parser.add_argument("--memory", action="store_true", help="whole-tensor methods' RSS")
     parser.add_argument("--sizes", default="128,512", help="--memory: model sizes in MiB")
+    parser.add_argument("--llama", action="store_true", help="issue 15: LLM-scale merge/verify")
+    parser.add_argument("--work", default=None, help="--llama: folder for models (deleted)")
+    parser.add_argument("--layers", type=int, default=22, help="--llama: layers of the model")
+    parser.add_argument("--small-layers", type=int, default=6, help="--llama: RSS comparison")
+    parser.add_argument("--prepare", action="store_true", help="--llama: only build the inputs")
     args = parser.parse_args(argv)
+    if args.llama:
+        from benchmarks.merge_llm import main_llama
+
+        work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mvc-bench-llm-"))
+        return main_llama(work, args.layers, args.small_layers, args.quick, args.prepare)
     if args.memory:
         return main_memory(args)
     if args.methods:

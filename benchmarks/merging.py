@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,25 +49,28 @@ class RepoSetup:
     switches: list[Run]  # `mvc switch` between branches with different models
 
 
-def _commit(repo: Path, src: Path, message: str) -> tuple[Run, Run]:
+def _commit(repo: Path, src: Path, message: str, files: Sequence[str]) -> tuple[Run, Run]:
     mvc = tool("mvc")
-    for name in MODEL_FILES:
+    for name in files:
         shutil.copyfile(src / name, repo / name)
-    add = run([mvc, "add", *MODEL_FILES], cwd=repo, env=GIT_ENV)
+    add = run([mvc, "add", *files], cwd=repo, env=GIT_ENV)
     return add, run([mvc, "commit", "-m", message], cwd=repo, env=GIT_ENV)
 
 
-def build_repo(work: Path, base: Path, a: Path, b: Path) -> RepoSetup:
-    """``main`` = base, ``a`` and ``b`` = the fine-tunes, each committed by the CLI."""
+def build_repo(
+    work: Path, base: Path, a: Path, b: Path, files: Sequence[str] = MODEL_FILES
+) -> RepoSetup:
+    """``main`` = base, ``a`` and ``b`` = the fine-tunes (their ``files``: a sharded
+    model's shards, index and config), each committed by the CLI."""
     mvc = tool("mvc")
     repo = work / "mvc-repo"
     repo.mkdir()
     run([mvc, "init"], cwd=repo, env=GIT_ENV)
     adds, commits, switches = {}, {}, []
-    adds["main"], commits["main"] = _commit(repo, base, "base")
+    adds["main"], commits["main"] = _commit(repo, base, "base", files)
     for branch, src in (("a", a), ("b", b)):
         switches.append(run([mvc, "switch", "-c", branch, "main"], cwd=repo, env=GIT_ENV))
-        adds[branch], commits[branch] = _commit(repo, src, f"fine-tune {branch}")
+        adds[branch], commits[branch] = _commit(repo, src, f"fine-tune {branch}", files)
     switches.append(run([mvc, "switch", "a"], cwd=repo, env=GIT_ENV))
     return RepoSetup(root=repo, commits=commits, adds=adds, switches=switches)
 

@@ -356,3 +356,24 @@ def test_verify_fail_fast_stops_at_the_tampered_tensor_and_names_it(three, monke
     bad = CliRunner().invoke(cli, ["verify", forged, "-q", "--device", "cpu", "--fail-fast"])
     assert bad.exit_code == 1
     assert bad.output.splitlines()[0].startswith(f"MISMATCH {MODEL}::{tensor}: content differs")
+
+
+@pytest.mark.parametrize("preset", [None, "mergekit"])
+def test_verify_recomputes_ties_on_the_merges_own_fast_path(three, monkeypatch, preset):
+    """verify costs what the merge costs: it recomputes through the same numpy fast path,
+    window for window, not through a slower generic one."""
+    from mvc.merge.strategies import ties_numpy
+
+    calls: list[str] = []
+    fused = ties_numpy.combine
+
+    def counting(job, chunk):
+        calls.append(job.spec.name)
+        return fused(job, chunk)
+
+    monkeypatch.setattr(ties_numpy, "combine", counting)
+    merge(three, ["a", "b", "c"], MergeOptions(params=MergeParams(density=0.5, preset=preset)))
+    merged = sorted(calls)
+    calls.clear()
+    assert verify(three, "HEAD", device="cpu").ok
+    assert merged and sorted(calls) == merged

@@ -48,6 +48,7 @@ from mvc.tuning import cache_bytes, threads, window_bytes
 
 WRITE_BEHIND_BYTES = 4 * DEFAULT_CHUNK_BYTES  # merged data queued (each chunk: a put and a write)
 SAMPLE_CHUNKS = 3  # chunk sets a sampling pass reads from a tensor too large to cache
+SAMPLE_WINDOWS = 16  # compute windows a sampling pass sees of a cached tensor
 
 _Key = tuple[str, str]  # (model file path, tensor name)
 
@@ -373,7 +374,9 @@ class Executor:
         reuses it; when it is also a single compute slice (most tensors) the same
         :class:`Chunk` is reused, with its task vectors. Larger tensors are streamed from
         the store again on each pass, except that a sampling pass (the argument) reads only
-        ``SAMPLE_CHUNKS`` chunks spread over the tensor.
+        ``SAMPLE_CHUNKS`` chunks spread over the tensor; on a cached one it sees only about
+        ``SAMPLE_WINDOWS`` windows spread over it (any subset gives a sampling pass exact
+        results, so the bits do not change: each window it skips saves recomputing τ).
         """
         if base.nbytes * (1 + len(inputs)) > self.cache_bytes:
             count = len(base.chunks)
@@ -390,7 +393,18 @@ class Executor:
         loaded = list(self._loaded(base, inputs, key))
         if len(loaded) == 1 and len(first := self._slices(spec, loaded[0])) == 1:
             return lambda sample: [(loaded[0], first)]
-        return lambda sample: ((item, self._slices(spec, item)) for item in loaded)
+        # Windows are made anew per pass: one kept across passes would keep its τ alive.
+        total = sum(len(self._slices(spec, item)) for item in loaded)
+        stride = max(1, -(-total // SAMPLE_WINDOWS))
+
+        def cached(sample: bool) -> Iterator[tuple[_Loaded, list[Chunk]]]:
+            seen = 0
+            for item in loaded:
+                windows = self._slices(spec, item)
+                yield item, windows[-seen % stride :: stride] if sample else windows
+                seen += len(windows)
+
+        return cached
 
     def _chunks(
         self, spec: TensorSpec, base: TensorEntry, inputs: Sequence[TensorEntry]
