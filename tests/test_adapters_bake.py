@@ -145,3 +145,54 @@ def test_extract_lora_error_falls_as_rank_grows(full_fine_tune, tmp_path):
         extract_lora(repo, "noisy", "main", 400, tmp_path / "too_big")
     assert not (tmp_path / "too_big").exists()
     repo.switch("main")
+
+
+def test_extract_lora_saves_norms_inside_embeddings_and_embeddings_when_asked(full_fine_tune,
+                                                                             tmp_path):
+    """BERT's `embeddings.LayerNorm` is a norm (saved by default), not an embedding table;
+    the tables themselves are saved only with `embeddings=True`, and then PEFT's model is
+    the fine-tune."""
+    repo = full_fine_tune
+    repo.switch("embeddings", create=True, start="main")
+    tuned = fine_tune(tmp_path, rank=4, noise=0.0, only="encoder.layer.1.")
+    tuned["embeddings.LayerNorm.bias"] = tuned["embeddings.LayerNorm.bias"] + 0.05
+    tuned["embeddings.position_embeddings.weight"] = (
+        tuned["embeddings.position_embeddings.weight"] * 1.05
+    )
+    save_file(tuned, str(repo.root / "model" / "model.safetensors"), metadata={"format": "pt"})
+    repo.commit("fine-tune with embeddings", all=True)
+    plain = extract_lora(repo, "embeddings", "main", 8, tmp_path / "plain")
+    assert "embeddings.LayerNorm" in plain.saved
+    assert plain.skipped == ["embeddings.position_embeddings.weight"]
+    full = extract_lora(repo, "embeddings", "main", 8, tmp_path / "full", embeddings=True)
+    assert {"embeddings.LayerNorm", "embeddings.position_embeddings"} <= set(full.saved)
+    assert full.skipped == []
+    model = peft.PeftModel.from_pretrained(base_model(), tmp_path / "full").eval()
+    want = base_model()
+    want.load_state_dict(tuned, strict=False)
+    batch = tokens()
+    with torch.no_grad():
+        got, expected = model(**batch).last_hidden_state, want(**batch).last_hidden_state
+    assert (got - expected).abs().max().item() < 1e-4
+    repo.switch("main")
+
+
+def test_extract_lora_bytes_do_not_depend_on_the_thread_count(full_fine_tune, tmp_path,
+                                                              monkeypatch):
+    """Modules are factorised `MVC_THREADS` at a time ahead of the writer; the file is the
+    same for any count (each module's SVD is seeded by its name and single-threaded)."""
+    repo = full_fine_tune
+    repo.switch("threads", create=True, start="main")
+    save_file(fine_tune(tmp_path, rank=24, noise=0.001, only="encoder.layer.2."),
+              str(repo.root / "model" / "model.safetensors"), metadata={"format": "pt"})
+    repo.commit("noisy fine-tune of layer 2", all=True)
+    files = []
+    for count in ("1", "3"):
+        monkeypatch.setenv("MVC_THREADS", count)
+        result = extract_lora(repo, "threads", "main", 16, tmp_path / f"t{count}")
+        assert len(result.modules) == 6 and all(
+            m["method"] == "randomized" for m in result.modules.values()
+        )
+        files.append((tmp_path / f"t{count}" / "adapter_model.safetensors").read_bytes())
+    assert files[0] == files[1]
+    repo.switch("main")

@@ -107,3 +107,41 @@ def test_bf16_nan_rounds_to_a_nan():
     x = np.array([np.nan, -np.nan, np.inf], dtype=np.float32)
     out = NumpyOps().compute(NumpyOps().store(x, "BF16"), "BF16")
     assert np.isnan(out[:2]).all() and out[2] == np.inf
+
+
+FUSED = [  # TIES's numpy fast path (strategies/ties_numpy.py) for each of its branches
+    MergeParams(density=0.3),
+    MergeParams(density=0.3, weights=(0.5, 1.0, 2.0), lambda_=0.9),
+    MergeParams(density=0.3, weights=(1.0, -1.0, 1.0)),  # weights summing to 0 where 2 agree
+    MergeParams(density=0.4, normalize=False),
+    MergeParams(density=0.4, preset="mergekit"),
+    MergeParams(density=0.4, tall_lambdas=(0.4, 1.0, 0.7)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("params", FUSED, ids=lambda p: str(p)[:60])
+def test_fused_ties_matches_the_generic_step(params, n, dtype):
+    """numpy's fused TIES gives the generic step's bits (run by torch), statistics and
+    TALL masks alike, with infinities and ties among the inputs."""
+    sized = [v for v in (params.weights, params.tall_lambdas) if isinstance(v, tuple)]
+    if any(len(v) != n for v in sized):
+        pytest.skip("per-branch values for another branch count")
+    base, thetas = _model(n, dtype, seed=n)
+    thetas[0][3, :4] = float("inf")
+    thetas[-1][5, :2] = float("-inf")
+    thetas[-1][7] = thetas[0][7]  # identical edits: ties in the election and at the trim
+    results = [
+        merge_tensor(
+            get_strategy("ties"), params, base, thetas, name="w", chunk_rows=rows, device=ops,
+            masks=True,
+        )
+        for ops in (NumpyOps(), TorchOps("cpu"))
+        for rows in (4, None)
+    ]
+    reference, stats = results[-1]  # torch, one chunk: the generic step
+    assert stats.masks is not None
+    for merged, other in results[:-1]:
+        assert torch.equal(_bits(merged), _bits(reference))
+        assert other == stats

@@ -58,10 +58,15 @@ def files(tmp_path_factory) -> Path:
     return root
 
 
-def _merge(root: Path, files: Path, name: str, params: MergeParams, chunk_bytes: int):
+def _merge(
+    root: Path, files: Path, name: str, params: MergeParams, chunk_bytes: int | tuple[int, ...]
+):
+    """The merge of variants 1 and 2 onto 0, each stored in chunks of ``chunk_bytes``
+    (one size, or one per variant)."""
     store = ObjectStore(root / "objects")
+    sizes = chunk_bytes if isinstance(chunk_bytes, tuple) else (chunk_bytes,) * 3
     blobs = [
-        {"model.safetensors": ingest_file(store, files / f"{v}.safetensors", None, chunk_bytes)}
+        {"model.safetensors": ingest_file(store, files / f"{v}.safetensors", None, sizes[v])}
         for v in range(3)
     ]
     blobs = [{path: m.to_bytes() for path, m in side.items()} for side in blobs]
@@ -125,6 +130,23 @@ def test_merged_bits_do_not_depend_on_chunks_windows_cache_or_threads(
             assert ids == other[1], tensor
         resolved += stats is not None
     assert resolved == len(SHAPES)  # every tensor went through the arithmetic
+
+
+@pytest.mark.parametrize(("name", "params"), RECIPES, ids=lambda x: str(x)[:40])
+def test_sides_stored_in_other_chunkings_merge_as_if_chunked_alike(tmp_path, files, name, params):
+    """Chunks are paired by the rows they hold, not by index: branches stored in other
+    chunk sizes than the base (one chunk per tensor; chunks straddling the base's) give the
+    bits, statistics and masks of a merge where every side is chunked alike."""
+    results = []
+    for i, sizes in enumerate([SMALL_CHUNKS, (SMALL_CHUNKS, 1 << 24, 27_000)]):
+        store, outcome = _merge(tmp_path / str(i), files, name, params, sizes)
+        results.append(_tensors(store, outcome))
+        store.close()
+    alike, mixed = results
+    assert alike.keys() == mixed.keys() == SHAPES.keys()
+    for tensor, (data, ids, stats, masks) in alike.items():
+        assert stats is not None, tensor  # resolved by arithmetic, not a conflict
+        assert (data, ids, stats, masks) == mixed[tensor], tensor
 
 
 def test_the_inputs_tie_massively_at_the_trim_threshold():

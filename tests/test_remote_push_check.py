@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from model_factory import random_weights, write_model_folder
+from model_factory import fine_tuned, random_weights, write_model_folder
 
 from mvc.cli.main import cli
 from mvc.errors import CorruptObjectError
-from mvc.remote import add_remote, push
+from mvc.remote import add_remote, clone, push
 from mvc.repo import Repo
 
 
@@ -51,3 +51,21 @@ def test_swapped_object_needs_paranoid(repo, tmp_path):
     assert push(repo, "origin", "main").refs
     sent = tmp_path / "remote" / "mvc" / "objects" / first[:2] / first[2:]
     assert sent.read_bytes() == repo.store.read_raw(second)
+
+
+def test_a_delta_base_the_remote_lost_is_sent_again(repo, tmp_path):
+    """The bases of what a push sends travel with it when the remote lacks them, even if
+    no commit of the push references them (found as the deltas are read for sending)."""
+    push(repo, "origin", "main")
+    base_ids = set(_objects(repo))
+    write_model_folder(repo.root / "model", fine_tuned(random_weights(0), seed=1))
+    repo.commit("tuned", all=True)
+    deltas = {oid: repo.store.info(oid).base for oid in set(_objects(repo)) - base_ids}
+    lost = sorted(b for b in deltas.values() if b is not None)
+    assert lost
+    for oid in lost:  # as if the remote had lost them
+        (tmp_path / "remote" / "mvc" / "objects" / oid[:2] / oid[2:]).unlink()
+    report = push(repo, "origin", "main")
+    assert report.tensor_objects == len(deltas) + len(lost)
+    bob = clone(str(tmp_path / "remote"), str(tmp_path / "bob"), full=True).repo
+    assert bob.fsck() == [] and all(bob.store.has(oid) for oid in lost)

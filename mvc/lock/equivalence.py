@@ -33,6 +33,7 @@ import torch
 from mvc.errors import MvcError
 from mvc.lock.families import model_type
 from mvc.lock.lazy_model import Loader, lazy_model
+from mvc.lock.ops import WINDOW_BYTES
 from mvc.lock.symmetries import LockTransform
 
 FP32_TOLERANCE = 1e-4
@@ -117,7 +118,7 @@ def _outputs(
     hidden = out.last_hidden_state[mask].double()
     result = {}
     for head in plan.heads:
-        result[f"head {head}"] = hidden @ loader(head).double().T
+        result[f"head {head}"] = _logits(hidden, loader(head))
     if map_back and plan.stream_op is not None:
         hidden = plan.stream_op.apply(hidden, inverse=True)
         if plan.final_scale is not None:
@@ -126,10 +127,19 @@ def _outputs(
     pooled = getattr(out, "pooler_output", None)
     if pooled is not None and plan.pooled_heads:
         for head in plan.pooled_heads:
-            result[f"head {head}"] = pooled.double() @ loader(head).double().T
+            result[f"head {head}"] = _logits(pooled.double(), loader(head))
     elif pooled is not None:
         result["pooler output"] = pooled.double()
     return result
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``hidden @ weightᵀ`` in fp64, a window of the head's rows at a time: an fp64 copy of a
+    whole LM head (32000 × 2048) would be 0.5 GB."""
+    rows = max(1, WINDOW_BYTES // (8 * max(1, weight[0].numel())))
+    return torch.cat(
+        [hidden @ weight[i : i + rows].double().T for i in range(0, weight.shape[0], rows)], dim=-1
+    )
 
 
 def _difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
@@ -153,9 +163,12 @@ def _noisy(loader: Loader, rewritten: Collection[str]) -> Loader:
         if name not in rewritten or torch.finfo(tensor.dtype).bits > 16:
             return tensor
         gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-        u = torch.rand(tensor.shape, generator=gen, dtype=torch.float64) * 2 - 1
         eps = torch.finfo(tensor.dtype).eps
-        return (tensor.double() * (1 + eps / 2 * u)).to(tensor.dtype)
+        # 1 + eps/2 · u for u uniform in [-1, 1), built in place in fp32 (exact enough for a
+        # factor that is then rounded to 16 bits): one working copy, not four fp64 ones.
+        factor = torch.rand(tensor.shape, generator=gen, dtype=torch.float32)
+        factor.mul_(eps).add_(1 - eps / 2).mul_(tensor)
+        return factor.to(tensor.dtype)
 
     return load
 

@@ -6,8 +6,8 @@ torch convention y = W x + b:  W_Q ← A W_Q, b_Q ← A b_Q;  W_K ← A^{-T} W_K
 W_V ← B W_V, b_V ← B b_V;  W_O[:, head] ← W_O[:, head] B^{-1}. The full level adds the
 feed-forward permutations and the residual-stream transform (see ``symmetries``).
 
-All arithmetic is fp64 and each tensor is cast back to its dtype exactly once, so bf16
-models lose only one rounding. Folded RMSNorm weights become ones when locked; unlocking
+Each tensor is cast back to its dtype exactly once, so bf16 models lose only one rounding;
+the arithmetic is fp64 for fp32 weights and fp32 for 16-bit ones (``ops.transform`` says why). Folded RMSNorm weights become ones when locked; unlocking
 needs their original values (``commit`` keeps them sealed in the lock record).
 """
 

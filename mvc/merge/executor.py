@@ -33,6 +33,7 @@ from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import RowWriter, build_header, plan_layout
 from mvc.memory import reuse_large_buffers
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.growth import rows_of
 from mvc.merge.lines import count_layers
 from mvc.merge.params import MergeParams
 from mvc.merge.planner import FilePlan, MergePlan, TensorDecision
@@ -458,9 +459,13 @@ class Executor:
         layout = base.chunks[index]
         shape = (layout.stop - layout.start, *base.shape[1:]) if base.shape else ()
         known = {layout.oid: self.store.get_view(layout.oid)}
-        size = known[layout.oid].nbytes
-        # A branch that appended rows has a longer last chunk: its first rows are the base's.
-        raws = [self.store.get_view(e.chunks[index].oid, known=known)[:size] for e in inputs]
+        rows = layout.stop - layout.start
+        row_nbytes = known[layout.oid].nbytes // max(1, rows)
+        # The base chunk's rows of each input (a grown input's last chunk is longer).
+        raws = [
+            rows_of(self.store, e, index, layout.start, layout.stop, row_nbytes, known)
+            for e in inputs
+        ]
         return _Loaded(
             index,
             layout.start,

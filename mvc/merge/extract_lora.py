@@ -8,9 +8,13 @@ modules are saved as PEFT saves trained biases (``bias="lora_only"``). Unchanged
 are recognised by their chunk ids and never read.
 
 The adapter file is streamed: its header is known before any SVD (shapes follow from the
-rank), and each module's factors are computed when the writer reaches them, so one module
-is in memory at a time. The folder is written beside its final name and renamed into
-place, so a failure leaves nothing behind.
+rank), and each module's factors are computed just ahead of the writer, ``MVC_THREADS``
+modules at a time (``mvc.tuning.threads``), so at most that many modules are in memory.
+Each worker runs its SVD on one torch thread: these matrices are too small for torch's
+intra-op parallelism to pay, and on a busy machine its OpenMP threads wait on each other
+(on a loaded 2-core VM one MiniLM module took 30-40x longer on two threads than on one),
+so the parallelism is across modules instead. The folder is written beside its final name
+and renamed into place, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +36,7 @@ from mvc.formats.torch_io import tensor_bytes, torch_dtype
 from mvc.merge.lora import check_rank, factorize
 from mvc.repo.manifest import TensorEntry
 from mvc.repo.state_dicts import load_tensor
+from mvc.tuning import threads
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -58,7 +65,21 @@ class ExtractResult:
 
 
 def _is_embedding(name: str) -> bool:
-    return any(marker in part for part in name.split(".") for marker in EMBEDDING_MARKERS)
+    """Whether tensor ``name`` belongs to an embedding table (by its own module's name, so
+    BERT's ``embeddings.LayerNorm`` is a norm, saved like any other, not an embedding)."""
+    leaf = name.rpartition(".")[0].rpartition(".")[2].lower()
+    return any(marker in leaf for marker in EMBEDDING_MARKERS)
+
+
+def _single_threaded() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # per thread: the caller's own setting is left alone
+
+
+def _module_of(key: str) -> str:
+    """The module of an output key ``base_model.model.<module>.lora_A.weight``."""
+    return key.removeprefix(PREFIX).rsplit(".", 2)[0]
 
 
 def _pairs(repo: Repo, rev: str, base: str) -> list[tuple[str, TensorEntry, TensorEntry]]:
@@ -136,28 +157,45 @@ def extract_lora(
     if not specs:
         raise MvcError(f"{rev} does not differ from {base}: nothing to extract")
 
+    layout = plan_layout(specs)
+    order = list(dict.fromkeys(_module_of(i.name) for i in layout if i.name not in full))
+
+    def factors_of(module: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+        entry, old = linear[module]
+        update = load_tensor(repo.store, entry).float()
+        update -= load_tensor(repo.store, old).float()
+        if fan_in_fan_out:
+            update = update.T
+        f = factorize(update.contiguous(), rank, module, svd)
+        dtype = torch_dtype(entry.dtype)
+        parts = {"lora_A": tensor_bytes(f.a.to(dtype)), "lora_B": tensor_bytes(f.b.to(dtype))}
+        return parts, {"error": f.error, "method": f.method}
+
     def data() -> Iterator[bytes]:
-        factors: dict[str, Any] = {}
-        for info in plan_layout(specs):
-            key = info.name
-            if key in full:
-                yield b"".join(repo.iter_chunks(full[key]))
-                continue
-            module, which = key.removeprefix(PREFIX).rsplit(".", 2)[0], key.split(".")[-2]
-            if module not in factors:
-                entry, old = linear[module]
-                update = load_tensor(repo.store, entry).float()
-                update -= load_tensor(repo.store, old).float()
-                if fan_in_fan_out:
-                    update = update.T
-                f = factorize(update.contiguous(), rank, module, svd)
-                del update
-                dtype = torch_dtype(entry.dtype)
-                factors[module] = {"lora_A": f.a.to(dtype), "lora_B": f.b.to(dtype)}
-                result.modules[module] = {"error": f.error, "method": f.method}
-            yield tensor_bytes(factors[module].pop(which))
-            if not factors[module]:
-                del factors[module]
+        workers = threads()
+        upcoming = iter(order)
+        pending: deque[tuple[str, Future]] = deque()
+        ready: dict[str, dict[str, bytes]] = {}
+        with ThreadPoolExecutor(
+            workers, initializer=_single_threaded, thread_name_prefix="mvc-svd"
+        ) as pool:
+            for info in layout:
+                if info.name in full:
+                    yield b"".join(repo.iter_chunks(full[info.name]))
+                    continue
+                module, which = _module_of(info.name), info.name.split(".")[-2]
+                if module not in ready:
+                    while len(pending) < workers:  # keep `workers` modules in flight
+                        nxt = next(upcoming, None)
+                        if nxt is None:
+                            break
+                        pending.append((nxt, pool.submit(factors_of, nxt)))
+                    done, future = pending.popleft()
+                    assert done == module, (done, module)
+                    ready[module], result.modules[module] = future.result()
+                yield ready[module].pop(which)
+                if not ready[module]:
+                    del ready[module]
 
     config = output_config(
         {

@@ -9,14 +9,57 @@ for the user to decide.
 
 Chunk boundaries sit at fixed row offsets (``mvc.store.chunking``), so the grown side's
 chunks start where the base's do, and all but its last shared chunk hold the same rows.
+A side stored in another chunking (another repository's chunk size, or a file
+re-ingested with one) still merges: :func:`rows_of` reads it in the base's chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from mvc.repo.manifest import TensorEntry
 from mvc.store.bases import grows_from
+
+if TYPE_CHECKING:
+    from mvc.store import ObjectStore
+
+
+def rows_of(
+    store: ObjectStore,
+    entry: TensorEntry,
+    index: int,
+    start: int,
+    stop: int,
+    row_nbytes: int,
+    known: Mapping[str, bytes | memoryview] | None = None,
+) -> memoryview:
+    """Rows [start, stop) of ``entry``'s tensor, where the base's chunk ``index`` holds them.
+
+    Usually ``entry``'s own chunk ``index`` starts there too (same chunking, or a grown
+    last chunk) and its first rows are returned without a copy; otherwise the rows are
+    gathered from the chunks of ``entry`` that cover them, so chunks are never paired by
+    index alone.
+    """
+    size = (stop - start) * row_nbytes
+    if index < len(entry.chunks):
+        own = entry.chunks[index]
+        if own.start == start and own.stop >= stop:
+            return store.get_view(own.oid, known=known)[:size]
+    parts = [
+        store.get_view(c.oid, known=known)[
+            (max(c.start, start) - c.start) * row_nbytes : (min(c.stop, stop) - c.start)
+            * row_nbytes
+        ]
+        for c in entry.chunks
+        if c.start < stop and c.stop > start
+    ]
+    return memoryview(b"".join(parts))
+
+
+def same_grid(a: TensorEntry, b: TensorEntry) -> bool:
+    """Same dtype and shape: the rows pair up element for element, whatever the chunking."""
+    return a.dtype == b.dtype and a.shape == b.shape
 
 
 def appended_side(

@@ -21,6 +21,15 @@ def tall_mask(tau: Array, magnitude: Array, mtl: Array, lam: float) -> Array:
     return magnitude > gap
 
 
+def tall_mask_into(tau: Array, magnitude: Array, mtl: Array, lam: float, gap: Array) -> Array:
+    """:func:`tall_mask` on numpy with ``gap`` (an array like ``tau``) as its scratch buffer."""
+    np.subtract(mtl, tau, out=gap)
+    np.abs(gap, out=gap)
+    if lam != 1:
+        np.multiply(gap, lam, out=gap)
+    return np.greater(magnitude, gap)
+
+
 class MaskPacker:
     """Packs a stream of bool chunks into bytes (LSB first), independent of chunk sizes."""
 

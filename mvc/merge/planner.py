@@ -26,7 +26,7 @@ from typing import Any
 
 from mvc.errors import ConflictError, MvcError
 from mvc.formats.dtypes import get_dtype
-from mvc.merge.growth import appended_side
+from mvc.merge.growth import appended_side, same_grid
 from mvc.repo.manifest import Manifest, TensorEntry
 from mvc.repo.references import RECORD_PREFIX
 from mvc.repo.worktree import is_model_path
@@ -199,7 +199,7 @@ class Planner:
             self.all_tensors
             and base is not None
             and _arithmetic_dtype(base.dtype)
-            and all(s is not None and s.same_layout(base) for s in sides)
+            and all(s is not None and same_grid(s, base) for s in sides)
         ):
             if strategy in SIDE_STRATEGIES:
                 return self._side(name, strategy, sides)
@@ -226,7 +226,7 @@ class Planner:
             return TensorDecision(
                 name, "conflict", reason="deleted on one branch, modified on another"
             )
-        if not all(sides[i].same_layout(base) for i in changed):
+        if not all(same_grid(sides[i], base) for i in changed):
             grower, problem = appended_side(base, [sides[i] for i in changed])
             if grower is not None:
                 return TensorDecision(

@@ -10,14 +10,15 @@ back to radix passes when the bracket misses. When one chunk holds the whole ten
 ``kthvalue`` answers in a single pass.
 
 Ties at the threshold are broken by flat index (lowest first), which needs the number of
-threshold-valued elements before each chunk: one cheap extra counting pass, only when the
-threshold value is split between kept and dropped. ``TORCH_ORDER`` instead keeps the ties
-that mergekit 0.1.5 keeps (the first k of a descending, unstable ``torch.argsort`` of the
-whole tensor's |τ| on the CPU). That sort is a comparison sort whose tie order depends on
-every element, so no streaming rule reproduces it: a gathering pass holds the tensor's keys
-(4 bytes per element, as mergekit holds the whole tensor) and runs the same sort on them,
-once per split tensor. The permutation depends only on how keys compare, so the int32 keys
-give the same order as mergekit's fp32 |τ|.
+threshold-valued elements before each chunk. The bracket pass counts the keys equal to its
+bounds chunk by chunk, so when the threshold is a bound (always, under massive ties) those
+counts come free; otherwise one cheap counting pass finds them. ``TORCH_ORDER`` instead
+keeps the ties that mergekit 0.1.5 keeps (the first k of a descending, unstable
+``torch.argsort`` of the whole tensor's |τ| on the CPU): that order depends on every
+element, so the rank passes also gather the tensor's keys (4 bytes per element, as
+mergekit holds the whole tensor) and :func:`mvc.merge.introsort.torch_kept_ties` replays
+torch's sort on them, without importing torch. The permutation depends only on how keys
+compare, so the int32 keys give the same order as mergekit's fp32 |τ|.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.introsort import torch_kept_ties
 
 DIGIT = 16
 SAMPLE_STRIDE = 64
@@ -113,6 +115,10 @@ class RankQuery:
     65536-bin histograms of a radix pass. When the bracket misses (a pathological or tiny
     sample), the query falls back to radix passes, so the result is always exact, and it
     never depends on where the chunks are cut.
+
+    Given each chunk's flat ``start``, the bracket pass also counts, chunk by chunk, the
+    keys equal to its two bounds; when the answer is a bound, ``equal_counts`` maps each
+    chunk's start to its count of keys equal to the answer (None otherwise).
     """
 
     def __init__(self, q: int, bits: int, numel: int) -> None:
@@ -131,24 +137,33 @@ class RankQuery:
         self._inside: list[np.ndarray] = []
         self._inside_count = 0
         self._radix: RadixQuery | None = None
+        self._high_counts: dict[int, int] = {}
+        self._low_counts: dict[int, int] = {}
+        self.equal_counts: dict[int, int] | None = None
 
     @property
     def sampling(self) -> bool:
         """Whether the next pass only samples (any subset of the chunks will do)."""
         return self._phase == "sample"
 
-    def update(self, ops: ArrayOps, keys: Array, whole: bool) -> None:
+    def update(self, ops: ArrayOps, keys: Array, whole: bool, start: int | None = None) -> None:
         if self.done:
             return
         if self._phase == "sample":
             if whole:  # one chunk holds everything: both passes over the same keys
                 self._select_whole(ops, keys)
+                self.equal_counts = {0 if start is None else start: self.n_equal}
                 return
             self._sample.append(ops.to_numpy(keys[::SAMPLE_STRIDE]))
         elif self._phase == "bracket":
+            at_high = ops.count_nonzero(keys == self._high)
+            at_low = ops.count_nonzero(keys == self._low)
             self._above += ops.count_nonzero(keys > self._high)
-            self._at_high += ops.count_nonzero(keys == self._high)
-            self._at_low += ops.count_nonzero(keys == self._low)
+            self._at_high += at_high
+            self._at_low += at_low
+            if start is not None:
+                self._high_counts[start] = at_high
+                self._low_counts[start] = at_low
             if self._inside_count <= self._gather_limit:
                 # Strictly inside: keys equal to a bound (often a mass of zeros) are counted.
                 inside = keys[(keys > self._low) & (keys < self._high)]
@@ -211,6 +226,7 @@ class RankQuery:
             self._start_radix()
         elif q < above + at_high:
             self._answer(self._high, above, at_high)
+            self.equal_counts = self._high_counts or None
         elif q < above + at_high + inside_count:
             inside = np.concatenate(inside_parts)
             k = inside.shape[0] - (q - above - at_high)  # 1-based rank from the bottom
@@ -219,6 +235,7 @@ class RankQuery:
             self._answer(value, greater, int(np.count_nonzero(inside == value)))
         elif q < above + at_high + inside_count + at_low:
             self._answer(self._low, above + at_high + inside_count, at_low)
+            self.equal_counts = self._low_counts or None
         else:
             self._start_radix()
 
@@ -236,16 +253,17 @@ class Cut:
     """A set of elements defined by rank: keys beyond ``value`` plus the first ``take`` equal ones.
 
     ``above`` selects keys > value (a top-k set), otherwise keys < value (a bottom-r set).
-    ``offsets`` maps a chunk's first flat index to the count of equal keys before it; it is
-    needed only when the equal keys are split (0 < take < n_equal). ``chosen``, when set,
-    replaces that rule: the sorted flat indices of the equal keys that are kept.
+    ``offsets`` maps a chunk's first flat index to the counts of equal keys before it and
+    in it; it is needed only when the equal keys are split (0 < take < n_equal), and only
+    the one chunk holding the last kept tie needs more than a comparison. ``chosen``, when
+    set, replaces that rule: the sorted flat indices of the equal keys that are kept.
     """
 
     above: bool
     value: int
     take: int = 0
     n_equal: int = 0
-    offsets: dict[int, int] = field(default_factory=dict)
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
     chosen: np.ndarray | None = None
 
     @classmethod
@@ -272,9 +290,21 @@ class Cut:
             lo, hi = np.searchsorted(self.chosen, [flat_start, flat_start + keys.shape[0]])
             inside[ops.from_numpy(self.chosen[lo:hi] - flat_start)] = True
             return inside
+        before, here = self.offsets[flat_start]
+        if before >= self.take:  # every tie here comes after the kept ones
+            return inside
+        if before + here <= self.take:  # every tie here is kept
+            return keys >= self.value if self.above else keys <= self.value
         equal = keys == self.value
-        rank = ops.cumsum(equal) - 1 + self.offsets[flat_start]
+        rank = ops.cumsum(equal) - 1 + before
         return inside | (equal & (rank < self.take))
+
+    def set_counts(self, counts: dict[int, int]) -> None:
+        """``offsets`` from each chunk's count of equal keys, keyed by its flat start."""
+        running = 0
+        for start in sorted(counts):
+            self.offsets[start] = (running, counts[start])
+            running += counts[start]
 
 
 @dataclass(frozen=True)
@@ -329,19 +359,28 @@ class Selection:
 
     def passes(self) -> Iterator[KeyPass]:
         n = self.numel
-        queries: dict[int, RadixQuery] = {}
+        queries: dict[int, RankQuery] = {}
         for i, req in enumerate(self.requests):
             if 0 < req.count < n:
                 q = req.count - 1 if req.top else n - req.count
                 queries[i] = RankQuery(q, self.bits, n)
+        # Under TORCH_ORDER every full pass also keeps the keys: a split tie is then
+        # resolved on them without a further pass over the tensor.
+        gathered: dict[int, dict[int, np.ndarray]] = {i: {} for i in queries}
+        gather = self.tie_order == TORCH_ORDER
+        sampling = [False]
 
         def feed(keys, chunk):
+            start = chunk.flat_start
             for i, query in queries.items():
-                query.update(chunk.ops, keys[self.requests[i].branch], chunk.whole)
+                key = keys[self.requests[i].branch]
+                query.update(chunk.ops, key, chunk.whole, start)
+                if gather and (chunk.whole or not sampling[0]):
+                    gathered[i][start] = chunk.ops.to_numpy(key)
 
         while not all(query.done for query in queries.values()):
-            sample = all(q.sampling for q in queries.values() if not q.done)
-            yield KeyPass(feed, sample=sample, keys=self._keys)
+            sampling[0] = all(q.sampling for q in queries.values() if not q.done)
+            yield KeyPass(feed, sample=sampling[0], keys=self._keys)
             for query in queries.values():
                 query.end_pass()
 
@@ -363,47 +402,50 @@ class Selection:
                     )
                 )
         split = [i for i, cut in enumerate(cuts) if cut.split]
-        if split and self.tie_order == TORCH_ORDER:
-            yield from self._torch_ties(cuts, split, queries)
-        elif split:
-            counts: dict[int, list[int]] = {i: [] for i in split}
-            starts: list[int] = []
+        if gather:
+            for i in split:
+                if sum(part.shape[0] for part in gathered[i].values()) != n:
+                    yield from self._gather(gathered, i)
+                _keep_torch_ties(cuts[i], gathered[i])
+            self.cuts = cuts
+            return
+        counts: dict[int, dict[int, int]] = {}
+        for i in split:
+            if queries[i].equal_counts is not None:
+                cuts[i].set_counts(queries[i].equal_counts)
+            else:
+                counts[i] = {}
+        if counts:  # the threshold was not a bracket bound: count the ties chunk by chunk
 
             def count(keys, chunk):
-                starts.append(chunk.flat_start)
-                for i in split:
+                for i in counts:
                     equal = keys[self.requests[i].branch] == cuts[i].value
-                    counts[i].append(chunk.ops.count_nonzero(equal))
+                    counts[i][chunk.flat_start] = chunk.ops.count_nonzero(equal)
 
             yield KeyPass(count, keys=self._keys)
-            order = sorted(range(len(starts)), key=starts.__getitem__)
-            for i in split:
-                running = 0
-                for j in order:
-                    cuts[i].offsets[starts[j]] = running
-                    running += counts[i][j]
+            for i, chunk_counts in counts.items():
+                cuts[i].set_counts(chunk_counts)
         self.cuts = cuts
 
-    def _torch_ties(self, cuts: list[Cut], split: list[int], queries) -> Iterator[KeyPass]:
-        """Gather each split request's keys in flat order and keep the ties torch keeps."""
-        parts: dict[int, dict[int, np.ndarray]] = {i: {} for i in split}
+    def _gather(self, gathered: dict[int, dict[int, np.ndarray]], i: int) -> Iterator[KeyPass]:
+        """One pass keeping request ``i``'s keys (when the rank passes did not see them all)."""
+        gathered[i].clear()
 
-        def gather(keys, chunk):
-            for i in split:
-                key = chunk.ops.to_numpy(keys[self.requests[i].branch])
-                parts[i][chunk.flat_start] = np.array(key, copy=True)
+        def keep(keys, chunk):
+            gathered[i][chunk.flat_start] = chunk.ops.to_numpy(keys[self.requests[i].branch])
 
-        yield KeyPass(gather, keys=self._keys)
-        for i in split:
-            cut, query = cuts[i], queries[i]
-            whole = np.concatenate([parts[i].pop(start) for start in sorted(parts[i])])
-            first = query.n_greater if cut.above else self.numel - query.n_greater - query.n_equal
-            cut.chosen = np.sort(_torch_ranked(whole, cut.above)[first : first + cut.take])
+        yield KeyPass(keep, keys=self._keys)
 
 
-def _torch_ranked(keys: np.ndarray, descending: bool) -> np.ndarray:
-    """Flat indices of ``keys`` in the order of torch's default (unstable) CPU argsort."""
-    import torch  # only here: a split tie under the mergekit preset
+# Every NaN pattern is one key, as torch's comparator treats all NaNs alike (and first).
+_NAN_KEY = {np.dtype(np.int32): 0x7F800001, np.dtype(np.int64): 0x7FF0000000000001}
 
-    tensor = torch.from_numpy(keys)
-    return torch.argsort(tensor, descending=descending).numpy()
+
+def _keep_torch_ties(cut: Cut, parts: dict[int, np.ndarray]) -> None:
+    """Set ``cut.chosen`` to the ties torch's CPU argsort ranks first among the equal keys."""
+    keys = np.concatenate([parts.pop(start) for start in sorted(parts)])
+    keys = np.minimum(keys, _NAN_KEY[keys.dtype])
+    value = min(cut.value, _NAN_KEY[keys.dtype])
+    if not cut.above:  # ascending: the same sort on negated keys (NaN then sorts last)
+        keys, value = np.negative(keys, out=keys), -value
+    cut.chosen = torch_kept_ties(keys, value, cut.take)

@@ -3,8 +3,8 @@
 Git objects to send are those reachable from the pushed commit but not from any commit
 the remote's refs already hold (dulwich's `MissingObjectFinder`), then minus the objects
 the remote lists (so an interrupted push resumes instead of re-sending). Tensor objects to
-send are those that the new manifests and records reference, with their delta bases,
-minus those the remote lists.
+send are those that the new manifests and records reference, minus those the remote
+lists, plus the delta bases the remote lacks (found as the deltas are read for sending).
 """
 
 from __future__ import annotations
@@ -96,17 +96,6 @@ def tree_tensor_ids(
     for path, entry in tree_entries(trees, get, walked=set()):
         ids.update(referenced_objects(path, repo.read_blob(entry.sha)))
     return ids
-
-
-def with_delta_bases(repo: Repo, ids: Iterable[str], stop: set[str]) -> set[str]:
-    """`ids` plus every delta base they need that is not in `stop` (what the other side has)."""
-    result: set[str] = set()
-    for oid in ids:
-        current: str | None = oid
-        while current is not None and current not in result and current not in stop:
-            result.add(current)
-            current = repo.store.info(current).base
-    return result
 
 
 def children(obj: ShaFile) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from mvc.errors import RemoteError
+from mvc.remote.layout import BRANCH_PREFIX
 from mvc.remote.transport import Transport
 
 _HEX = set("0123456789abcdef")
@@ -32,3 +33,8 @@ def remote_refs(transport: Transport, prefix: str, pool: ThreadPoolExecutor) -> 
         for ref, sha in zip(refs, pool.map(read, refs), strict=True)
         if sha is not None
     }
+
+
+def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str, str]:
+    """branch name -> commit id of every branch on the remote."""
+    return remote_refs(transport, BRANCH_PREFIX, pool)

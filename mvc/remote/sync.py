@@ -12,39 +12,30 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dulwich.objects import Commit, ShaFile
+from dulwich.objects import ShaFile
 
-from mvc.errors import MvcError, NotFoundError, RemoteError
+from mvc.errors import MvcError, NotFoundError
 from mvc.progress import BarProgress, Progress, Tally
 from mvc.remote.config import add_remote, get_remote, set_upstream, upstream
 from mvc.remote.direct_checkout import CheckoutWriter
 from mvc.remote.layout import (
     BARE_CONFIG,
-    BRANCH_PREFIX,
     CONFIG_KEY,
     HEAD,
     branch_ref,
-    git_object_key,
     head_value,
     parse_head,
-    tensor_object_key,
 )
 from mvc.remote.lazy import checked_out_branches, missing_live_objects
-from mvc.remote.negotiate import (
-    git_objects_missing,
-    referenced_tensor_ids,
-    remote_git_ids,
-    remote_tensor_ids,
-    with_delta_bases,
-)
 from mvc.remote.promisor import attach as attach_promisor
 from mvc.remote.receive import receive_git, receive_tensors, tensor_ids_of, write_graph
-from mvc.remote.refs import ref_sha, remote_refs
+from mvc.remote.refs import ref_sha, remote_branches
+from mvc.remote.send import send_objects
 from mvc.remote.tagsync import REMOTE_TAG_PREFIX, push_tags, remote_tags, store_fetched_tags
 from mvc.remote.transport import RefConflict, Transport
 from mvc.remote.url import open_transport, parse_url
@@ -109,11 +100,6 @@ def resolve_remote(repo: Repo, remote: str, endpoint: str | None = None) -> Remo
         raise
 
 
-def remote_branches(transport: Transport, pool: ThreadPoolExecutor) -> dict[str, str]:
-    """branch name -> commit id of every branch on the remote."""
-    return remote_refs(transport, BRANCH_PREFIX, pool)
-
-
 # ---------------------------------------------------------------------------------- push
 def push(
     repo: Repo,
@@ -160,7 +146,7 @@ def push(
             )
     with ThreadPoolExecutor(workers, thread_name_prefix="mvc-push") as pool:
         if old != local:
-            _send_objects(repo, transport, local, pool, report, quiet, paranoid)
+            send_objects(repo, transport, local, pool, report, _bar(quiet), paranoid)
             if not transport.exists(CONFIG_KEY):
                 transport.put(CONFIG_KEY, BARE_CONFIG)
             transport.cas_ref(ref, f"{local}\n".encode(), token)
@@ -178,73 +164,6 @@ def push(
         if set_upstream_branch:
             set_upstream(repo, branch, target.name)
     return report
-
-
-def _send_objects(
-    repo: Repo,
-    transport: Transport,
-    local: str,
-    pool: ThreadPoolExecutor,
-    report: TransferReport,
-    quiet: bool,
-    paranoid: bool,
-) -> None:
-    haves = set(remote_branches(transport, pool).values())
-    # Pipelined: the remote lists its objects on the pool while the local history is
-    # walked here, and the objects go out together, commits last (see `_send`).
-    git_listing = pool.submit(remote_git_ids, transport)
-    tensor_listing = pool.submit(remote_tensor_ids, transport)
-    git_ids = git_objects_missing(repo, [local], haves)
-    commits = [sha for sha in git_ids if isinstance(repo.git[sha.encode()], Commit)]
-    referenced = referenced_tensor_ids(repo, commits, set(git_ids))
-    on_remote = git_listing.result()
-    git_send = [sha for sha in git_ids if sha not in on_remote]
-    tensors_there = tensor_listing.result()
-    tensor_send = sorted(with_delta_bases(repo, referenced, tensors_there))
-    report.skipped = (len(git_ids) - len(git_send)) + len(referenced & tensors_there)
-
-    def send_tensor(oid: str) -> None:
-        data = repo.store.read_raw(oid)
-        if paranoid:
-            repo.store.verify(oid, data)
-        else:
-            repo.store.check_intact(oid, data)
-        transport.put(tensor_object_key(oid), data)
-        progress.add(len(data))
-
-    def send_git(sha: str) -> None:
-        obj = repo.git.object_store[sha.encode()]
-        if obj.id.decode() != sha:
-            raise RemoteError(
-                f"local git object {sha} is damaged; not pushing it", hint="run `mvc fsck`"
-            )
-        data = obj.as_legacy_object()
-        transport.put(git_object_key(sha), data)
-        progress.add(len(data))
-
-    is_commit = set(commits)
-    total = len(git_send) + len(tensor_send)
-    with Tally(_bar(quiet), "pushing objects", total) as progress:
-        # Tensor objects, blobs and trees in one stream; commits only once all of those are
-        # there, so a remote commit always has its tree and files (the ref moves later).
-        others = [pool.submit(send_tensor, oid) for oid in tensor_send]
-        others += [pool.submit(send_git, sha) for sha in git_send if sha not in is_commit]
-        _results(others)
-        _results([pool.submit(send_git, sha) for sha in git_send if sha in is_commit])
-    report.git_objects = len(git_send)
-    report.tensor_objects = len(tensor_send)
-    report.bytes = progress.bytes
-
-
-def _results(futures: list[Future]) -> None:
-    """Wait for every one of `futures`; raise the first failure, cancelling the rest."""
-    try:
-        for future in futures:
-            future.result()
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
 
 
 # ---------------------------------------------------------------------------------- fetch

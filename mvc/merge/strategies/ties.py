@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mvc.merge.arrays import Array, ArrayOps
+from mvc.merge.arrays import Array, ArrayOps, NumpyOps
 from mvc.merge.declare import DENSITY, LAMBDA, NORMALIZE, WEIGHT
 from mvc.merge.lines import LINES
 from mvc.merge.select import (
@@ -158,6 +158,20 @@ class TiesJob(TensorJob):
             normalize=self.normalize,
             zero_sign=zero_sign,
         )
+
+    def combine(self, chunk: Chunk) -> Array:
+        """On numpy, the same bits in few passes (:mod:`ties_numpy`); else the generic step."""
+        if (
+            isinstance(chunk.ops, NumpyOps)
+            and self.context is None
+            and self.preset in (None, "mergekit")
+            and self.tau_scale == 1.0
+            and chunk.base is not None
+        ):
+            from mvc.merge.strategies import ties_numpy
+
+            return ties_numpy.combine(self, chunk)
+        return super().combine(chunk)
 
     def step(self, chunk: Chunk) -> Step:
         hats = self.trimmed(chunk)
