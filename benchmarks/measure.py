@@ -38,6 +38,7 @@ class Run:
     peak_rss_mib: float
     peak_anon_mib: float
     output: str
+    cpu_seconds: float = 0.0  # user + system time of the process and its waited children
 
 
 class CommandFailed(RuntimeError):
@@ -78,7 +79,7 @@ def run(
         output = proc.stdout.read().decode(errors="replace")
         sampler.stop.set()
         sampler.join()
-        _, status, _ = os.wait4(proc.pid, 0)
+        _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -88,6 +89,7 @@ def run(
         peak_rss_mib=sampler.peak["VmHWM"] / 1024,
         peak_anon_mib=sampler.peak["RssAnon"] / 1024,
         output=output,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
     )
 
 

@@ -12,7 +12,9 @@ decay), in fp32 and with base and fine-tune cast to bf16:
   include process start-up; a row shows it (``mvc status`` / ``git status`` in the same
   repository, which load each tool's whole stack).
 
-Run: ``.venv/bin/python -m benchmarks.storage [--quick] [--zipnn-python PATH]``.
+Run: ``.venv/bin/python -m benchmarks.storage [--quick] [--zipnn-python PATH]``; with
+``--llama --data DIR``, the 1.1B bf16 sharded model of issue 15 instead
+(``benchmarks/storage_llama.py``).
 """
 
 from __future__ import annotations
@@ -223,7 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("MVC_BENCH_ZIPNN_PYTHON", DEFAULT_ZIPNN_PYTHON),
         help="an interpreter with the zipnn package (else ZipNN is emulated)",
     )
+    parser.add_argument(
+        "--llama", action="store_true", help="a 1.1B bf16 sharded LLaMA (issue 15) instead"
+    )
+    parser.add_argument("--data", type=Path, help="--llama: folder for the models and repositories")
     args = parser.parse_args(argv)
+    if args.llama:
+        if args.data is None:
+            parser.error("--llama needs --data DIR (about 20 GB free)")
+        from benchmarks.storage_llama import bench_llama
+
+        return bench_llama(args.data, repeats=1 if args.quick else 2)
     repeats = 1 if args.quick else 3
     base = base_model_dir()
     ft = fine_tuned_dir(FineTune())

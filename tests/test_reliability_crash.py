@@ -1,4 +1,4 @@
-"""kill -9 at seeded random points of commit, merge, gc, push and clone.
+"""kill -9 at seeded random points of commit, merge, switch, gc, push and clone.
 
 After every kill: `fsck` is clean, every commit made before checks out byte-identical, and
 running the same command again finishes the job (same resulting tree, store or remote as
@@ -117,6 +117,8 @@ SCENARIOS = {
     "commit": Scenario(["commit", "-am", "interrupted fine-tune"], _prepare_commit),
     "merge": Scenario(["merge", "b", "-m", "merge b"], lambda root: _preload_merge()),
     "gc": Scenario(["gc"], lambda root: None),
+    # From `a` to `b`: model files decoded on a pool, written at offsets, renamed in.
+    "switch": Scenario(["switch", "b"], lambda root: None),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.safetensors import Header, SafetensorsFile, TensorInfo
+from mvc.memory import reuse_large_buffers
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, PutRequest, object_id
 from mvc.store.bases import grows_from
@@ -38,6 +39,7 @@ def ingest_file(
     and written at once, and overlaps their fsyncs.
     """
     previous = previous or {}
+    reuse_large_buffers(2 * chunk_bytes)  # decoded bases and encoded chunks, reused
     with SafetensorsFile(path, header) as sf:
         layout = []
         requests = []

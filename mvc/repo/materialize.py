@@ -29,8 +29,10 @@ from pathlib import Path
 from mvc.errors import CorruptObjectError, FormatError
 from mvc.files import publish, temp_path
 from mvc.formats.safetensors import RowWriter, SafetensorsFile
+from mvc.memory import reuse_large_buffers
 from mvc.repo.manifest import Chunk, Manifest, TensorEntry
 from mvc.store import ObjectStore, object_id
+from mvc.store.chunking import DEFAULT_CHUNK_BYTES
 from mvc.tuning import threads
 
 #: Where an object's bytes go: the file being filled, the tensor, and its first row there.
@@ -134,9 +136,11 @@ def fill(
     ``workers`` (default ``mvc.tuning.threads()``) objects decode at once, each by one
     thread (with a single worker the store spreads one object's pieces instead). The
     bytes written do not depend on the number of workers. The first error stops the rest
-    and is raised.
+    and is raised. Freed chunk buffers are kept for reuse (``mvc.memory``), so each
+    decode does not page-fault a fresh 16 MiB in.
     """
     count = workers or threads()
+    reuse_large_buffers(2 * DEFAULT_CHUNK_BYTES)
 
     def one(oid: str, places: Sequence[Placement]) -> None:
         try:

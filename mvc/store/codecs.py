@@ -102,8 +102,17 @@ def _inverse(codec: Codec, coded: np.ndarray, base: np.ndarray | None) -> np.nda
 
 
 def _split_planes(values: np.ndarray, itemsize: int) -> np.ndarray:
-    """(n,) uint array -> (itemsize, n) uint8 array; row j holds byte j (little-endian)."""
-    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, itemsize).T)
+    """(n,) uint array -> (itemsize, n) uint8 array; row j holds byte j (little-endian).
+
+    2-byte values (bf16, fp16) are split by casts, about twice as fast as the strided
+    transpose, which stays the faster way for wider values (measured on 4 MiB pieces).
+    """
+    if itemsize != 2:
+        return np.ascontiguousarray(values.view(np.uint8).reshape(-1, itemsize).T)
+    planes = np.empty((2, values.shape[0]), dtype=np.uint8)
+    np.copyto(planes[0], values, casting="unsafe")  # the low byte
+    np.copyto(planes[1], values >> 8, casting="unsafe")
+    return planes
 
 
 def _encode_piece(
@@ -216,15 +225,22 @@ def _decode_piece(
     """Decode one piece straight into ``values`` (its slice of the output)."""
     dctx = _decompressor()
     n, itemsize = values.shape[0], values.itemsize
-    interleaved = values.view(np.uint8).reshape(n, itemsize)
-    for j, frame in enumerate(frames):
+    planes = []
+    for frame in frames:
         try:
             plane = dctx.decompress(frame, max_output_size=n)
         except zstandard.ZstdError as exc:
             raise CodecError(f"zstd frame does not decode ({exc})") from None
         if len(plane) != n:
             raise CodecError("zstd frame decoded to the wrong size")
-        interleaved[:, j] = np.frombuffer(plane, dtype=np.uint8)
+        planes.append(np.frombuffer(plane, dtype=np.uint8))
+    if itemsize == 2:  # high << 8 | low: twice the strided interleave's speed
+        np.left_shift(planes[1], 8, out=values, dtype=values.dtype)
+        np.bitwise_or(values, planes[0], out=values)
+    else:
+        interleaved = values.view(np.uint8).reshape(n, itemsize)
+        for j, plane in enumerate(planes):
+            interleaved[:, j] = plane
     _inverse(codec, values, base)
 
 
