@@ -67,22 +67,14 @@ def train_adapter(model_dir: Path, adapter: Path, task, steps: int, lr: float, s
     import torch
     from peft import PeftModel
 
-    from mvc.demo.train import THREADS, load_encoder, load_tokenizer, train_with_head
+    from mvc.demo.train import THREADS, Schedule, load_encoder, load_tokenizer, train_with_head
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     model = PeftModel.from_pretrained(load_encoder(model_dir), str(adapter), is_trainable=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    head, _ = train_with_head(
-        model,
-        load_tokenizer(model_dir),
-        task,
-        params,
-        steps=steps,
-        lr=lr,
-        seed=seed,
-        progress=False,
-    )
+    schedule = Schedule(steps=steps, lr=lr, seed=seed, progress=False)
+    head, _ = train_with_head(model, load_tokenizer(model_dir), task, params, schedule)
     model.save_pretrained(str(adapter))
     return head
 

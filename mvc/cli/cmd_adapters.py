@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 
 
 @click.command()
 @click.argument("rev", default="HEAD")
 @click.argument("adapter_path", required=False)
 @click.option("-m", "--message", default=None, help="Commit message.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def bake(rev: str, adapter_path: str | None, message: str | None, as_json: bool) -> None:
     """Apply the LoRA adapter of REV to its stored base model and commit the full model."""
     from mvc.lineage.bake import bake as bake_adapter
@@ -42,7 +42,7 @@ def bake(rev: str, adapter_path: str | None, message: str | None, as_json: bool)
     "--svd", type=click.Choice(["auto", "exact", "randomized"]), default="auto",
     show_default=True, help="SVD method.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def extract_lora(rev, base_rev, rank, out, embeddings, fan_in_fan_out, svd, as_json) -> None:
     """Write a PEFT LoRA adapter approximating REV's fine-tune of BASE (truncated SVD)."""
     from mvc.merge.extract_lora import extract_lora as extract
@@ -66,6 +66,4 @@ def extract_lora(rev, base_rev, rank, out, embeddings, fan_in_fan_out, svd, as_j
     click.echo(f"Wrote {result.folder} ({len(result.modules)} LoRA modules)")
 
 
-def register(group: click.Group) -> None:
-    for command in (bake, extract_lora):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (bake, extract_lora)

@@ -27,5 +27,4 @@ def demo(directory: str, quiet: bool) -> None:
         raise MvcError("a demo check failed (see above)")
 
 
-def register(group: click.Group) -> None:
-    group.add_command(demo)
+CLICK_COMMANDS: tuple[click.Command, ...] = (demo,)

@@ -95,13 +95,6 @@ def git_merge(ctx: click.Context, ancestor: Path, ours: Path, theirs: Path, path
         ctx.exit(1)
 
 
-def register(group: click.Group) -> None:
-    for command in (
-        install_git,
-        git_filter_process,
-        git_clean,
-        git_smudge,
-        git_textconv,
-        git_merge,
-    ):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (
+    install_git, git_filter_process, git_clean, git_smudge, git_textconv, git_merge
+)

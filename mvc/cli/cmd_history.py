@@ -6,7 +6,7 @@ import click
 
 from mvc.cli.cmd_merge import build_options, merge_options
 from mvc.cli.cmd_merge import report as report_merge
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 
 
 @click.command()
@@ -14,7 +14,7 @@ from mvc.cli.output import emit_json, open_repo
 @click.argument("rev", required=False)
 @click.option("-m", "--message", default=None, help="Tag message (default: the name).")
 @click.option("-d", "--delete", is_flag=True, help="Delete the tag NAME.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def tag(name: str | None, rev: str | None, message: str | None, delete: bool, as_json: bool):
     """Create an annotated tag NAME on REV (default HEAD); list tags; -d deletes one."""
     from mvc.repo.tags import create_tag, delete_tag, list_tags
@@ -69,7 +69,7 @@ def _replay_command(operation: str, summary: str):
     @click.option("--message", default=None, help="Commit message.")
     @click.option("--no-commit", is_flag=True, help="Stage the result; commit it yourself.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @json_option()
     @merge_options
     @click.pass_context
     def command(ctx, commit, mainline, message, no_commit, quiet, as_json, **kw):
@@ -105,6 +105,4 @@ cherry_pick = _replay_command(
 )
 
 
-def register(group: click.Group) -> None:
-    for command in (tag, reset, revert, cherry_pick):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (tag, reset, revert, cherry_pick)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -52,7 +52,7 @@ def _text_label(node) -> str:
 @click.command()
 @click.argument("rev")
 @click.argument("target", metavar="FILE::TENSOR")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def blame(rev: str, target: str, as_json: bool) -> None:
     """Per parent: the share of TENSOR's elements it gave the merge REV, and who changed it."""
     from mvc.lineage.blame import blame as run_blame
@@ -86,7 +86,7 @@ def blame(rev: str, target: str, as_json: bool) -> None:
     help="Max abs difference accepted on another device class than the merge's (1e-5).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option("--fail-fast", is_flag=True, help="Stop at the first tensor that differs.")
 def verify(
     rev: str, device: str, tolerance: float | None, quiet: bool, as_json: bool, fail_fast: bool
@@ -134,7 +134,7 @@ def verify(
 @click.option("-m", "--message", default=None, help="Commit message.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def unmerge(rev, parent, message, device, quiet, as_json):
     """Recompute the merge REV without PARENT and commit it on top of REV."""
     from mvc.lineage.unmerge import unmerge as run_unmerge
@@ -169,7 +169,7 @@ def unmerge(rev, parent, message, device, quiet, as_json):
     "-o", "--output", "out_dir", default=None, help="Folder to write (default: extract-PARENT)."
 )
 @click.option("--commit", "branch", default=None, help="Also commit it as branch NAME.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def extract(rev, parent, out_dir, branch, as_json):
     """Rebuild PARENT's weights from the merge REV and its stored masks."""
     from mvc.lineage.extract import extract as run_extract
@@ -214,6 +214,4 @@ def export(rev, fmt, paths, output):
         click.echo(text, nl=False)
 
 
-def register(group: click.Group) -> None:
-    for command in (lineage, blame, verify, unmerge, extract, export):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (lineage, blame, verify, unmerge, extract, export)

@@ -80,6 +80,4 @@ def unlock(rev: str, key_file: str, message: str | None) -> None:
     click.echo(f"[{repo.current_branch() or 'detached'} {sha[:12]}] unlocked {rev}")
 
 
-def register(group: click.Group) -> None:
-    for command in (keygen, lock, unlock):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (keygen, lock, unlock)

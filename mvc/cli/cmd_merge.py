@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mvc.cli.output import choice_option, emit_json, open_repo
+from mvc.cli.output import choice_option, emit_json, json_option, open_repo
 from mvc.merge.strategies import PARAMETERS, STRATEGY_NAMES, strategies
 
 
@@ -226,7 +226,7 @@ def _epilog() -> str:
     "--no-ff", is_flag=True, help="Make a merge commit even when fast-forward is possible."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option(
     "--list-strategies",
     is_flag=True,
@@ -251,5 +251,4 @@ def merge(branches, message, no_commit, no_ff, quiet, as_json, **kw):
     report(result, as_json)
 
 
-def register(group: click.Group) -> None:
-    group.add_command(merge)
+CLICK_COMMANDS: tuple[click.Command, ...] = (merge,)

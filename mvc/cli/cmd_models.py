@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 
 
 @click.command()
@@ -15,7 +15,7 @@ from mvc.cli.output import emit_json, open_repo
     help="Largest shard: 40MB, 5GB, 500MiB or bytes (as save_pretrained takes it).",
 )
 @click.option("-m", "--message", default=None, help="Commit message.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def reshard(path: str, max_shard_size: str, message: str | None, as_json: bool) -> None:
     """Commit the model at PATH in a new shard layout; no tensor is stored again."""
     from dataclasses import asdict
@@ -35,5 +35,4 @@ def reshard(path: str, max_shard_size: str, message: str | None, as_json: bool) 
     )
 
 
-def register(group: click.Group) -> None:
-    group.add_command(reshard)
+CLICK_COMMANDS: tuple[click.Command, ...] = (reshard,)

@@ -66,5 +66,4 @@ def pull(
         report_merge(result.merge, as_json=False)
 
 
-def register(group: click.Group) -> None:
-    group.add_command(pull)
+CLICK_COMMANDS: tuple[click.Command, ...] = (pull,)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 
 
 def _size(nbytes: int) -> str:
@@ -15,8 +15,18 @@ def _size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def echo_report(report, verb: str, quiet: bool) -> None:
+def echo_report(
+    report, verb: str, quiet: bool, as_json: bool = False, nothing: str | None = None
+) -> None:
+    """Print a transfer report: as JSON with --json, not at all with -q, else a summary line
+    and a line per moved ref, or ``nothing`` (push's "Everything up-to-date") where none moved."""
+    if as_json:
+        emit_json(report.to_json())
+        return
     if quiet:
+        return
+    if nothing is not None and not report.refs:
+        click.echo(nothing)
         return
     click.echo(
         f"{verb} {report.git_objects} git object(s), {report.tensor_objects} tensor object(s), "
@@ -56,7 +66,7 @@ def remote_remove(name: str) -> None:
 
 @remote.command("list")
 @click.option("-v", "--verbose", is_flag=True, help="Show URLs and endpoints.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def remote_list(verbose: bool, as_json: bool) -> None:
     """List the configured remotes."""
     from mvc.remote import list_remotes
@@ -71,7 +81,7 @@ def remote_list(verbose: bool, as_json: bool) -> None:
 
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-_json = click.option("--json", "as_json", is_flag=True, help="Print the transfer report as JSON.")
+_json = json_option("Print the transfer report as JSON.")
 endpoint_option = click.option("--endpoint", default=None, help="S3 endpoint URL for this command.")
 
 
@@ -112,12 +122,7 @@ def push(
         paranoid=paranoid,
         quiet=quiet or as_json,
     )
-    if as_json:
-        emit_json(report.to_json())
-    elif not report.refs and not quiet:
-        click.echo("Everything up-to-date")
-    else:
-        echo_report(report, f"To {report.remote}: sent", quiet)
+    echo_report(report, f"To {report.remote}: sent", quiet, as_json, "Everything up-to-date")
 
 
 @click.command()
@@ -155,10 +160,7 @@ def fetch(
         endpoint=endpoint,
         quiet=quiet or as_json,
     )
-    if as_json:
-        emit_json(report.to_json())
-    else:
-        echo_report(report, f"From {report.remote}: received", quiet)
+    echo_report(report, f"From {report.remote}: received", quiet, as_json)
 
 
 @click.command()
@@ -191,6 +193,4 @@ def clone(
         click.echo(f"checked out '{result.branch}' in {result.repo.root}")
 
 
-def register(group: click.Group) -> None:
-    for command in (remote, push, fetch, clone):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (remote, push, fetch, clone)

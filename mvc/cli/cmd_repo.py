@@ -7,7 +7,7 @@ import time
 
 import click
 
-from mvc.cli.output import emit_json, open_repo
+from mvc.cli.output import emit_json, json_option, open_repo
 from mvc.repo.adapters import adapters_for_paths
 
 
@@ -39,7 +39,7 @@ def rm(paths: tuple[str, ...], cached: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option("-s", "--short", is_flag=True, help="One line per file.")
 def status(as_json: bool, short: bool) -> None:
     """Show staged, unstaged and untracked changes."""
@@ -96,7 +96,7 @@ def commit(message: str, all_: bool) -> None:
 @click.command()
 @click.argument("rev", default="HEAD")
 @click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option("--oneline", is_flag=True, help="One line per commit.")
 @click.option("--graph", is_flag=True, help="Draw the commit graph.")
 def log(rev: str, max_count: int | None, as_json: bool, oneline: bool, graph: bool) -> None:
@@ -172,7 +172,7 @@ def _recipes(repo, commits) -> dict[str, str]:
 
 @click.command()
 @click.argument("rev", default="HEAD")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def show(rev: str, as_json: bool) -> None:
     """Show a commit: metadata and the files it changed."""
     from mvc.repo.history import changed_files
@@ -192,7 +192,7 @@ def show(rev: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("revs", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option("--all", "show_all", is_flag=True, help="Also list unchanged tensors.")
 def diff(revs: tuple[str, ...], as_json: bool, show_all: bool) -> None:
     """Per-tensor differences: `diff` (HEAD vs work tree), `diff A` (A vs work tree), `diff A B`."""
@@ -245,7 +245,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 @click.option("-d", "--delete", is_flag=True, help="Delete a merged branch.")
 @click.option("-D", "force_delete", is_flag=True, help="Delete a branch even if unmerged.")
 @click.option("-f", "--force", is_flag=True, help="Move an existing branch to START.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def branch(
     name: str | None,
     start: str | None,
@@ -326,7 +326,7 @@ def checkout(ctx: click.Context, revs: tuple[str, ...], force: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def fsck(as_json: bool) -> None:
     """Verify every commit, manifest and stored object (promised objects are not errors)."""
     from mvc.repo.maintenance import fsck_report
@@ -349,7 +349,7 @@ def fsck(as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 @click.option(
     "--prune-promised",
     is_flag=True,
@@ -384,21 +384,6 @@ def import_(source: str, dest: str | None) -> None:
     click.echo(f"wrote {target}; add it with `mvc add {target}`")
 
 
-def register(group: click.Group) -> None:
-    for command in (
-        init,
-        add,
-        rm,
-        status,
-        commit,
-        log,
-        show,
-        diff,
-        branch,
-        switch,
-        checkout,
-        fsck,
-        gc,
-        import_,
-    ):
-        group.add_command(command)
+CLICK_COMMANDS: tuple[click.Command, ...] = (
+    init, add, rm, status, commit, log, show, diff, branch, switch, checkout, fsck, gc, import_
+)

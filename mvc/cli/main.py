@@ -1,7 +1,7 @@
 """The `mvc` command: a click group whose commands live in one module per area.
 
-Each module in ``COMMAND_MODULES`` exposes ``register(group)``. Commands parse options,
-call the library and print; they hold no logic. ``MvcError`` becomes one line on stderr
+Each module named in ``COMMANDS`` lists its click commands in ``CLICK_COMMANDS``. Commands
+parse options, call the library and print; they hold no logic. ``MvcError`` becomes one line on stderr
 and exit 1; ``--debug`` shows the traceback instead.
 """
 
@@ -19,10 +19,10 @@ import click  # noqa: E402
 
 from mvc.errors import MvcError  # noqa: E402
 
-# Which module registers each command. A command's module is imported only when that
+# Which module holds each command. A command's module is imported only when that
 # command runs (or for `--help`), so `mvc push` does not pay for the merge strategies,
 # lineage or MergeLock: start-up is a large part of a small command's time.
-# tests/test_cli_repo.py checks this table against what the modules register.
+# tests/test_cli_repo.py checks this table against the modules' CLICK_COMMANDS.
 COMMANDS: dict[str, str] = {
     **dict.fromkeys(
         "init add rm status commit log show diff branch switch checkout fsck gc import".split(),
@@ -54,7 +54,8 @@ class MvcGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMANDS.get(cmd_name)
         if cmd_name not in self.commands and module is not None:
-            importlib.import_module(module).register(self)
+            for command in importlib.import_module(module).CLICK_COMMANDS:
+                self.add_command(command)
         return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]

@@ -1,4 +1,4 @@
-"""Shared helpers for commands: JSON output, opening the repository, a choice option."""
+"""Shared helpers for commands: JSON output and its flag, opening the repository, a choice option."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ import click
 def emit_json(data: Any) -> None:
     """Print `data` as stable, indented JSON (the `--json` flag of every read command)."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def json_option(help: str = "Machine-readable output.") -> Callable:
+    """The ``--json`` flag (parameter ``as_json``) of every command that can print JSON:
+    one spelling, so the flag reads the same everywhere."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def choice_option(

@@ -176,6 +176,19 @@ HEAD_LR = 2e-3
 BATCH_SIZE = 16
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How a fine-tune trains: one value for every kind (full, adapter), so they are told
+    the same way and differ only in which parameters train."""
+
+    steps: int = STEPS
+    lr: float = LR
+    head_lr: float = HEAD_LR
+    batch_size: int = BATCH_SIZE
+    seed: int = 0
+    progress: bool = True
+
+
 def fine_tune(
     model_dir: str | Path,
     task: Task,
@@ -202,18 +215,8 @@ def fine_tune(
     model = load_encoder(model_dir)
     tokenizer = load_tokenizer(model_dir)
     encoder_params = [p for p in model.parameters() if p.requires_grad]
-    head, losses = train_with_head(
-        model,
-        tokenizer,
-        task,
-        encoder_params,
-        steps=steps,
-        lr=lr,
-        head_lr=head_lr,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
+    schedule = Schedule(steps, lr, head_lr, batch_size, seed, progress)
+    head, losses = train_with_head(model, tokenizer, task, encoder_params, schedule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -226,22 +229,18 @@ def train_with_head(
     tokenizer: Any,
     task: Task,
     params: Sequence[torch.nn.Parameter],
-    *,
-    steps: int = STEPS,
-    lr: float = LR,
-    head_lr: float = HEAD_LR,
-    batch_size: int = BATCH_SIZE,
-    seed: int = 0,
-    progress: bool = True,
+    schedule: Schedule = Schedule(),
 ) -> tuple[Head, list[float]]:
     """Train ``params`` of ``model`` (the whole encoder, or a LoRA adapter's factors) jointly
-    with a fresh zero head on ``task``'s train split; the head and the step losses.
+    with a fresh zero head on ``task``'s train split, as ``schedule`` says; the head and the
+    step losses.
 
     One loop for every kind of fine-tune, so a full fine-tune and an adapter see the same
     batches, loss and optimiser (AdamW, no weight decay) and differ only in what trains.
     """
     import torch
 
+    steps, batch_size = schedule.steps, schedule.batch_size
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
     model.train()
@@ -249,12 +248,15 @@ def train_with_head(
     weight = torch.nn.Parameter(torch.zeros(len(task.labels), hidden))
     bias = torch.nn.Parameter(torch.zeros(len(task.labels)))
     optimizer = torch.optim.AdamW(
-        [{"params": list(params), "lr": lr}, {"params": [weight, bias], "lr": head_lr}],
+        [
+            {"params": list(params), "lr": schedule.lr},
+            {"params": [weight, bias], "lr": schedule.head_lr},
+        ],
         weight_decay=0.0,
     )
-    batches = _batches(len(task.train), batch_size, steps, seed)
+    batches = _batches(len(task.train), batch_size, steps, schedule.seed)
     losses: list[float] = []
-    for indices in _progress(batches, f"fine-tuning {task.name}", losses, progress):
+    for indices in _progress(batches, f"fine-tuning {task.name}", losses, schedule.progress):
         examples = [task.train[i] for i in indices]
         features = embed(model, tokenizer, [e.text for e in examples])
         targets = torch.tensor([e.label for e in examples])

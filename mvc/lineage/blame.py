@@ -11,7 +11,7 @@ stay the same. A tensor of a model folder is found by name in whichever shard ho
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dulwich.object_store import tree_lookup_path
@@ -44,16 +44,7 @@ class SideBlame:
     last_message: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "commit": self.commit,
-            "share": self.share,
-            "contributed": self.contributed,
-            "changed": self.changed,
-            "last_changed": self.last_changed,
-            "last_message": self.last_message,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -68,16 +59,7 @@ class BlameReport:
     sides: list[SideBlame] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "commit": self.commit,
-            "path": self.path,
-            "tensor": self.tensor,
-            "action": self.action,
-            "strategy": self.strategy,
-            "numel": self.numel,
-            "conflicts": self.conflicts,
-            "sides": [s.to_json() for s in self.sides],
-        }
+        return asdict(self)
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,19 +51,7 @@ class ExtractResult:
     tensor_errors: dict[str, float] = field(default_factory=dict)  # reconstructed tensors
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "merge": self.merge,
-            "parent": self.parent,
-            "parent_name": self.parent_name,
-            "parent_commit": self.parent_commit,
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            "commit": self.commit,
-            "files": self.files,
-            "exact": self.exact,
-            "reconstructed": self.reconstructed,
-            "relative_l2": self.relative_l2,
-            "tensor_errors": self.tensor_errors,
-        }
+        return {**asdict(self), "out_dir": str(self.out_dir) if self.out_dir else None}
 
 
 @dataclass

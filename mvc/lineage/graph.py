@@ -9,7 +9,7 @@ never imported.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mvc.lineage.records import (
@@ -35,13 +35,7 @@ class LineageEdge:
     contributing: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "child": self.child,
-            "parent": self.parent,
-            "index": self.index,
-            "label": self.label,
-            "contributing": self.contributing,
-        }
+        return asdict(self)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,12 +97,7 @@ class Mismatch:
         return f"{self.path}::{self.tensor}" if self.tensor else self.path
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "tensor": self.tensor,
-            "reason": self.reason,
-            "max_abs_diff": self.max_abs_diff,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -127,19 +122,7 @@ class VerifyReport:
         return _device_class(self.recorded_device) == _device_class(self.device)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "commit": self.commit,
-            "ok": self.ok,
-            "recorded_device": self.recorded_device,
-            "device": self.device,
-            "tolerance": self.tolerance,
-            "files": self.files,
-            "tensors": self.tensors,
-            "resolved": self.resolved,
-            "mismatches": [m.to_json() for m in self.mismatches],
-            "tolerated": [m.to_json() for m in self.tolerated],
-            "stopped": self.stopped,
-        }
+        return {**asdict(self), "ok": self.ok}
 
 
 def _device_class(device: str) -> str:

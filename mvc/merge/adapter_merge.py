@@ -113,19 +113,12 @@ class AdapterMerge:
 
     def _decide(self, module: str, base: AdapterSide | None, sides: Sides) -> tuple[str, list[int]]:
         """(action, branch indices) for one module under the three-way rules."""
-        anc = base.identity(module) if base else None
-        ids = [s.identity(module) if s is not None else None for s in sides]
-        changed = [i for i, v in enumerate(ids) if v != anc]
-        if not changed:
-            return "base", []
-        if len({ids[i] for i in changed}) == 1:
-            return ("deleted" if ids[changed[0]] is None else "one-sided"), changed[:1]
-        if any(ids[i] is None for i in changed):
-            raise ConflictError(
-                f"adapter module {module}: deleted on one branch, modified on another",
-                hint="merge with --strategy ours|theirs",
-            )
-        return "resolve", changed
+        return _three_way(
+            base.identity(module) if base else None,
+            [s.identity(module) if s is not None else None for s in sides],
+            f"adapter module {module}",
+            hint="merge with --strategy ours|theirs",
+        )
 
     def _merged_delta(
         self, module: str, base: AdapterSide | None, sides: Sides, changed: list[int]
@@ -241,21 +234,17 @@ class AdapterMerge:
             got = [_entry(s, name) for s in sides]
             ids = [None if e is None else (e.dtype, e.shape, e.chunk_ids) for e in got]
             anc_id = None if anc is None else (anc.dtype, anc.shape, anc.chunk_ids)
-            changed = [i for i, v in enumerate(ids) if v != anc_id]
-            if not changed:
+            action, changed = _three_way(anc_id, ids, f"adapter tensor {name}")
+            if action == "base":
                 if anc is not None:
                     entries[name] = anc
                 record[name] = {"action": "base"}
                 continue
-            if len({ids[i] for i in changed}) == 1:
+            if action in ("one-sided", "deleted"):
                 if got[changed[0]] is not None:
                     entries[name] = got[changed[0]]
                 record[name] = {"action": "one-sided", "source": changed[0]}
                 continue
-            if any(got[i] is None for i in changed):
-                raise ConflictError(
-                    f"adapter tensor {name}: deleted on one branch, modified on another"
-                )
             ancestor = anc
             if ancestor is None:
                 ancestor = self._base_model_tensor(sides[changed[0]].layout.full[name])
@@ -357,6 +346,23 @@ def merge_tensor(
     out = job.combine(chunk())
     merged = to_torch(bytearray(ops.to_bytes(out)), spec.dtype, spec.shape)
     return merged, job.stats()
+
+
+def _three_way(
+    ancestor: object, ids: Sequence[object], what: str, hint: str | None = None
+) -> tuple[str, list[int]]:
+    """(action, branch indices) for one item whose identity is ``ancestor`` in the merge base
+    and ``ids[i]`` on branch i (None: absent): "base" when no branch changed it, "one-sided"
+    or "deleted" when the branches that did agree, else "resolve"; a deletion against a
+    modification is a conflict. One rule for adapter modules and for their full tensors."""
+    changed = [i for i, v in enumerate(ids) if v != ancestor]
+    if not changed:
+        return "base", []
+    if len({ids[i] for i in changed}) == 1:
+        return ("deleted" if ids[changed[0]] is None else "one-sided"), changed[:1]
+    if any(ids[i] is None for i in changed):
+        raise ConflictError(f"{what}: deleted on one branch, modified on another", hint=hint)
+    return "resolve", changed
 
 
 def _entry(side: AdapterSide | None, name: str) -> TensorEntry | None:

@@ -86,6 +86,7 @@ class MergePlan:
         return sum(1 for f in self.files.values() for t in f.tensors if t.action == "resolve")
 
 
+@dataclass
 class Planner:
     """Builds a MergePlan from the base's and each branch's files (path -> raw blob).
 
@@ -93,21 +94,12 @@ class Planner:
     parses each blob once and shares the result with the executor.
     """
 
-    def __init__(
-        self,
-        base_files: Mapping[str, bytes],
-        branch_files: Sequence[Mapping[str, bytes]],
-        strategy: str,
-        rules: Sequence[TensorRule] = (),
-        all_tensors: bool = False,
-        parse: Callable[[bytes, str], Manifest] = Manifest.from_bytes,
-    ) -> None:
-        self.base = base_files
-        self.branches = branch_files
-        self.strategy = strategy
-        self.rules = rules
-        self.all_tensors = all_tensors
-        self.parse = parse
+    base: Mapping[str, bytes]
+    branches: Sequence[Mapping[str, bytes]]
+    strategy: str
+    rules: Sequence[TensorRule] = ()
+    all_tensors: bool = False
+    parse: Callable[[bytes, str], Manifest] = Manifest.from_bytes
 
     def plan(self) -> MergePlan:
         paths = set(self.base).union(*self.branches)

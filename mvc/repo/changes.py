@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +42,7 @@ class Status:
         return not self.staged and not self.unstaged
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "branch": self.branch,
-            "head": self.head,
-            "staged": self.staged,
-            "unstaged": self.unstaged,
-            "untracked": self.untracked,
-        }
+        return asdict(self)
 
 
 def add(repo: RepoCore, paths: Iterable[str | os.PathLike[str]]) -> list[str]:

@@ -38,13 +38,7 @@ class DiffReport:
     tensors: list[TensorDiff] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "old": self.old,
-            "new": self.new,
-            "base": self.base,
-            "files": self.files,
-            "tensors": [asdict(t) for t in self.tensors],
-        }
+        return asdict(self)
 
 
 _Tensors = dict[str, tuple[str, TensorEntry]]  # name -> (file holding it, entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from dulwich.objects import Commit, Tag
@@ -31,12 +31,7 @@ class TagInfo:
     tagger: str | None  # None for a lightweight tag made by plain git
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "commit": self.commit,
-            "message": self.message,
-            "tagger": self.tagger,
-        }
+        return asdict(self)
 
 
 def check_tag_name(name: str) -> None:

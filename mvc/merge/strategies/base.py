@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -156,13 +156,10 @@ class TensorStats:
     masks: tuple[bytes, ...] | None = None
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "numel": self.numel,
-            "changed": self.changed,
-            "kept": self.kept,
-            "contributed": self.contributed,
-            "conflicts": self.conflicts,
-        }
+        """The counts: the record names the tensor already, and lineage keeps masks apart."""
+        record = asdict(self)
+        del record["name"], record["masks"]
+        return record
 
 
 class Pass(ABC):
