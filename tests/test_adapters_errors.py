@@ -140,3 +140,21 @@ def test_config_parser_never_crashes(blob):
         LoraConfig.parse(blob)
     except FormatError:
         pass
+
+
+def test_bake_refuses_unsupported_adapter_types_by_name(repo):
+    """`mvc bake` reads the same config as merge: a DoRA or LoHa adapter is one line, and
+    nothing is committed."""
+    for name, match in (("dora", "DoRA"), ("loha", "'LOHA' is not supported")):
+        if name not in {b.name for b in repo.branches()}:
+            edit = (lambda f: make_adapter(f, 2, use_dora=True, **SMALL)) if name == "dora" \
+                else edit_config(peft_type="LOHA")
+            side_branch(repo, name, edit)
+        repo.switch(name)
+        head = repo.head()
+        result = run(repo, "bake", "HEAD")
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if not line.startswith("hint:")]
+        assert len(lines) == 1 and match in lines[0], result.output
+        assert repo.head() == head and repo.status().clean
+    repo.switch("main")

@@ -11,19 +11,28 @@
 
 Model locations are given per parent name (`base` for the merge base); without one, a
 placeholder folder named after the parent is written.
+
+A merge of LoRA adapters is exported with mergekit's `MODEL+LORA` references: mergekit
+would merge an adapter folder's `lora_A`/`lora_B` as tensors (the cross-term error mvc
+avoids), but applies a LoRA to its model first when named that way, so its merge is then
+one of the updates ΔW at full rank: what `mvc merge --into model` writes.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mvc.errors import MvcError
+from mvc.formats.peft import config_path
 from mvc.lineage.records import merge_recipe_text, merge_record, parent_label, per_branch
 from mvc.merge.declare import SEED
 from mvc.merge.strategies import get_strategy, strategies
+from mvc.repo.models import model_folders
 
 if TYPE_CHECKING:
     from mvc.repo import Repo
@@ -67,6 +76,8 @@ def mergekit_yaml(repo: Repo, rev: str, paths: Mapping[str, str] | None = None) 
     if record.get("rules"):
         raise MvcError("a merge with per-tensor --config rules cannot be exported to mergekit")
     where = model_locations(record, paths or {})
+    if record.get("adapters"):
+        where = _with_adapter(repo, record, where)
     params: dict[str, Any] = record["params"]
     contributing: list[int] = record["contributing"]
     exported = [p for p in strategy.declared() if p.mergekit is not None]
@@ -102,6 +113,47 @@ def mergekit_yaml(repo: Repo, rev: str, paths: Mapping[str, str] | None = None) 
     return _comments(sha, record, where) + yaml.safe_dump(config, sort_keys=False)
 
 
+def _with_adapter(
+    repo: Repo, record: Mapping[str, Any], where: Mapping[str, str]
+) -> dict[str, str]:
+    """Each location as mergekit's `MODEL+LORA` where that commit holds the merged adapter
+    (the model: the commit's one model folder, else the adapter's base_model_name_or_path)."""
+    folders = sorted(record["adapters"]["folders"])
+    if len(folders) != 1:
+        raise MvcError(
+            f"this merge combined {len(folders)} adapter folders; a mergekit model takes one LoRA",
+            hint="export needs a merge of one adapter folder",
+        )
+    folder = folders[0]
+    commits = {"base": record["base"]}
+    commits.update({parent_label(record, i): c for i, c in enumerate(record["parents"])})
+    out = {}
+    for label, location in where.items():
+        files = repo.files(commits[label])
+        if config_path(folder) not in files:
+            out[label] = location  # no adapter on this side (a base before any adapter)
+            continue
+        models = sorted(model_folders([files]))
+        if len(models) > 1:
+            shown = ", ".join(m or "." for m in models)
+            raise MvcError(
+                f"{commits[label][:12]} holds several models ({shown}): which one the adapter "
+                f"{folder or '.'}/ updates is not known to mergekit"
+            )
+        if models:
+            model = posixpath.join(location, models[0]) if models[0] else location
+        else:
+            model = json.loads(files[config_path(folder)]).get("base_model_name_or_path")
+            if not model:
+                raise MvcError(
+                    f"{commits[label][:12]} holds no base model for the adapter {folder or '.'}/"
+                    " and its config names none (base_model_name_or_path)",
+                    hint="commit the base model beside the adapter",
+                )
+        out[label] = f"{model}+{posixpath.join(location, folder) if folder else location}"
+    return out
+
+
 def _comments(sha: str, record: Mapping[str, Any], where: Mapping[str, str]) -> str:
     lines = [
         f"# mergekit configuration exported by mvc from merge {sha}",
@@ -112,6 +164,19 @@ def _comments(sha: str, record: Mapping[str, Any], where: Mapping[str, str]) -> 
         label = parent_label(record, index)
         lines.append(f"# parent {index} ({label}): {commit} -> {where[label]}")
     lines.append("# check out each commit into its folder, then run: mergekit-yaml THIS.yaml OUT")
+    if record.get("adapters"):
+        options = record["adapters"]["options"]
+        written = (
+            "a full model (--into model)" if options.get("into") == "model"
+            else "exact concatenated factors (--adapter-combine cat)"
+            if options.get("combine") == "cat"
+            else "an adapter by truncated SVD of the merged ΔW (--adapter-rank)"
+        )
+        lines.append(
+            "# note: LoRA adapters, merged in ΔW space; mergekit applies each one to its model"
+            " (MODEL+LORA) and merges the full weights, so it writes a full model: the result"
+            f" of `mvc merge --into model`; this merge wrote {written}"
+        )
     if record.get("preset") != "mergekit" or not record.get("all_tensors"):
         lines.append(
             "# note: not merged with --preset mergekit --all-tensors, so mergekit's result "

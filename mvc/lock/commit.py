@@ -34,6 +34,7 @@ import torch
 from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.hf import is_model_file
+from mvc.formats.peft import adapter_folders
 from mvc.formats.torch_io import tensor_bytes, to_torch
 from mvc.lock.equivalence import Report, compare, probe_batch
 from mvc.lock.keys import SCHEME, key_id, load_key
@@ -266,6 +267,23 @@ def _digest(entries: Mapping[str, TensorEntry]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _refuse_adapters(files: Mapping[str, bytes]) -> None:
+    """Refuse a commit holding a PEFT adapter (docs/mergelock.md, "Adapters").
+
+    An adapter's ΔW = s·B·A is an update of the unlocked weights: on a locked module it is
+    wrong without any error unless its factors are transformed with the secret key as
+    well, and the lock's equivalence check runs the model, not the model with its adapter.
+    Baking it first gives one full model that the lock transforms and checks as a whole.
+    """
+    folders = adapter_folders(files)
+    if folders:
+        raise MvcError(
+            f"cannot lock a commit holding the LoRA adapter {folders[0] or '.'}/: its factors "
+            "update the unlocked weights and would not fit the locked ones",
+            hint="bake it into its model first (`mvc bake`), or lock a commit without it",
+        )
+
+
 def _refuse_if_dirty(repo: Repo) -> None:
     """Fail before the expensive part: the new commit is checked out, like a merge's."""
     if not repo.status().clean:
@@ -300,6 +318,7 @@ def lock_commit(
     files = repo.files(source)
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
+    _refuse_adapters(files)
     out: dict[str, Manifest | bytes] = {
         p: b for p, b in files.items() if not p.startswith(RECORD_PREFIX)
     }
