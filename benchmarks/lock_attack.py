@@ -261,6 +261,23 @@ def task_vector_recovery(
     return dot / max((true * got) ** 0.5, 1e-30), (err / max(true, 1e-30)) ** 0.5
 
 
+def permutations_found(found: Mapping, tuned: Mapping, config: Mapping, key: bytes) -> dict:
+    """Share of the stream's and the FFN neurons' permutation entries the attack got right,
+    against the truth the key gives (a permutation-stream lock)."""
+    from mvc.lock.layout import plan_layout
+    from mvc.lock.transform import plan_for, shapes_of
+
+    plan = plan_for(tuned, config, key)
+    stream = float((found["match"] == torch.from_numpy(plan.stream_op.perm)).double().mean())
+    hits = total = 0
+    for ffn, match in zip(plan_layout(config, shapes_of(tuned)).feed_forward, found["ffn"], strict=True):
+        name, axis = ffn.inputs[0]
+        truth = next(op.perm for op in plan.ops[name] if op.axis == axis and hasattr(op, "perm"))
+        hits += int((match == torch.from_numpy(truth)).sum())
+        total += len(truth)
+    return {"stream": stream, "ffn": hits / total}
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import lock_protection as lp
 
@@ -274,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvc.demo.evaluate import accuracy, gain_retention
     from mvc.demo.train import Head, head_path, save_head
-    from mvc.lock import lock_commit
+    from mvc.lock import load_key, lock_commit
 
     with tempfile.TemporaryDirectory(prefix="mvc-bench-attack-") as tmp:
         bench = lp.setup(Path(tmp), args.tasks)
@@ -293,23 +310,23 @@ def main(argv: list[str] | None = None) -> int:
             heads = [f"head:{k}" for k, v in shipped.items() if v.ndim == 2]
             recovered, found = recover(locked, base_state, config, heads)
             tuned = repo.load_state_dict(name, MODEL)
+            exact = permutations_found(found, tuned, config, load_key(bench.key))
             cosine, rel = task_vector_recovery(recovered, tuned, base_state)
             scrambled, _ = task_vector_recovery(locked, tuned, base_state)
             truth = repo.load_state_dict(name, head_file)["weight"]
             head = Head(name, task.labels, recovered["head:weight"], recovered["head:bias"])
+            encoder = {k: v for k, v in recovered.items() if not k.startswith("head:")}
             print(
-                f"{name}: recovered task vector cosine {cosine:.3f} (locked as is: "
-                f"{scrambled:.3f}), relative error {rel:.3f}; head error "
+                f"{name}: stream permutation {exact['stream']:.1%} and FFN neurons "
+                f"{exact['ffn']:.1%} found exactly; recovered task vector cosine {cosine:.3f} "
+                f"(locked as is: {scrambled:.3f}), relative error {rel:.3f}; head error "
                 f"{float((head.weight - truth).norm() / truth.norm()):.2e}; recovered model "
-                f"alone scores {accuracy(recovered, head, task):.3f} "
+                f"alone scores {accuracy(encoder, head, task):.3f} "
                 f"(branch {bench.branch[name]:.3f})",
                 flush=True,
             )
             repo.switch(f"{name}-recovered", create=True, start="main")
-            save_file(
-                {k: v.contiguous() for k, v in recovered.items() if not k.startswith("head:")},
-                str(root / MODEL),
-            )
+            save_file({k: v.contiguous() for k, v in encoder.items()}, str(root / MODEL))
             save_head(head, head_path(root / "model", name))
             repo.add([root / "model"])
             repo.commit(f"{name}: weights recovered from the lock without the key")

@@ -64,6 +64,7 @@ class Bench:
     heads: dict = field(default_factory=dict)
     base: dict[str, float] = field(default_factory=dict)
     branch: dict[str, float] = field(default_factory=dict)
+    merges: int = 0
 
     def pairs(self) -> list[tuple[Any, Any]]:
         """(locked task, partner): each task is merged into the next task's branch."""
@@ -74,8 +75,8 @@ class Bench:
         from mvc.merge import MergeOptions, MergeParams, merge
 
         strategy, params = METHODS[method]
-        self.repo.switch(f"m-{source}-{partner}-{strategy}-{params}".replace(" ", ""),
-                         create=True, start=partner)
+        self.merges += 1
+        self.repo.switch(f"m{self.merges}-{source}-{partner}-{strategy}", create=True, start=partner)
         options = MergeOptions(strategy=strategy, params=MergeParams(**params), allow_locked=True)
         merge(self.repo, [source], options)
         return self.repo.load_state_dict("HEAD", MODEL)
