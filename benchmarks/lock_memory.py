@@ -12,22 +12,45 @@ folded) in bf16, written block by block, never held in memory. The default (shor
 1024, intermediate 2816, 16000 tokens, 4 and 16 layers (155 and 420 MiB). ``--full``: hidden 2048, intermediate 5632, 32000
 tokens, 6 and 22 layers (TinyLlama's 1.1B shape at 22 layers).
 
-Run: ``.venv/bin/python -m benchmarks.lock_memory [--full]``.
+Each size also reports what the lock's equivalence check measured (max output difference,
+its tolerance, top-1 agreement of the LM head, as recorded in the lock record) and whether
+the unlocked work tree's model file is byte-identical to the original (sha256).
+
+Run: ``.venv/bin/python -m benchmarks.lock_memory [--full] [--workdir DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks.measure import MIB, Run, print_scaling_table, run, tool
 from benchmarks.storage import GIT_ENV
 from benchmarks.synthetic import LlamaShape, write_llama
+from mvc.lock.record import lock_record
+from mvc.repo import Repo
 
 
-def _measure(work: Path, shape: LlamaShape) -> tuple[float, dict[str, Run]]:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check(repo: Path) -> dict[str, Any]:
+    """What the lock's equivalence check recorded for the model."""
+    with Repo.open(repo) as handle:
+        record = lock_record(handle, "HEAD") or {}
+    return (record.get("models") or [{}])[0]
+
+
+def _measure(work: Path, shape: LlamaShape) -> tuple[float, dict[str, Run], dict[str, Any]]:
     mvc = tool("mvc")
     repo = work / "repo"
     repo.mkdir()
@@ -43,19 +66,22 @@ def _measure(work: Path, shape: LlamaShape) -> tuple[float, dict[str, Run]]:
         "from safetensors.torch import load_file; "
         "held = [t.clone() for t in load_file('model/model.safetensors').values()]"
     )
-    runs = {
-        "hold the model in torch (peer)": run([sys.executable, "-c", load], cwd=repo),
-        "mvc lock (level full)": run(
-            [mvc, "lock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV
-        ),
-        "mvc unlock": run([mvc, "unlock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV),
-    }
-    return shape.nbytes / MIB, runs
+    weights = repo / "model" / "model.safetensors"
+    original = _sha256(weights)
+    runs = {"hold the model in torch (peer)": run([sys.executable, "-c", load], cwd=repo)}
+    runs["mvc lock (level full)"] = run(
+        [mvc, "lock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV
+    )
+    check = {**_check(repo), "locked_changed_bytes": _sha256(weights) != original}
+    runs["mvc unlock"] = run([mvc, "unlock", "HEAD", "--key", str(key)], cwd=repo, env=GIT_ENV)
+    check["unlock_restores_bytes"] = _sha256(weights) == original
+    return shape.nbytes / MIB, runs, check
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="hidden 2048, 6 and 22 layers (1.1B)")
+    parser.add_argument("--workdir", help="folder for the synthetic models (default: system temp)")
     args = parser.parse_args(argv)
     if args.full:
         dims, layers = (
@@ -69,9 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     measured = []
     for n in layers:
-        with tempfile.TemporaryDirectory(prefix="mvc-bench-lock-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mvc-bench-lock-", dir=args.workdir) as tmp:
             measured.append(_measure(Path(tmp), LlamaShape(layers=n, **dims)))
-    (small, small_runs), (large, large_runs) = measured
+            size, _, check = measured[-1]
+            print(
+                f"{n} layers ({size:.0f} MiB): lock moved outputs by {check.get('max_abs_diff')}"
+                f" (tolerance {check.get('tolerance')}), top-1 agreement "
+                f"{check.get('top1_agreement')}; locked file differs: "
+                f"{check['locked_changed_bytes']}; unlock restores the original bytes "
+                f"(sha256): {check['unlock_restores_bytes']}",
+                flush=True,
+            )
+    (small, small_runs, _), (large, large_runs, _) = measured
     print(
         f"mvc lock memory: synthetic LLaMA bf16 models of {small:.0f} MiB and {large:.0f} MiB "
         f"(x{large / small:.2f}), GQA, RoPE, untied head"

@@ -233,3 +233,29 @@ def test_an_attacker_with_the_base_recovers_the_task_vector_by_least_squares(min
     assert cosine > 0.9
     assert abs(scrambled) < 0.1
     print(f"least-squares recovery cosine {cosine:.3f}, locked delta cosine {scrambled:.3f}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_windowed_transform_is_the_same_for_any_window(monkeypatch, dtype):
+    """Row windows (and the two-pass path for matrices mapped on both axes) change no bit,
+    and fp32 arithmetic on a bf16 tensor stays within one bf16 step of fp64's."""
+    from mvc.lock import ops
+    from mvc.lock.matrices import dense_matrix
+
+    rng = np.random.default_rng(3)
+    hidden, inner = 64, 96
+    both = [ops.Permute(0, rng.permutation(inner), rng.uniform(0.5, 2, inner)),
+            ops.Scale(1, rng.uniform(0.5, 2, hidden)), ops.Dense(1, dense_matrix(rng, hidden).rotation)]
+    one_axis = [ops.Dense(1, dense_matrix(rng, hidden).rotation)]
+    x = torch.randn(inner, hidden).to(dtype)
+    whole = [ops.transform(x, o, False) for o in (both, one_axis)]
+    monkeypatch.setattr(ops, "WINDOW_BYTES", 3 * hidden * 8)  # 1-3 rows or columns per window
+    windowed = [ops.transform(x, o, False) for o in (both, one_axis)]
+    assert all(torch.equal(a, b) for a, b in zip(whole, windowed, strict=True))
+    assert all(torch.allclose(ops.transform(w, o, True).double(), x.double(), atol=0.05)
+               for w, o in zip(windowed, (both, one_axis), strict=True))
+    exact = x.double()
+    for op in both:
+        exact = op.apply(exact, False)
+    step = torch.finfo(dtype).eps * exact.abs().max()
+    assert (whole[0].double() - exact).abs().max() <= step

@@ -91,3 +91,19 @@ def test_large_buffer_reuse_is_applied_on_linux():
     assert reuse_large_buffers(32 * 1024 * 1024) is glibc
     big = np.ones(8 * 1024 * 1024, dtype=np.float32)  # allocations still work afterwards
     assert float(big.sum()) == 8 * 1024 * 1024
+
+
+def test_returning_large_buffers_is_applied_on_linux():
+    """The lock's setting (blocks over 1 MiB mapped on their own) applies where glibc is."""
+    import platform
+    import sys
+
+    from mvc.memory import return_large_buffers, reuse_large_buffers
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    try:
+        assert return_large_buffers(1024 * 1024) is glibc
+        big = np.ones(8 * 1024 * 1024, dtype=np.float32)
+        assert float(big.sum()) == 8 * 1024 * 1024
+    finally:
+        reuse_large_buffers(32 * 1024 * 1024)

@@ -38,10 +38,12 @@ from mvc.formats.peft import adapter_folders
 from mvc.formats.torch_io import tensor_bytes, to_torch
 from mvc.lock.equivalence import Report, compare, probe_batch
 from mvc.lock.keys import SCHEME, key_id, load_key
+from mvc.lock.ops import WINDOW_BYTES
 from mvc.lock.record import LOCK_RECORD, LOCK_RECORD_PATH, encode_record, lock_record
 from mvc.lock.seal import seal, unseal
 from mvc.lock.symmetries import DEFAULT_LEVEL, LockTransform, build
 from mvc.lock.transform import apply_one, matching
+from mvc.memory import return_large_buffers
 from mvc.repo import Chunk, Manifest, TensorEntry
 from mvc.repo.models import model_view
 from mvc.repo.references import RECORD_PREFIX
@@ -49,6 +51,9 @@ from mvc.repo.references import RECORD_PREFIX
 if TYPE_CHECKING:
     from mvc.repo import Repo
 
+# Blocks above this are mapped on their own and returned on free (``mvc.memory``): a lock
+# frees tensors of every size in turn, and glibc's heap kept the holes between them.
+OWN_MAPPING_BYTES = 1024 * 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 Loader = Callable[[str], torch.Tensor]
 
@@ -133,10 +138,29 @@ def _has_attention(manifests: Mapping[str, Manifest]) -> bool:
     )
 
 
+def _read(repo: Repo, entry: TensorEntry) -> torch.Tensor:
+    """One stored tensor, its chunks decoded straight into one buffer: joining the chunks
+    and then copying them into a writable buffer would hold the tensor three times."""
+    buf = bytearray(entry.nbytes)
+    view = memoryview(buf)
+    at = 0
+    for chunk in entry.chunks:
+        piece = repo.store.get_view(chunk.oid)
+        view[at : at + piece.nbytes] = piece
+        at += piece.nbytes
+    if at != entry.nbytes:
+        raise MvcError(f"stored {entry.name!r} has {at} bytes, expected {entry.nbytes}")
+    return to_torch(buf, entry.dtype, entry.shape)
+
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    """A contiguous tensor's bytes without a copy (what ``tensor_bytes`` would copy)."""
+    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
 def _reader(repo: Repo, entries: Mapping[str, tuple[str, TensorEntry]]) -> Loader:
     def load(name: str) -> torch.Tensor:
-        entry = entries[name][1]
-        return to_torch(bytearray(repo.tensor_bytes(entry)), entry.dtype, entry.shape)
+        return _read(repo, entries[name][1])
 
     return load
 
@@ -199,15 +223,19 @@ class _Spool:
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         path = self.folder / f"{len(self.paths)}.bin"
-        path.write_bytes(tensor_bytes(tensor))
+        path.write_bytes(_raw(tensor))
         self.paths[name] = path
+
+    def load(self, name: str) -> torch.Tensor:
+        entry = self.entries[name][1]
+        buf = bytearray(entry.nbytes)
+        with open(self.paths[name], "rb") as f:
+            f.readinto(buf)
+        return to_torch(buf, entry.dtype, entry.shape)
 
     def loader(self, fallback: Loader) -> Loader:
         def load(name: str) -> torch.Tensor:
-            if name not in self.paths:
-                return fallback(name)
-            entry = self.entries[name][1]
-            return to_torch(bytearray(self.paths[name].read_bytes()), entry.dtype, entry.shape)
+            return self.load(name) if name in self.paths else fallback(name)
 
         return load
 
@@ -315,6 +343,7 @@ def lock_commit(
     key = load_key(key_path)
     source = repo.resolve(rev)
     _refuse_if_dirty(repo)
+    return_large_buffers(OWN_MAPPING_BYTES)
     files = repo.files(source)
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
@@ -335,7 +364,7 @@ def lock_commit(
             checked.append((model, plan, spool, report))
         for model, plan, spool, report in checked:
             entries = model.entries()
-            stored = {n: _store(repo, entries[n][1], p.read_bytes()) for n, p in spool.paths.items()}
+            stored = {n: _store(repo, entries[n][1], _raw(spool.load(n))) for n in spool.paths}
             out.update(_rewrite(model, stored))
             summary = {
                 "path": model.directory,
@@ -370,10 +399,18 @@ def lock_commit(
 
 
 def _restores_original(restored: torch.Tensor, original: torch.Tensor) -> bool:
-    """Within a few roundings of the original: the unlock undid the lock of that very tensor."""
+    """Within a few roundings of the original: the unlock undid the lock of that very tensor.
+
+    Compared in fp64 windows: whole fp64 copies of an embedding would be 0.5 GB each."""
     eps = torch.finfo(original.dtype).eps
-    scale = original.double().abs().max().item()
-    return (restored.double() - original.double()).abs().max().item() <= 8 * eps * max(scale, 1.0)
+    a, b = restored.reshape(-1), original.reshape(-1)
+    step = WINDOW_BYTES // 8
+    scale = diff = 0.0
+    for at in range(0, b.numel(), step):
+        window = b[at : at + step].double()
+        scale = max(scale, window.abs().max().item())
+        diff = max(diff, (a[at : at + step].double() - window).abs().max().item())
+    return diff <= 8 * eps * max(scale, 1.0)
 
 
 def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, TensorEntry]:
@@ -399,16 +436,14 @@ def _unlocked_entries(
     untouched = summary.get("locked_digest") == _digest({n: entries[n][1] for n in spool.paths})
     originals = _original_entries(repo, record, model) if untouched else {}
     result = {}
-    for name, path in spool.paths.items():
+    for name in spool.paths:
         entry = entries[name][1]
         before = originals.get(name)
-        data = path.read_bytes()
+        restored = spool.load(name)
         if before is None or before.dtype != entry.dtype or before.shape != entry.shape:
-            result[name] = _store(repo, entry, data)
+            result[name] = _store(repo, entry, _raw(restored))
             continue
-        restored = to_torch(bytearray(data), entry.dtype, entry.shape)
-        original = to_torch(bytearray(repo.tensor_bytes(before)), before.dtype, before.shape)
-        if not _restores_original(restored, original):
+        if not _restores_original(restored, _read(repo, before)):
             raise MvcError(
                 f"unlocking {name!r} does not give back the weights of {record['from'][:10]}",
                 hint="the lock record does not belong to these weights; nothing was committed",
@@ -438,6 +473,7 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
             hint="nothing was committed",
         )
     _refuse_if_dirty(repo)
+    return_large_buffers(OWN_MAPPING_BYTES)
     files = repo.files(rev)
     out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
     with tempfile.TemporaryDirectory(prefix="mvc-unlock-spool-") as tmp:

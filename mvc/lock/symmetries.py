@@ -17,6 +17,7 @@ Every random draw is seeded by HKDF(key, info naming family, layer and purpose).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ import numpy as np
 from mvc.errors import MvcError
 from mvc.lock.families import LockPlan, Shapes, plan_lock
 from mvc.lock.layout import Layout, plan_layout, unknown_tensors
-from mvc.lock.matrices import dense_matrix, generator, head_matrices, log_uniform
+from mvc.lock.matrices import HeadMatrix, dense_matrix, generator, head_matrices, log_uniform
 from mvc.lock.ops import AxisOp, Blocks, Dense, Permute, Scale
 
 LEVELS = ("attention", "full")
@@ -55,31 +56,46 @@ class LockTransform:
         return sorted(set(self.ops) | set(self.folded))
 
 
+def _roles(a: HeadMatrix, b: HeadMatrix) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(matrix, inverse) of each role: the attention level's equations (``transform``)."""
+    return {
+        "q": (a.matrix, a.inverse),
+        "k": (a.inverse_t, a.matrix.T),
+        "v": (b.matrix, b.inverse),
+        "o": (b.inverse_t, b.matrix.T),
+    }
+
+
+def _stacks(
+    key: bytes, plan: LockPlan, specs: tuple[tuple[int, int, str], ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The identity, then the (matrix, inverse) of each (layer, kv_head, role), stacked."""
+    d = plan.head_dim
+    pairs = [(np.eye(d), np.eye(d))]
+    for layer, kv_head, role in specs:
+        a, b = head_matrices(key, plan.family, layer, kv_head, d, plan.rope)
+        pairs.append(_roles(a, b)[role])
+    return np.stack([m for m, _ in pairs]), np.stack([m_inv for _, m_inv in pairs])
+
+
 def _attention_ops(plan: LockPlan, key: bytes, shapes: Shapes) -> dict[str, list[AxisOp]]:
     """Per tensor, one Blocks map along its head axis (heads no slot names get identity)."""
     d = plan.head_dim
-    per_tensor: dict[str, tuple[int, dict[int, tuple[np.ndarray, np.ndarray]]]] = {}
+    per_tensor: dict[str, tuple[int, dict[int, tuple[int, int, str]]]] = {}
     for group in plan.groups:
-        a, b = head_matrices(key, plan.family, group.layer, group.kv_head, d, plan.rope)
-        roles = {
-            "q": (a.matrix, a.inverse),
-            "k": (a.inverse_t, a.matrix.T),
-            "v": (b.matrix, b.inverse),
-            "o": (b.inverse_t, b.matrix.T),
-        }
-        for role, pair in roles.items():
+        for role in ("q", "k", "v", "o"):
             for slot in group.slots[role]:
                 axis, blocks = per_tensor.setdefault(slot.name, (slot.axis, {}))
                 if axis != slot.axis or slot.start % d or slot.start // d in blocks:
                     raise ValueError(f"inconsistent lock plan for {slot.name}")
-                blocks[slot.start // d] = pair
+                blocks[slot.start // d] = (group.layer, group.kv_head, role)
     out: dict[str, list[AxisOp]] = {}
     for name, (axis, blocks) in per_tensor.items():
-        count = shapes[name][axis] // d
-        fwd, bwd = np.tile(np.eye(d), (count, 1, 1)), np.tile(np.eye(d), (count, 1, 1))
-        for index, (m, m_inv) in blocks.items():
-            fwd[index], bwd[index] = m, m_inv
-        out[name] = [Blocks(axis, fwd, bwd)]
+        specs = tuple(sorted(set(blocks.values())))
+        index = np.zeros(shapes[name][axis] // d, dtype=np.int64)  # 0: the identity
+        for block, spec in blocks.items():
+            index[block] = 1 + specs.index(spec)
+        out[name] = [Blocks(axis, index, functools.partial(_stacks, key, plan, specs))]
     return out
 
 
