@@ -204,7 +204,11 @@ def _old_model_chunks(
         path = repo.root / rel
         if path.is_symlink() or not _clean(staging, repo.root, rel, old[0]):
             continue
-        known.add_file(path, Manifest.from_bytes(repo.read_blob(old[0]), rel))
+        try:
+            manifest = Manifest.from_bytes(repo.read_blob(old[0]), rel)
+        except MvcError:
+            continue  # only an optimisation: a bad old manifest is no source, not an error
+        known.add_file(path, manifest)
     return known
 
 
