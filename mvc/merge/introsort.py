@@ -6,20 +6,23 @@ on the CPU. That sort is unstable: torch sorts (value, index) pairs with libstdc
 recursion down to 16-element runs, a heapsort past depth 2·⌊log₂ n⌋, then one insertion
 sort). The order it gives to equal keys depends only on how keys compare, so replaying the
 same swaps on integer keys that order like |w| gives mergekit's choice among ties, exactly,
-without importing torch (whose import alone costs about 1.8 s and 800 MiB per process).
+without importing torch (whose import costs seconds and a few hundred MiB per process).
+Checked against torch 2.13.0+cpu's argsort and libstdc++'s partial_sort
+(``tests/test_merge_torch_ties.py``).
 
-The replay is vectorised and only follows what decides the tied value ``T``'s order:
+The replay is vectorised and follows only what decides the kept set:
 
 - a Hoare partition of a segment pairs the i-th key (from the left) that may move right
   with the i-th key (from the right) that may move left, until the two scans cross, so one
   segment's partition is a handful of numpy passes;
-- introsort keeps every element inside its segment and the final insertion sort is stable,
-  so the ties end in the order they have when the partitions stop: a segment without ``T``
-  never matters again, and a segment of nothing but ``T`` permutes in a way that depends
-  only on its size (computed once per size).
+- introsort keeps every element inside its segment, and the final insertion sort is
+  stable, so of a segment that ends wholly inside the first k positions every element is
+  kept, and of one wholly after them none is, whatever happens inside it later. Only the
+  one segment holding the boundary between positions k - 1 and k is partitioned further.
 
-Only the segments straddling the tie block's two ends are partitioned element by element,
-so the work is a few passes over the tensor rather than a sort.
+That is one chain of segments, about two passes' worth of partitioning over the tensor
+(rather than a sort), and at the end the kept ties are the first ``take`` of them in the
+order they then stand.
 """
 
 from __future__ import annotations
@@ -43,32 +46,18 @@ def torch_kept_ties(
     n = keys.shape[0]
     a = keys if overwrite else np.array(keys, copy=True)
     idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-    if n > 1:
-        _introsort(a, idx, value, 2 * (n.bit_length() - 1))
-    return np.sort(idx[a == value][:take])
-
-
-def _introsort(a: np.ndarray, idx: np.ndarray, value: int, depth_limit: int) -> None:
-    """Replay ``std::__introsort_loop`` on every segment that still holds ``value``."""
-    pure = _PurePermutations()
-    stack = [(0, a.shape[0], depth_limit)]
-    while stack:
-        lo, hi, depth = stack.pop()
-        size = hi - lo
-        if size <= THRESHOLD:
-            continue
-        equal = int(np.count_nonzero(a[lo:hi] == value))
-        if equal == 0:
-            continue  # holds no tie: where its elements go decides nothing
-        if equal == size and pure.depth(size) <= depth:
-            idx[lo:hi] = idx[lo:hi][pure.permutation(size)]
-            continue
+    boundary = int(np.count_nonzero(a > value)) + take  # positions [0, boundary) are kept
+    lo, hi, depth = 0, n, 2 * (n.bit_length() - 1) if n > 1 else 0
+    while hi - lo > THRESHOLD and lo < boundary < hi:
         if depth == 0:
             _heapsort(a, idx, lo, hi)
-            continue
+            break
+        depth -= 1
         cut = _partition(a, idx, lo, hi)
-        stack.append((cut, hi, depth - 1))
-        stack.append((lo, cut, depth - 1))
+        lo, hi = (lo, cut) if boundary < cut else (cut, hi)
+    # The first `take` ties in position order: all of those before the last segment, then
+    # its own in order (the insertion sort is stable; a heapsorted segment is final).
+    return np.sort(idx[a == value][:take])
 
 
 def _partition(a: np.ndarray, idx: np.ndarray, lo: int, hi: int) -> int:
@@ -76,22 +65,41 @@ def _partition(a: np.ndarray, idx: np.ndarray, lo: int, hi: int) -> int:
     mid = lo + (hi - lo) // 2
     _swap(a, idx, lo, _median_position(a, lo + 1, mid, hi - 1))
     pivot = a[lo]
-    rest = a[lo + 1 : hi]
-    stops_left = np.flatnonzero(rest <= pivot)  # where the left scan stops, in order
-    stops_right = np.flatnonzero(rest >= pivot)[::-1]  # where the right scan stops
-    common = min(stops_left.shape[0], stops_right.shape[0])
-    swaps = int(np.count_nonzero(stops_left[:common] < stops_right[:common]))
+    keys, items = a[lo + 1 : hi], idx[lo + 1 : hi]  # views: positions below are relative
+    stops_left = _positions(keys, lambda block: block <= pivot)  # where the left scan stops
+    stops_right = _positions(keys, lambda block: block >= pivot)[::-1]  # the right scan
+    # Pair i swaps while stops_left[i] < stops_right[i]: a prefix, found by bisection.
+    low, high = 0, min(stops_left.shape[0], stops_right.shape[0])
+    while low < high:
+        middle = (low + high) // 2
+        if stops_left[middle] < stops_right[middle]:
+            low = middle + 1
+        else:
+            high = middle
+    swaps = low
     # The left scan stops at its next stop, or where the last swap left a stopping key.
-    cut = int(stops_left[swaps]) if swaps < stops_left.shape[0] else rest.shape[0]
+    cut = int(stops_left[swaps]) if swaps < stops_left.shape[0] else keys.shape[0]
     if swaps:
         cut = min(cut, int(stops_right[swaps - 1]))
-        left = stops_left[:swaps] + (lo + 1)
-        right = stops_right[:swaps] + (lo + 1)
-        for array in (a, idx):
+        left, right = stops_left[:swaps], stops_right[:swaps]
+        for array in (keys, items):
             moved = array[left]
             array[left] = array[right]
             array[right] = moved
     return lo + 1 + cut
+
+
+BLOCK = 1 << 20  # positions are found a block at a time, as int32, to bound the temporaries
+
+
+def _positions(keys: np.ndarray, test) -> np.ndarray:
+    """Ascending positions where ``test`` holds (int32 when they fit, as they do below 2³¹)."""
+    kind = np.int32 if keys.shape[0] < 2**31 else np.int64
+    parts = [
+        np.flatnonzero(test(keys[start : start + BLOCK])).astype(kind) + start
+        for start in range(0, keys.shape[0], BLOCK)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=kind)
 
 
 def _median_position(a: np.ndarray, x: int, y: int, z: int) -> int:
@@ -109,49 +117,6 @@ def _median_position(a: np.ndarray, x: int, y: int, z: int) -> int:
 def _swap(a: np.ndarray, idx: np.ndarray, i: int, j: int) -> None:
     a[i], a[j] = a[j], a[i]
     idx[i], idx[j] = idx[j], idx[i]
-
-
-class _PurePermutations:
-    """How introsort permutes a segment of equal keys: a function of its size alone.
-
-    With every key equal, the median of three is the middle element, and the Hoare scans
-    stop at every position, swapping the i-th after the pivot with the i-th from the end.
-    Each size's permutation is kept (int32) for the halves that recur: at most about three
-    entries per tied element, since the pure segments hold only ties.
-    """
-
-    def __init__(self) -> None:
-        self._perm: dict[int, np.ndarray] = {}
-        self._depth: dict[int, int] = {}
-
-    def _split(self, size: int) -> tuple[int, int]:
-        swaps = (size - 1) // 2
-        return swaps, swaps + 1  # the number of swapped pairs, and the cut
-
-    def depth(self, size: int) -> int:
-        """Partition levels the segment needs (it must not reach the heapsort limit)."""
-        if size <= THRESHOLD:
-            return 0
-        if size not in self._depth:
-            cut = self._split(size)[1]
-            self._depth[size] = 1 + max(self.depth(cut), self.depth(size - cut))
-        return self._depth[size]
-
-    def permutation(self, size: int) -> np.ndarray:
-        """``perm`` such that the sorted segment is ``segment[perm]``."""
-        if size <= THRESHOLD:
-            return np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
-        if size not in self._perm:
-            perm = np.arange(size, dtype=np.int32 if size < 2**31 else np.int64)
-            perm[0], perm[size // 2] = perm[size // 2], perm[0]
-            swaps, cut = self._split(size)
-            left = np.arange(1, 1 + swaps)
-            right = size - left
-            perm[left], perm[right] = perm[right], perm[left].copy()
-            perm[:cut] = perm[:cut][self.permutation(cut)]
-            perm[cut:] = perm[cut:][self.permutation(size - cut)]
-            self._perm[size] = perm
-        return self._perm[size]
 
 
 def _heapsort(a: np.ndarray, idx: np.ndarray, lo: int, hi: int) -> None:
