@@ -177,6 +177,7 @@ _SPECS: dict[str, tuple[str, tuple[str, ...], Generator]] = {
     "agent": ("who performed the action, in either voice", ("person", "animal"), _agent),
     "order": ("which of two events came first", ("outing first", "meal first"), _order),
     # Not one of the demo's branches; MergeLock's protection benchmark uses it as a fourth.
+    # An XOR of comparative and word order with no foothold: it needs 240 steps, not 60.
     "comparison": ("who is the more of a comparison", ("person", "animal"), _comparison),
 }
 TASK_NAMES: tuple[str, ...] = ("sentiment", "agent", "order")
