@@ -13,8 +13,8 @@ modules at a time (``mvc.tuning.threads``), so at most that many modules are in 
 Each worker runs its SVD on one torch thread: these matrices are too small for torch's
 intra-op parallelism to pay, and on a busy machine its OpenMP threads wait on each other
 (on a busy 2-core VM a MiniLM module's factorisation ran many times slower on two threads
-than on one), so the parallelism is across modules instead. The folder is written beside its final name
-and renamed into place, so a failure leaves nothing behind.
+than on one), so the parallelism is across modules instead. The folder is written beside
+its final name and renamed into place, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
