@@ -120,7 +120,8 @@ def trained_adapter(args, model_dir: Path, init: Path, task, seed: int) -> Path:
 
 
 def held_out(task, per_label: int):
-    """``task`` with a larger test split: sentences of the same generator, none in its train split."""
+    """``task`` with a larger test split: sentences of the same generator, none of them in
+    its train split."""
     from mvc.demo.tasks import Task, make_task
 
     seen = {e.text for e in task.train}
@@ -274,7 +275,8 @@ def extract_part(args, work: Path, tasks, probes) -> None:
         got = [accuracy(encoder, head, split[n]) for split in splits]
         cells = []
         for i, value in enumerate(got):
-            gain = "1.00" if reference is None else kept(probes[i][tasks[n].name], reference[i], value)
+            probe = probes[i][tasks[n].name]
+            gain = "1.00" if reference is None else kept(probe, reference[i], value)
             cells += [f"{value:.3f}", gain]
         return got if reference is None else cells
 
