@@ -12,9 +12,9 @@ rank), and each module's factors are computed just ahead of the writer, ``MVC_TH
 modules at a time (``mvc.tuning.threads``), so at most that many modules are in memory.
 Each worker runs its SVD on one torch thread: these matrices are too small for torch's
 intra-op parallelism to pay, and on a busy machine its OpenMP threads wait on each other
-(on a loaded 2-core VM one MiniLM module took 30-40x longer on two threads than on one),
-so the parallelism is across modules instead. The folder is written beside its final name
-and renamed into place, so a failure leaves nothing behind.
+(on a busy 2-core VM a MiniLM module's factorisation ran many times slower on two threads
+than on one), so the parallelism is across modules instead. The folder is written beside
+its final name and renamed into place, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
