@@ -20,12 +20,10 @@ everyone who receives the locked model.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import posixpath
 import tempfile
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,10 +32,10 @@ import torch
 from mvc.errors import ConflictError, MvcError, NotFoundError
 from mvc.formats.dtypes import get_dtype
 from mvc.formats.hf import is_model_file
-from mvc.formats.peft import adapter_folders
 from mvc.formats.torch_io import tensor_bytes, to_torch
 from mvc.lock.equivalence import Report, compare, probe_batch
 from mvc.lock.keys import SCHEME, key_id, load_key
+from mvc.lock.models import LockModel, lockable_models, refuse_adapters
 from mvc.lock.ops import WINDOW_BYTES
 from mvc.lock.record import LOCK_RECORD, LOCK_RECORD_PATH, encode_record, lock_record
 from mvc.lock.seal import seal, unseal
@@ -45,7 +43,6 @@ from mvc.lock.symmetries import DEFAULT_LEVEL, LockTransform, build
 from mvc.lock.transform import apply_one, matching
 from mvc.memory import return_large_buffers
 from mvc.repo import Chunk, Manifest, TensorEntry
-from mvc.repo.models import model_view
 from mvc.repo.references import RECORD_PREFIX
 
 if TYPE_CHECKING:
@@ -56,86 +53,6 @@ if TYPE_CHECKING:
 OWN_MAPPING_BYTES = 1024 * 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 Loader = Callable[[str], torch.Tensor]
-
-
-@dataclass
-class _Model:
-    """One model directory of a commit: its config, its weight files and attached ones."""
-
-    directory: str
-    config: dict
-    manifests: dict[str, Manifest]
-    attached: dict[str, Manifest] = field(default_factory=dict)
-
-    def entries(self) -> dict[str, tuple[str, TensorEntry]]:
-        found: dict[str, tuple[str, TensorEntry]] = {}
-        for path, manifest in {**self.manifests, **self.attached}.items():
-            local = posixpath.relpath(path, self.directory or ".")
-            for entry in manifest.tensors:
-                name = entry.name if path in self.manifests else f"{local}:{entry.name}"
-                if name in found:
-                    raise MvcError(f"tensor {name!r} appears in two files of {self.label}")
-                found[name] = (path, entry)
-        return found
-
-    @property
-    def label(self) -> str:
-        return self.directory or "the repository root"
-
-
-def _models(files: Mapping[str, bytes]) -> list[_Model]:
-    by_dir: dict[str, dict[str, Manifest]] = {}
-    for path, blob in files.items():
-        if is_model_file(path) and not path.startswith(RECORD_PREFIX):
-            by_dir.setdefault(posixpath.dirname(path), {})[path] = Manifest.from_bytes(blob, path)
-    models: dict[str, _Model] = {}
-    loose: dict[str, dict[str, Manifest]] = {}
-    for directory, manifests in sorted(by_dir.items()):
-        config_path = posixpath.join(directory, "config.json")
-        if config_path not in files:
-            loose[directory] = manifests
-            continue
-        try:
-            config = json.loads(files[config_path])
-        except (UnicodeDecodeError, ValueError) as err:
-            raise MvcError(f"{config_path} is not valid JSON: {err}") from None
-        model_view(files, directory, manifests)  # refuses an ambiguous model (bad index)
-        models[directory] = _Model(directory, config, manifests)
-    for directory, manifests in loose.items():
-        owner = _owner(directory, models)
-        if owner is not None:
-            owner.attached.update(manifests)
-        elif _has_attention(manifests):
-            raise MvcError(
-                f"cannot lock {sorted(manifests)[0]}: no config.json beside it",
-                hint="MergeLock detects the architecture from the model's config.json",
-            )
-        # else: weights beside no model (task heads, probes) are committed unchanged.
-    if not models:
-        raise MvcError("the commit holds no safetensors model files to lock")
-    return [models[d] for d in sorted(models)]
-
-
-def _owner(directory: str, models: Mapping[str, _Model]) -> _Model | None:
-    """The model whose folder is the nearest one above ``directory``."""
-    parent = directory
-    while parent:
-        parent = posixpath.dirname(parent)
-        if parent in models:
-            return models[parent]
-    return None
-
-
-_ATTENTION_MARKERS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "query", "key", "value")
-
-
-def _has_attention(manifests: Mapping[str, Manifest]) -> bool:
-    return any(
-        marker in entry.name
-        for manifest in manifests.values()
-        for entry in manifest.tensors
-        for marker in _ATTENTION_MARKERS
-    )
 
 
 def _read(repo: Repo, entry: TensorEntry) -> torch.Tensor:
@@ -166,7 +83,7 @@ def _reader(repo: Repo, entries: Mapping[str, tuple[str, TensorEntry]]) -> Loade
 
 
 def _plan(
-    model: _Model,
+    model: LockModel,
     key: bytes,
     level: str,
     reads_hidden: Collection[str],
@@ -193,7 +110,7 @@ def _plan(
     )
 
 
-def _probe(model: _Model, files: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
+def _probe(model: LockModel, files: Mapping[str, bytes]) -> dict[str, torch.Tensor]:
     """Real text through the commit's own tokenizer when it has one, else random token ids."""
     local = {
         posixpath.relpath(p, model.directory or "."): data
@@ -241,7 +158,7 @@ class _Spool:
 
 
 def _transform_model(
-    model: _Model, plan: LockTransform, read: Loader, folder: str, inverse: bool
+    model: LockModel, plan: LockTransform, read: Loader, folder: str, inverse: bool
 ) -> _Spool:
     entries = model.entries()
     spool = _Spool(folder, entries)
@@ -251,7 +168,7 @@ def _transform_model(
 
 
 def _check(
-    model: _Model, plan: LockTransform, before: Loader, after: Loader, files: Mapping
+    model: LockModel, plan: LockTransform, before: Loader, after: Loader, files: Mapping
 ) -> Report:
     entries = model.entries()
     low = any(get_dtype(entries[n][1].dtype).itemsize <= 2 for n in plan.tensor_names)
@@ -274,7 +191,7 @@ def _store(repo: Repo, entry: TensorEntry, data: bytes) -> TensorEntry:
     return TensorEntry(entry.name, entry.dtype, entry.shape, entry.nbytes, tuple(chunks))
 
 
-def _rewrite(model: _Model, new_entries: Mapping[str, TensorEntry]) -> dict[str, Manifest]:
+def _rewrite(model: LockModel, new_entries: Mapping[str, TensorEntry]) -> dict[str, Manifest]:
     """The model's manifests with some entries replaced; header bytes stay verbatim."""
     by_path: dict[str, dict[str, TensorEntry]] = {}
     for name, (path, entry) in model.entries().items():
@@ -293,23 +210,6 @@ def _digest(entries: Mapping[str, TensorEntry]) -> str:
     """A fingerprint of the locked tensors' stored objects: did they change since the lock?"""
     text = ";".join(f"{n}:{','.join(entries[n].chunk_ids)}" for n in sorted(entries))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _refuse_adapters(files: Mapping[str, bytes]) -> None:
-    """Refuse a commit holding a PEFT adapter (docs/mergelock.md, "Adapters").
-
-    An adapter's ΔW = s·B·A is an update of the unlocked weights: on a locked module it is
-    wrong without any error unless its factors are transformed with the secret key as
-    well, and the lock's equivalence check runs the model, not the model with its adapter.
-    Baking it first gives one full model that the lock transforms and checks as a whole.
-    """
-    folders = adapter_folders(files)
-    if folders:
-        raise MvcError(
-            f"cannot lock a commit holding the LoRA adapter {folders[0] or '.'}/: its factors "
-            "update the unlocked weights and would not fit the locked ones",
-            hint="bake it into its model first (`mvc bake`), or lock a commit without it",
-        )
 
 
 def _refuse_if_dirty(repo: Repo) -> None:
@@ -347,14 +247,14 @@ def lock_commit(
     files = repo.files(source)
     if LOCK_RECORD_PATH in files:
         raise MvcError(f"{rev} is already locked", hint="unlock it first with `mvc unlock`")
-    _refuse_adapters(files)
+    refuse_adapters(files)
     out: dict[str, Manifest | bytes] = {
         p: b for p, b in files.items() if not p.startswith(RECORD_PREFIX)
     }
     summaries = []
     with tempfile.TemporaryDirectory(prefix="mvc-lock-spool-") as tmp:
         checked = []
-        for index, model in enumerate(_models(files)):
+        for index, model in enumerate(lockable_models(files)):
             read = _reader(repo, model.entries())
             plan = _plan(model, key, level, reads_hidden, read)
             folder = Path(tmp) / str(index)
@@ -413,21 +313,21 @@ def _restores_original(restored: torch.Tensor, original: torch.Tensor) -> bool:
     return diff <= 8 * eps * max(scale, 1.0)
 
 
-def _original_entries(repo: Repo, record: Mapping, model: _Model) -> dict[str, TensorEntry]:
+def _original_entries(repo: Repo, record: Mapping, model: LockModel) -> dict[str, TensorEntry]:
     """The locked-from commit's entries of this model, when that commit is still stored."""
     try:
         files = repo.files(str(record.get("from", "")))
     except NotFoundError:
         return {}
     present = {p: Manifest.from_bytes(files[p], p) for p in {**model.manifests, **model.attached} if p in files}
-    same = _Model(model.directory, model.config,
+    same = LockModel(model.directory, model.config,
                   {p: m for p, m in present.items() if p in model.manifests},
                   {p: m for p, m in present.items() if p in model.attached})
     return {name: entry for name, (_, entry) in same.entries().items()}
 
 
 def _unlocked_entries(
-    repo: Repo, record: Mapping, summary: Mapping, model: _Model, spool: _Spool
+    repo: Repo, record: Mapping, summary: Mapping, model: LockModel, spool: _Spool
 ) -> dict[str, TensorEntry]:
     """Entries for the restored tensors: the original objects when the locked tensors are
     exactly as the lock wrote them and the locked-from commit is stored, else new objects
@@ -478,7 +378,7 @@ def unlock_commit(repo: Repo, rev: str, key_path: str | Path, message: str | Non
     out: dict[str, Manifest | bytes] = {p: b for p, b in files.items() if p != LOCK_RECORD_PATH}
     with tempfile.TemporaryDirectory(prefix="mvc-unlock-spool-") as tmp:
         checked = []
-        for index, model in enumerate(_models(files)):
+        for index, model in enumerate(lockable_models(files)):
             summary = next(
                 (m for m in record.get("models", []) if m.get("path") == model.directory), {}
             )

@@ -45,8 +45,9 @@ def _parameters_on_meta() -> Iterator[None]:
 class LazyModel:
     """``run(loader, batch)``: the base model's outputs with weights read from ``loader``."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         self.model = model.eval()
+        self.dtype = dtype
         self.loader: Loader | None = None
         self.names: list[str] = []
         for module_name, module in model.named_modules():
@@ -61,7 +62,7 @@ class LazyModel:
         for name, param in list(module._parameters.items()):
             if param is None:
                 continue
-            tensor = self.loader(prefix + name).to(torch.float32)
+            tensor = self.loader(prefix + name).to(self.dtype)
             if tuple(tensor.shape) != tuple(param.shape):
                 raise MvcError(
                     f"cannot check equivalence: {prefix + name!r} has shape "
@@ -83,7 +84,9 @@ class LazyModel:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached(transformers: Any, config_json: str, kind: str, pooler: bool) -> LazyModel:
+def _cached(
+    transformers: Any, config_json: str, kind: str, pooler: bool, dtype: torch.dtype
+) -> LazyModel:
     config = json.loads(config_json)
     options = {k: v for k, v in config.items() if k != "model_type"}
     try:
@@ -96,9 +99,13 @@ def _cached(transformers: Any, config_json: str, kind: str, pooler: bool) -> Laz
             model = transformers.BertModel(hf_config, add_pooling_layer=pooler)
         else:
             model = transformers.AutoModel.from_config(hf_config, attn_implementation="eager")
-    return LazyModel(model.to(torch.float32))
+    return LazyModel(model.to(dtype), dtype)
 
 
-def lazy_model(transformers: Any, config: Mapping, kind: str, pooler: bool) -> LazyModel:
-    """The base model of ``config`` with meta parameters (the last one is reused)."""
-    return _cached(transformers, json.dumps(dict(config), sort_keys=True, default=str), kind, pooler)
+def lazy_model(
+    transformers: Any, config: Mapping, kind: str, pooler: bool, dtype: torch.dtype = torch.float32
+) -> LazyModel:
+    """The base model of ``config`` with meta parameters, computing in ``dtype`` (the last one
+    is reused)."""
+    config_json = json.dumps(dict(config), sort_keys=True, default=str)
+    return _cached(transformers, config_json, kind, pooler, dtype)
