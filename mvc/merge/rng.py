@@ -9,6 +9,7 @@ generated on its own and gives the same bits anywhere.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -34,13 +35,28 @@ def stream_key(seed: int, name: str, branch: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+def _bits(key: int, start: int, count: int) -> np.ndarray:
+    """splitmix64 of each flat index in [start, start+count), in place on one buffer."""
+    z = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    scratch = np.empty_like(z)
+    with np.errstate(over="ignore"):
+        np.multiply(z, _GOLDEN, out=z)
+        np.add(z, np.uint64(key), out=z)
+        for shift, factor in ((30, _M1), (27, _M2), (31, None)):
+            np.right_shift(z, np.uint64(shift), out=scratch)
+            np.bitwise_xor(z, scratch, out=z)
+            if factor is not None:
+                np.multiply(z, factor, out=z)
+    return z
+
+
 def uniforms(key: int, start: int, count: int) -> np.ndarray:
     """float64 uniforms in [0, 1) with 53 random bits for flat indices [start, start+count)."""
-    with np.errstate(over="ignore"):
-        index = np.arange(start, start + count, dtype=np.uint64)
-        state = np.uint64(key) + (index + np.uint64(1)) * _GOLDEN
-        bits = _mix(state)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    bits = _bits(key, start, count)
+    np.right_shift(bits, np.uint64(11), out=bits)
+    u = bits.astype(np.float64)
+    np.multiply(u, 1.0 / (1 << 53), out=u)
+    return u
 
 
 def keep_mask(
@@ -52,6 +68,13 @@ def keep_mask(
     density: float,
     ops: ArrayOps,
 ) -> Array:
-    """Bool mask, True where the element survives the drop (probability ``density``)."""
-    u = uniforms(stream_key(seed, name, branch), start, count)
-    return ops.from_numpy(u < density)
+    """Bool mask, True where the element survives the drop (probability ``density``).
+
+    u = m·2**-53 (m = bits >> 11, exact) is below density d exactly when m < ⌈d·2**53⌉,
+    that is bits < ⌈d·2**53⌉·2**11: the same mask as ``uniforms(...) < d``, on integers.
+    """
+    threshold = math.ceil(math.ldexp(density, 53))
+    if threshold >= 1 << 53:
+        return ops.from_numpy(np.ones(count, dtype=bool))
+    bits = _bits(stream_key(seed, name, branch), start, count)
+    return ops.from_numpy(bits < np.uint64(threshold << 11))

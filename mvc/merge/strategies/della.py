@@ -110,6 +110,7 @@ class MagPrune:
         self.after = [ExactSum() for _ in self.densities]
         self.scales: list[float | None] = [None] * len(self.densities)
         self.whole_magnitudes: tuple[np.ndarray, ...] | None = None  # 1-D tensors
+        self._packed: dict[tuple[int, int, int], np.ndarray] = {}  # (branch, start, numel)
 
     def passes(self) -> Iterator[Pass]:
         if all(d >= 1 for d in self.densities):
@@ -139,6 +140,12 @@ class MagPrune:
         host = np.abs(chunk.ops.to_numpy(tau)).astype(np.float32)
         return keep_probabilities(_rows(self.spec, host), d, self.epsilon).reshape(-1)
 
+    def _draw(self, chunk: Chunk, i: int, tau: Array) -> tuple[np.ndarray, np.ndarray]:
+        """Branch i's host keep mask (bool) and keep probabilities for the chunk, flat."""
+        probs = self._probabilities(chunk, i, tau)
+        keep = keep_draws(self.params.seed, self.spec.name, i, chunk.flat_start, probs)
+        return keep.reshape(-1), probs
+
     def keeps_and_probs(self, chunk: Chunk) -> list[tuple[Array, Array] | None]:
         out: list[tuple[Array, Array] | None] = []
         ops = chunk.ops
@@ -147,29 +154,55 @@ class MagPrune:
             if d >= 1:
                 out.append(None)
                 continue
-            probs = self._probabilities(chunk, i, tau)
-            keep = keep_draws(self.params.seed, self.spec.name, i, chunk.flat_start, probs)
+            keep, probs = self._draw(chunk, i, tau)
             out.append((ops.astype(ops.from_numpy(keep), dtype), ops.from_numpy(probs)))
         return out
 
     def keeps(self, chunk: Chunk) -> list[Array | None]:
-        return [None if kp is None else kp[0] for kp in self.keeps_and_probs(chunk)]
+        """The L1 pass's keep masks; each is also kept packed (1 bit per element, at most
+        one tensor's worth) so :meth:`apply` need not rank and draw the chunk again."""
+        out: list[Array | None] = []
+        ops = chunk.ops
+        dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
+        for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True)):
+            if d >= 1:
+                out.append(None)
+                continue
+            keep, _ = self._draw(chunk, i, tau)
+            self._packed[(i, chunk.flat_start, chunk.numel)] = np.packbits(keep)
+            out.append(ops.astype(ops.from_numpy(keep), dtype))
+        return out
+
+    def _l1_keep(self, chunk: Chunk, i: int, tau: Array) -> Array:
+        """Branch i's keep mask under the L1 rescale: the one the L1 pass drew."""
+        ops = chunk.ops
+        dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
+        packed = self._packed.pop((i, chunk.flat_start, chunk.numel), None)
+        if packed is None:
+            keep = self._draw(chunk, i, tau)[0]
+        else:
+            keep = np.unpackbits(packed, count=chunk.numel).view(bool)
+        return ops.astype(ops.from_numpy(keep), dtype)
 
     def apply(self, chunk: Chunk) -> tuple[Array, ...]:
         """τ̂_i: pruned and rescaled task vectors of the chunk."""
+        if self.l1:
+            out = []
+            for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True)):
+                if d >= 1:
+                    out.append(tau)
+                    continue
+                masked = tau * self._l1_keep(chunk, i, tau)
+                out.append(masked if self.scales[i] is None else masked * self.scales[i])
+            return tuple(out)
         out = []
-        for i, (tau, kp) in enumerate(zip(chunk.taus(), self.keeps_and_probs(chunk), strict=True)):
+        for tau, kp in zip(chunk.taus(), self.keeps_and_probs(chunk), strict=True):
             if kp is None:
                 out.append(tau)
                 continue
             keep, probs = kp
             masked = tau * keep
-            if not self.rescale:
-                out.append(masked)
-            elif self.l1:
-                out.append(masked if self.scales[i] is None else masked * self.scales[i])
-            else:
-                out.append(masked / probs)
+            out.append(masked / probs if self.rescale else masked)
         return tuple(out)
 
 

@@ -89,7 +89,7 @@ class SceJob(TensorJob):
             ops = chunk.ops
             for total, hat in zip(squares, self.selected(chunk), strict=True):
                 wide = ops.to_numpy(ops.astype(hat, ops.float64))
-                total.add(wide * wide)
+                total.add(wide * wide, scratch=True)
 
         yield _CountPass(accumulate)
         numel = max(self.spec.numel, 1)

@@ -32,9 +32,9 @@ class _DotPass(Pass):
     def update(self, chunk: Chunk) -> None:
         ops = chunk.ops
         a, b = (ops.astype(t, ops.float64) for t in chunk.thetas_c)
-        self.sums[0].add(ops.to_numpy(a * a))
-        self.sums[1].add(ops.to_numpy(b * b))
-        self.sums[2].add(ops.to_numpy(a * b))
+        self.sums[0].add(ops.to_numpy(a * a), scratch=True)
+        self.sums[1].add(ops.to_numpy(b * b), scratch=True)
+        self.sums[2].add(ops.to_numpy(a * b), scratch=True)
 
 
 class SlerpJob(TensorJob):

@@ -35,7 +35,7 @@ class GramPass(Pass):
         # fp32 products are exact in fp64; the exact sum makes the total order-free.
         wide = [ops.to_numpy(ops.astype(v, ops.float64)) for v in self.vectors(chunk)]
         for (i, j), total in self.sums.items():
-            total.add(wide[i] * wide[j])
+            total.add(wide[i] * wide[j], scratch=True)
 
     def gram(self) -> np.ndarray:
         g = np.zeros((self.n, self.n))
