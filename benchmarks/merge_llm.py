@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.measure import Run, print_table, run, tool
-from benchmarks.merging import MODES, build_repo, mergekit_run, mvc_merge
+from benchmarks.merging import MODES, build_repo, mergekit_merge, mvc_merge
 from benchmarks.storage import GIT_ENV
 from benchmarks.synthetic import LlamaShape, Shape, write_llama, write_model
 
@@ -73,20 +73,6 @@ def _link_copy(src: Path, dst: Path) -> None:
             shutil.copy2(s, d)
 
     shutil.copytree(src, dst, symlinks=True, copy_function=copy)
-
-
-def _mergekit(work: Path, base: Path, a: Path, b: Path, out_dtype: str) -> Run:
-    recipe = {
-        "merge_method": "ties",
-        "base_model": str(base),
-        "models": [
-            {"model": str(m), "parameters": {"weight": 1.0, "density": DENSITY}} for m in (a, b)
-        ],
-        "parameters": {"normalize": True},
-        "dtype": "float32",
-        "out_dtype": out_dtype,
-    }
-    return mergekit_run(work, recipe, f"llm-{out_dtype}")
 
 
 def _row(label: str, tool_name: str, r: Run, gb: float, limit: float, peer: Run | None):
@@ -135,7 +121,7 @@ def bench(
     limit = limit_run.seconds / gb
     runs: dict[str, Run] = {}
     rows = [_row(label, "numpy: one pass over the inputs", limit_run, gb, limit, None)]
-    mk = _mergekit(work, base, a, b, out_dtype) if peer else None
+    mk = mergekit_merge(work, base, a, b, DENSITY, f"llm-{out_dtype}", out_dtype) if peer else None
     if mk is not None:
         rows.append(_row(label, "mergekit-yaml", mk, gb, limit, None))
     for i, mode in enumerate(MODES):

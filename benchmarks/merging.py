@@ -98,8 +98,17 @@ def mvc_merge(
     return run(cmd, cwd=repo, env=GIT_ENV)
 
 
-def mergekit_merge(work: Path, base: Path, a: Path, b: Path, density: float, run_id: str) -> Run:
-    """``mergekit-yaml`` with the same TIES recipe, on the CPU, writing safetensors.
+def mergekit_merge(
+    work: Path,
+    base: Path,
+    a: Path,
+    b: Path,
+    density: float,
+    run_id: str,
+    out_dtype: str | None = None,
+) -> Run:
+    """``mergekit-yaml`` with the same TIES recipe, on the CPU, writing safetensors (in
+    ``out_dtype`` when given, e.g. bf16 for bf16 inputs: mergekit computes in fp32).
 
     Run through ``mergekit_shim.py``, which works around mergekit 0.1.5's crash on BERT.
     """
@@ -112,6 +121,8 @@ def mergekit_merge(work: Path, base: Path, a: Path, b: Path, density: float, run
         "parameters": {"normalize": True},
         "dtype": "float32",
     }
+    if out_dtype is not None:
+        recipe["out_dtype"] = out_dtype
     return mergekit_run(work, recipe, run_id)
 
 

@@ -146,31 +146,33 @@ class MagPrune:
         keep = keep_draws(self.params.seed, self.spec.name, i, chunk.flat_start, probs)
         return keep.reshape(-1), probs
 
-    def keeps_and_probs(self, chunk: Chunk) -> list[tuple[Array, Array] | None]:
-        out: list[tuple[Array, Array] | None] = []
+    def _draws(self, chunk: Chunk) -> list[tuple[int, np.ndarray, np.ndarray] | None]:
+        """Each branch's (index, keep mask, probabilities), None where its density is 1."""
+        return [
+            None if d >= 1 else (i, *self._draw(chunk, i, tau))
+            for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True))
+        ]
+
+    def _as_weights(self, chunk: Chunk, keep: np.ndarray) -> Array:
         ops = chunk.ops
         dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
-        for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True)):
-            if d >= 1:
-                out.append(None)
-                continue
-            keep, probs = self._draw(chunk, i, tau)
-            out.append((ops.astype(ops.from_numpy(keep), dtype), ops.from_numpy(probs)))
-        return out
+        return ops.astype(ops.from_numpy(keep), dtype)
+
+    def keeps_and_probs(self, chunk: Chunk) -> list[tuple[Array, Array] | None]:
+        return [
+            None if d is None else (self._as_weights(chunk, d[1]), chunk.ops.from_numpy(d[2]))
+            for d in self._draws(chunk)
+        ]
 
     def keeps(self, chunk: Chunk) -> list[Array | None]:
         """The L1 pass's keep masks; each is also kept packed (1 bit per element, at most
         one tensor's worth) so :meth:`apply` need not rank and draw the chunk again."""
         out: list[Array | None] = []
-        ops = chunk.ops
-        dtype = ops.float64 if self.spec.compute_dtype == "F64" else ops.float32
-        for i, (d, tau) in enumerate(zip(self.densities, chunk.taus(), strict=True)):
-            if d >= 1:
-                out.append(None)
-                continue
-            keep, _ = self._draw(chunk, i, tau)
-            self._packed[(i, chunk.flat_start, chunk.numel)] = np.packbits(keep)
-            out.append(ops.astype(ops.from_numpy(keep), dtype))
+        for draw in self._draws(chunk):
+            if draw is not None:
+                i, keep, _ = draw
+                self._packed[(i, chunk.flat_start, chunk.numel)] = np.packbits(keep)
+            out.append(None if draw is None else self._as_weights(chunk, draw[1]))
         return out
 
     def _l1_keep(self, chunk: Chunk, i: int, tau: Array) -> Array:
