@@ -130,12 +130,19 @@ def test_extract_lora_is_peft_loadable_and_exact_for_a_low_rank_fine_tune(full_f
     repo.switch("main")
 
 
+def commit_noisy_fine_tune(
+    repo, tmp_path, branch: str, *, rank: int, noise: float, layer: int
+) -> None:
+    """A new branch from main whose model is a rank-``rank`` fine-tune of one layer."""
+    repo.switch(branch, create=True, start="main")
+    tensors = fine_tune(tmp_path, rank=rank, noise=noise, only=f"encoder.layer.{layer}.")
+    save_file(tensors, str(repo.root / "model" / "model.safetensors"), metadata={"format": "pt"})
+    repo.commit(f"noisy fine-tune of layer {layer}", all=True)
+
+
 def test_extract_lora_error_falls_as_rank_grows(full_fine_tune, tmp_path):
     repo = full_fine_tune
-    repo.switch("noisy", create=True, start="main")
-    save_file(fine_tune(tmp_path, rank=48, noise=0.002, only="encoder.layer.0."),
-              str(repo.root / "model" / "model.safetensors"), metadata={"format": "pt"})
-    repo.commit("noisy fine-tune", all=True)
+    commit_noisy_fine_tune(repo, tmp_path, "noisy", rank=48, noise=0.002, layer=0)
     errors = []
     for rank in (4, 16, 64):
         result = extract_lora(repo, "noisy", "main", rank, tmp_path / f"r{rank}")
@@ -182,10 +189,7 @@ def test_extract_lora_bytes_do_not_depend_on_the_thread_count(full_fine_tune, tm
     """Modules are factorised `MVC_THREADS` at a time ahead of the writer; the file is the
     same for any count (each module's SVD is seeded by its name and single-threaded)."""
     repo = full_fine_tune
-    repo.switch("threads", create=True, start="main")
-    save_file(fine_tune(tmp_path, rank=24, noise=0.001, only="encoder.layer.2."),
-              str(repo.root / "model" / "model.safetensors"), metadata={"format": "pt"})
-    repo.commit("noisy fine-tune of layer 2", all=True)
+    commit_noisy_fine_tune(repo, tmp_path, "threads", rank=24, noise=0.001, layer=2)
     files = []
     for count in ("1", "3"):
         monkeypatch.setenv("MVC_THREADS", count)
